@@ -1,0 +1,1 @@
+"""Data: the raw UCI schema, loading, splitting, synthetic data and drift scenarios."""

@@ -1,0 +1,156 @@
+"""Load the real UCI "Diabetes 130-US hospitals" data from a zip, a CSV, S3 or the UCI site.
+
+The CSV is found wherever it sits inside the zip (also in a zip nested in a zip), checked
+against its published sha256 and read with the file's traps handled: ``?`` is missing, while
+the literal ``None`` in ``max_glu_serum``/``A1Cresult`` means "not measured" and stays a category.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from healthpredict import storage
+from healthpredict.config import get_settings
+from healthpredict.data.schema import RAW_COLUMNS
+
+UCI_URL = (
+    "https://archive.ics.uci.edu/static/public/296/"
+    "diabetes+130-us+hospitals+for+years+1999-2008.zip"
+)
+CSV_NAME = "diabetic_data.csv"
+CSV_SHA256 = "0689e7ec031237dc63031b938805c48377748761a3b26acab621567afa24df97"
+CACHE_NAME = "uci-296-diabetes-130-us-hospitals.zip"
+_TEXT_COLUMNS = {c.name: str for c in RAW_COLUMNS if c.kind in ("category", "code", "text")}
+_MAX_NESTING = 3
+
+
+class UCIDataError(ValueError):
+    """The UCI data could not be found, fetched, unpacked or verified; the message says which."""
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """A raw frame and where it came from."""
+
+    frame: pd.DataFrame
+    source: str  # what the user gave (path, URI, URL)
+    csv_sha256: str
+    data_source: str = "real"  # "real" or "synthetic"
+
+
+def read_raw_csv(data: bytes | str | os.PathLike, *, source: str = "data") -> pd.DataFrame:
+    """Parse raw encounter CSV bytes (or a local path / URI) with the UCI traps handled.
+
+    Raises:
+        UCIDataError: When the bytes are not UTF-8 text or not a parsable CSV.
+    """
+    if not isinstance(data, bytes | bytearray):
+        source = str(data)
+        data = storage.read_bytes(data)
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UCIDataError(
+            f"{source}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})"
+        ) from exc
+    if not text.strip():
+        raise UCIDataError(f"{source}: the file is empty")
+    try:
+        # "?" marks missing values; keep_default_na=False keeps the literal "None" category.
+        return pd.read_csv(
+            io.StringIO(text),
+            keep_default_na=False,
+            na_values=["?", ""],
+            dtype=_TEXT_COLUMNS,
+            low_memory=False,
+        )
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise UCIDataError(f"{source}: not a readable CSV: {exc}") from exc
+
+
+def find_csv_in_zip(blob: bytes, *, name: str = CSV_NAME, source: str = "zip", _depth: int = 0) -> bytes:
+    """Return the bytes of ``name`` wherever it is in the zip, looking into nested zips too.
+
+    Raises:
+        UCIDataError: For a truncated/corrupt zip or when the file is nowhere inside.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+            members = zf.namelist()
+            for member in members:
+                if Path(member).name.lower() == name.lower():
+                    return zf.read(member)
+            if _depth < _MAX_NESTING:
+                for member in members:
+                    if member.lower().endswith(".zip"):
+                        try:
+                            return find_csv_in_zip(
+                                zf.read(member), name=name, source=f"{source}!{member}", _depth=_depth + 1
+                            )
+                        except UCIDataError:
+                            continue
+    except zipfile.BadZipFile as exc:
+        raise UCIDataError(f"{source}: truncated or corrupt zip ({exc})") from exc
+    except (zipfile.LargeZipFile, EOFError, OSError) as exc:
+        raise UCIDataError(f"{source}: cannot unpack zip ({exc})") from exc
+    raise UCIDataError(f"{source}: no {name} inside (members: {', '.join(members[:10])})")
+
+
+def _fetch(source: str) -> bytes:
+    if source.startswith(("http://", "https://")):
+        return _download(source)
+    try:
+        return storage.read_bytes(source)
+    except storage.StorageError as exc:
+        raise UCIDataError(f"UCI data not found: {exc}") from exc
+
+
+def _download(url: str) -> bytes:
+    """Download once into the cache; later calls read the cached copy."""
+    import requests
+
+    cache = Path(get_settings().cache_dir) / CACHE_NAME
+    if cache.exists():
+        return cache.read_bytes()
+    try:
+        resp = requests.get(url, timeout=(10, 300))
+        resp.raise_for_status()
+    except requests.RequestException as exc:
+        raise UCIDataError(f"cannot download the UCI data from {url}: {exc}") from exc
+    storage.write_bytes(cache, resp.content)
+    return resp.content
+
+
+def cached_zip() -> Path | None:
+    """The downloaded UCI zip in the cache, if there is one."""
+    path = Path(get_settings().cache_dir) / CACHE_NAME
+    return path if path.exists() else None
+
+
+def load_uci(source: str | os.PathLike, *, verify: bool = True) -> LoadedData:
+    """Load the raw UCI encounters from a ``.zip``/``.csv`` path, an ``s3://`` URI or a URL.
+
+    Args:
+        source: Where the data is.
+        verify: Check the CSV's sha256 against the published one (turn off only for samples).
+
+    Raises:
+        UCIDataError: Missing file, failed download, corrupt zip or checksum mismatch.
+    """
+    source = str(source)
+    blob = _fetch(source)
+    is_zip = blob[:4] == b"PK\x03\x04" or source.lower().endswith(".zip")
+    csv_bytes = find_csv_in_zip(blob, source=source) if is_zip else blob
+    digest = storage.sha256_bytes(csv_bytes)
+    if verify and digest != CSV_SHA256:
+        raise UCIDataError(
+            f"{source}: {CSV_NAME} has sha256 {digest}, expected {CSV_SHA256} "
+            "(a different or truncated file; pass verify=False for a sample on purpose)"
+        )
+    return LoadedData(read_raw_csv(csv_bytes, source=source), source, digest)

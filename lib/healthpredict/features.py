@@ -1,0 +1,161 @@
+"""Features shared by training, monitoring and serving: one implementation of each rule.
+
+``clean_data`` normalises a raw frame (types, missing markers) without dropping rows, so a
+served record or a monitored batch keeps every row. ``engineer_features`` derives the
+interpretable model inputs. ``build_preprocessor`` is the first step of every model pipeline,
+so the logged model takes raw encounter fields.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from healthpredict.data.schema import AGE_BRACKETS, MEDICATIONS, RAW_COLUMNS, TARGET
+
+MISSING = "Missing"
+TARGETS = ("<30", "any")
+
+# Medications common enough to be informative on their own; the rest enter via the counts.
+KEY_MEDICATIONS = ("metformin", "insulin", "glipizide", "glyburide", "pioglitazone", "rosiglitazone", "glimepiride")  # fmt: skip
+NUMERIC_FEATURES = (
+    "time_in_hospital", "num_lab_procedures", "num_procedures", "num_medications",
+    "number_outpatient", "number_emergency", "number_inpatient", "number_diagnoses",
+    "age_ordinal", "prior_visits_total", "n_med_changes", "n_meds_prescribed",
+)  # fmt: skip
+CATEGORICAL_FEATURES = (
+    "race", "gender", "admission_type_id", "discharge_disposition_id", "admission_source_id",
+    "payer_code", "medical_specialty", "diag_1_group", "diag_2_group", "diag_3_group",
+    "max_glu_serum", "A1Cresult", "change", "diabetesMed", *KEY_MEDICATIONS,
+)  # fmt: skip
+MODEL_FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
+
+DIAG_GROUPS = (
+    "circulatory", "respiratory", "digestive", "diabetes", "injury", "musculoskeletal",
+    "genitourinary", "neoplasms", "external", "other", MISSING,
+)  # fmt: skip
+# ICD-9 ranges of the clinical groups used by Strack et al. (2014).
+_ICD9_RANGES = (
+    ("circulatory", ((390, 460), (785, 786))),
+    ("respiratory", ((460, 520), (786, 787))),
+    ("digestive", ((520, 580), (787, 788))),
+    ("injury", ((800, 1000),)),
+    ("musculoskeletal", ((710, 740),)),
+    ("genitourinary", ((580, 630), (788, 789))),
+    ("neoplasms", ((140, 240),)),
+)
+_INT_COLUMNS = tuple(c.name for c in RAW_COLUMNS if c.kind in ("id", "int"))
+_TEXT_COLUMNS = tuple(c.name for c in RAW_COLUMNS if c.kind in ("category", "code", "text"))
+_ID_CATEGORIES = ("admission_type_id", "discharge_disposition_id", "admission_source_id")
+
+
+def clean_data(df: pd.DataFrame) -> pd.DataFrame:
+    """Normalise a raw frame: integer columns as int64, text as str, missing text as "Missing".
+
+    Works with and without the target; never drops rows (filtering belongs to the split).
+    """
+    out = df.copy()
+    for col in _INT_COLUMNS:
+        if col in out.columns:
+            out[col] = pd.to_numeric(out[col], errors="raise").astype("int64")
+    for col in _TEXT_COLUMNS:
+        if col in out.columns and not col.startswith("diag_"):
+            out[col] = out[col].astype(object).where(out[col].notna(), MISSING).astype(str)
+    return out
+
+
+def diag_group(codes: pd.Series) -> pd.Series:
+    """Map ICD-9 codes (leading zeros dropped, as in the UCI file) to clinical groups."""
+    text = codes.astype("string").str.strip()
+    num = pd.to_numeric(text, errors="coerce")
+    group = pd.Series("other", index=codes.index, dtype=object)
+    for name, ranges in _ICD9_RANGES:
+        mask = np.zeros(len(num), dtype=bool)
+        for lo, hi in ranges:
+            mask |= ((num >= lo) & (num < hi)).to_numpy(dtype=bool, na_value=False)
+        group[mask] = name
+    group[(np.floor(num) == 250).to_numpy(dtype=bool, na_value=False)] = "diabetes"
+    group[text.str.match(r"^[VvEe]").fillna(False).to_numpy(dtype=bool)] = "external"
+    group[text.isna().to_numpy()] = MISSING
+    return group
+
+
+def engineer_features(df: pd.DataFrame) -> pd.DataFrame:
+    """Derive the model inputs (``MODEL_FEATURES``) from a cleaned raw frame.
+
+    Keeps ``readmitted`` when present so monitoring can score performance; works without it.
+    """
+    out = pd.DataFrame(index=df.index)
+    for col in NUMERIC_FEATURES:
+        if col in df.columns:
+            out[col] = df[col].astype("float64")
+    out["age_ordinal"] = (
+        df["age"].map({b: i for i, b in enumerate(AGE_BRACKETS)}).astype("float64")
+    )
+    out["prior_visits_total"] = (
+        df["number_outpatient"] + df["number_emergency"] + df["number_inpatient"]
+    ).astype("float64")
+    meds = df[list(MEDICATIONS)]
+    out["n_med_changes"] = meds.isin(("Up", "Down")).sum(axis=1).astype("float64")
+    out["n_meds_prescribed"] = (meds != "No").sum(axis=1).astype("float64")
+    for col in CATEGORICAL_FEATURES:
+        if col.endswith("_group"):
+            out[col] = diag_group(df[col.removesuffix("_group")])
+        elif col in _ID_CATEGORIES:
+            out[col] = df[col].astype("int64").astype(str)
+        else:
+            out[col] = df[col].astype(str)
+    out = out[list(MODEL_FEATURES)]
+    if TARGET in df.columns:
+        out[TARGET] = df[TARGET].to_numpy()
+    return out
+
+
+def make_target(df: pd.DataFrame, target: str = "<30") -> np.ndarray:
+    """Binary label from ``readmitted``: ``<30`` (default) or ``any`` readmission.
+
+    Raises:
+        ValueError: For an unknown target name or a frame without ``readmitted``.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
+    if TARGET not in df.columns:
+        raise ValueError(f"the frame has no {TARGET!r} column, so it has no label")
+    labels = df[TARGET]
+    return (labels == "<30").to_numpy(int) if target == "<30" else (labels != "NO").to_numpy(int)
+
+
+def prepare_features(df: pd.DataFrame) -> pd.DataFrame:
+    """Raw frame -> model input features (``clean_data`` then ``engineer_features``), no target."""
+    return engineer_features(clean_data(df))[list(MODEL_FEATURES)]
+
+
+def build_preprocessor(*, scale_numeric: bool = True, min_frequency: int = 20) -> Pipeline:
+    """The transformer every model pipeline starts with: raw encounter fields -> numeric matrix.
+
+    Args:
+        scale_numeric: Standardise numeric features (linear models need it; trees ignore it).
+        min_frequency: Categories rarer than this in training are pooled as "infrequent",
+            and unseen ones at scoring time fall into that bucket instead of failing.
+    """
+    encode = ColumnTransformer(
+        [
+            ("num", StandardScaler() if scale_numeric else "passthrough", list(NUMERIC_FEATURES)),
+            (
+                "cat",
+                OneHotEncoder(
+                    handle_unknown="infrequent_if_exist",
+                    min_frequency=min_frequency,
+                    sparse_output=False,
+                ),
+                list(CATEGORICAL_FEATURES),
+            ),
+        ],
+        verbose_feature_names_out=False,
+    )
+    return Pipeline(
+        [("features", FunctionTransformer(prepare_features, validate=False)), ("encode", encode)]
+    )

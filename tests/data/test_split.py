@@ -1,0 +1,74 @@
+"""The chronological, patient-grouped split and its manifest, on synthetic and real data."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from healthpredict import storage
+from healthpredict.data.schema import EXCLUDED_DISPOSITIONS
+from healthpredict.data.split import SPLITS, SplitParams, load_split, prepare, read_manifest
+from healthpredict.data.uci import CSV_SHA256
+
+
+def _check_split_invariants(data_dir: str, manifest: dict) -> dict[str, pd.DataFrame]:
+    parts = {name: load_split(name, data_dir) for name in SPLITS}
+    initial = ("initial_train", "validation", "test")
+    patients = [set(parts[n]["patient_nbr"]) for n in initial]
+    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+    for name in initial:
+        assert not parts[name]["discharge_disposition_id"].isin(EXCLUDED_DISPOSITIONS).any()
+    future = parts["future_data"]["encounter_id"]
+    assert future.is_monotonic_increasing and future.is_unique
+    last_initial = max(parts[n]["encounter_id"].max() for n in initial)
+    assert future.min() > last_initial  # the stream comes strictly after the initial period
+    for name in SPLITS:
+        info = manifest["splits"][name]
+        assert info["rows"] == len(parts[name])
+        assert info["sha256"] == storage.sha256(storage.join(data_dir, f"{name}.csv"))
+    return parts
+
+
+def test_prepare_synthetic(tmp_path):
+    out = str(tmp_path / "processed")
+    manifest = prepare("synthetic", out_dir=out, n_synthetic=5000)
+    assert manifest == read_manifest(out)
+    assert manifest["data_source"] == "synthetic" and "SYNTHETIC" in manifest["banner"]
+    parts = _check_split_invariants(out, manifest)
+    assert len(parts["future_data"]) == 4000
+    assert 0.05 < manifest["splits"]["initial_train"]["target_rate"] < 0.25
+
+
+def test_any_target_and_params_recorded(tmp_path):
+    out = str(tmp_path / "p")
+    m = prepare("synthetic", out_dir=out, n_synthetic=3000, params=SplitParams(target="any"))
+    assert m["split_params"]["target"] == "any"
+    assert m["splits"]["initial_train"]["target_rate"] > 0.3
+
+
+def test_bad_split_params_are_clear():
+    with pytest.raises(ValueError, match="initial_fraction"):
+        SplitParams(initial_fraction=1.5)
+    with pytest.raises(ValueError, match="sum below 1"):
+        SplitParams(validation_fraction=0.6, test_fraction=0.5)
+
+
+def test_prepare_to_s3(s3_bucket):
+    out = f"{s3_bucket}/processed_data"
+    manifest = prepare("synthetic", out_dir=out, n_synthetic=2000)
+    assert read_manifest(out)["splits"]["test"]["rows"] == manifest["splits"]["test"]["rows"]
+    assert len(load_split("future_data", out)) == 1600
+
+
+@pytest.mark.realdata
+def test_prepare_real_data(real_zip, tmp_path):
+    out = str(tmp_path / "real")
+    manifest = prepare(str(real_zip), out_dir=out)
+    assert manifest["data_source"] == "real"
+    assert manifest["source_csv_sha256"] == CSV_SHA256 and manifest["source_rows"] == 101_766
+    parts = _check_split_invariants(out, manifest)
+    n_initial = sum(len(parts[n]) for n in ("initial_train", "validation", "test"))
+    assert len(parts["future_data"]) == 101_766 - 20_353
+    assert 19_000 < n_initial < 20_353  # expired/hospice removed from the initial period
+    for name in SPLITS:  # the <30 rate is ~11% everywhere
+        assert 0.09 < manifest["splits"][name]["target_rate"] < 0.14
