@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     model_name: str = Field("HealthPredict", description="Registered model name in MLflow.")
     s3_endpoint_url: str | None = Field(
         None,
-        validation_alias=AliasChoices("HP_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        validation_alias=AliasChoices(
+            "HP_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"
+        ),
         description="S3 endpoint override for MinIO, LocalStack or moto; None means AWS.",
     )
     uci_source: str = Field(

@@ -92,9 +92,7 @@ def engineer_features(df: pd.DataFrame) -> pd.DataFrame:
     for col in NUMERIC_FEATURES:
         if col in df.columns:
             out[col] = df[col].astype("float64")
-    out["age_ordinal"] = (
-        df["age"].map({b: i for i, b in enumerate(AGE_BRACKETS)}).astype("float64")
-    )
+    out["age_ordinal"] = df["age"].map({b: i for i, b in enumerate(AGE_BRACKETS)}).astype("float64")
     out["prior_visits_total"] = (
         df["number_outpatient"] + df["number_emergency"] + df["number_inpatient"]
     ).astype("float64")

@@ -52,7 +52,9 @@ def _client(endpoint_url: str | None):
     from botocore.config import Config
 
     # Bounded retries with backoff: a flaky endpoint is retried, a dead one fails in seconds.
-    cfg = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+    cfg = Config(
+        retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60
+    )
     return boto3.client("s3", endpoint_url=endpoint_url, config=cfg)
 
 
@@ -105,7 +107,11 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> str:
 
 
 def _is_s3_missing(exc: Exception) -> bool:
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+    code = (
+        getattr(exc, "response", {}).get("Error", {}).get("Code")
+        if hasattr(exc, "response")
+        else None
+    )
     return code in ("NoSuchKey", "404", "NotFound")
 
 

@@ -25,9 +25,16 @@ def test_bytes_json_csv_parquet_round_trip(root):
     assert storage.read_bytes(storage.join(root, "raw.bin")) == b"\x00\x01hello"
     assert storage.read_json(storage.join(root, "doc.json")) == {"k": [1, 2], "n": None}
     pd.testing.assert_frame_equal(storage.read_csv(storage.join(root, "t.csv")), frame)
-    pd.testing.assert_frame_equal(storage.read_parquet(storage.join(root, "sub", "t.parquet")), frame)
+    pd.testing.assert_frame_equal(
+        storage.read_parquet(storage.join(root, "sub", "t.parquet")), frame
+    )
     listed = storage.list_uris(root)
-    assert sorted(u.rsplit("/", 1)[-1] for u in listed) == ["doc.json", "raw.bin", "t.csv", "t.parquet"]
+    assert sorted(u.rsplit("/", 1)[-1] for u in listed) == [
+        "doc.json",
+        "raw.bin",
+        "t.csv",
+        "t.parquet",
+    ]
     assert storage.sha256(storage.join(root, "raw.bin")) == storage.sha256_bytes(b"\x00\x01hello")
 
 

@@ -83,5 +83,9 @@ def test_real_zips_both_layouts(real_zip):
     assert a.csv_sha256 == b.csv_sha256 == CSV_SHA256
     assert a.frame.shape == (101_766, 50)
     assert a.frame["patient_nbr"].nunique() == 71_518
-    assert a.frame["readmitted"].value_counts().to_dict() == {"NO": 54_864, ">30": 35_545, "<30": 11_357}
+    assert a.frame["readmitted"].value_counts().to_dict() == {
+        "NO": 54_864,
+        ">30": 35_545,
+        "<30": 11_357,
+    }
     assert (a.frame["max_glu_serum"] == "None").sum() == 96_420

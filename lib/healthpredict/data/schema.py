@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -181,7 +180,9 @@ def _check_column(col: Column, s: pd.Series) -> list[str]:
     n_missing = int(s.isna().sum())
     if n_missing and not col.nullable:
         rows = s.index[s.isna()][:5].tolist()
-        problems.append(f"{col.name}: {n_missing} missing value(s) but it is required (rows {rows})")
+        problems.append(
+            f"{col.name}: {n_missing} missing value(s) but it is required (rows {rows})"
+        )
     present = s.dropna()
     if col.kind in ("id", "int"):
         num, bad = _as_int(present)
@@ -227,7 +228,8 @@ def _check_column(col: Column, s: pd.Series) -> list[str]:
             counts = text[bad].value_counts()
             problems.append(
                 f"{col.name}: {int(bad.sum())} value(s) do not look like a {col.kind} "
-                f"({col.description}): " + ", ".join(f"{k!r} ({v}x)" for k, v in counts.head(5).items())
+                f"({col.description}): "
+                + ", ".join(f"{k!r} ({v}x)" for k, v in counts.head(5).items())
             )
     return problems
 

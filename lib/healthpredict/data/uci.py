@@ -74,7 +74,9 @@ def read_raw_csv(data: bytes | str | os.PathLike, *, source: str = "data") -> pd
         raise UCIDataError(f"{source}: not a readable CSV: {exc}") from exc
 
 
-def find_csv_in_zip(blob: bytes, *, name: str = CSV_NAME, source: str = "zip", _depth: int = 0) -> bytes:
+def find_csv_in_zip(
+    blob: bytes, *, name: str = CSV_NAME, source: str = "zip", _depth: int = 0
+) -> bytes:
     """Return the bytes of ``name`` wherever it is in the zip, looking into nested zips too.
 
     Raises:
@@ -91,7 +93,10 @@ def find_csv_in_zip(blob: bytes, *, name: str = CSV_NAME, source: str = "zip", _
                     if member.lower().endswith(".zip"):
                         try:
                             return find_csv_in_zip(
-                                zf.read(member), name=name, source=f"{source}!{member}", _depth=_depth + 1
+                                zf.read(member),
+                                name=name,
+                                source=f"{source}!{member}",
+                                _depth=_depth + 1,
                             )
                         except UCIDataError:
                             continue

@@ -1,0 +1,313 @@
+"""The MLflow model registry of HealthPredict: log, look up, load and promote model versions.
+
+Versions carry everything a consumer needs as version tags (decision threshold, target, raw
+schema hash, test metrics, data source, training time, hyperparameters), so the drift monitor
+and the API never have to dig into runs. Roles are aliases, never stages:
+
+- ``champion``: the model in service (the first model ever trained becomes champion);
+- ``challenger``: the latest trained version that is not (yet) champion;
+- ``previous``: the champion before the last promotion (for rollback).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from healthpredict.config import get_settings
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS = "previous"
+METRIC_TAG_PREFIX = "metric."
+_URI_RE = re.compile(r"^(?:models:/)?(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+class ModelNotFoundError(LookupError):
+    """The registered model, version or alias does not exist; the message names which."""
+
+
+@dataclass
+class ModelInfo:
+    """One registered model version and what it was trained for.
+
+    Attributes:
+        name: Registered model name.
+        version: Version number, as a string.
+        run_id: MLflow run that logged the model.
+        model_uri: ``models:/<name>/<version>`` (stable, unlike an alias URI).
+        aliases: Aliases currently on this version.
+        threshold: Decision threshold on the positive-class probability.
+        target: Label definition, ``<30`` or ``any``.
+        trained_at: ISO timestamp (UTC) of the logging.
+        test_metrics: Metrics on the held-out test split.
+        schema_hash: Raw schema hash the model was trained against.
+        data_source: ``uci`` or ``synthetic``.
+        params: Model family and hyperparameters.
+    """
+
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+    aliases: list[str] = field(default_factory=list)
+    threshold: float = 0.5
+    target: str = "<30"
+    trained_at: str = ""
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    schema_hash: str = ""
+    data_source: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def champion_uri(name: str | None = None) -> str:
+    """URI of the champion of ``name`` (default: ``settings.model_name``)."""
+    return f"models:/{name or get_settings().model_name}@{CHAMPION}"
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def _is_missing(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """Version that ``alias`` points at, or None when the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client().get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return None
+        raise
+
+
+def _example_rows(frame: pd.DataFrame, n: int = 5) -> pd.DataFrame:
+    """First ``n`` rows plus, per column, one row where it is present and one where it is missing.
+
+    Signature inference needs a non-missing value to type a mostly-missing column (``weight``)
+    and a missing one to mark a nullable column optional.
+    """
+    picked = list(frame.index[:n])
+    for col in frame.columns:
+        for mask in (frame[col].notna(), frame[col].isna()):
+            if mask.any() and not mask.loc[picked].any():
+                picked.append(mask.idxmax())
+    return frame.loc[picked]
+
+
+def _input_example(frame: pd.DataFrame) -> pd.DataFrame:
+    from healthpredict.data.schema import FEATURE_COLUMNS
+
+    cols = [c for c in FEATURE_COLUMNS if c in frame.columns]
+    return _example_rows(frame[cols]).reset_index(drop=True)
+
+
+def log_model(
+    pipeline: Pipeline,
+    *,
+    threshold: float,
+    target: str,
+    test_metrics: dict[str, float],
+    input_example: pd.DataFrame,
+    data_source: str,
+    params: dict[str, Any],
+    name: str | None = None,
+) -> ModelInfo:
+    """Log a fitted pipeline in the active MLflow run and register it as a new version.
+
+    The version gets the ``challenger`` alias; when the model has no ``champion`` yet, it is
+    promoted at once (the first model ever trained becomes champion).
+
+    Args:
+        pipeline: Fitted sklearn pipeline taking raw encounter fields.
+        threshold: Decision threshold on the positive-class probability.
+        target: Label definition (``<30`` or ``any``).
+        test_metrics: Metrics on the held-out test split (stored as ``metric.<k>`` tags).
+        input_example: Raw encounter rows (a few are kept as the example; the target and any
+            non-schema column are dropped).
+        data_source: ``uci`` or ``synthetic``.
+        params: Model family and hyperparameters (stored as JSON in the ``params`` tag).
+        name: Registered model name (default ``settings.model_name``).
+
+    Returns:
+        The registered version.
+
+    Raises:
+        RuntimeError: No MLflow run is active.
+    """
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    from healthpredict.data.schema import schema_hash
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("registry.log_model needs an active MLflow run (mlflow.start_run())")
+    name = name or get_settings().model_name
+    example = _input_example(input_example)
+    signature = infer_signature(example, pipeline.predict_proba(example))
+    logged = mlflow.sklearn.log_model(
+        pipeline,
+        name="model",
+        # cloudpickle: skops refuses tree models unless every tree type is whitelisted.
+        serialization_format="cloudpickle",
+        signature=signature,
+        input_example=example,
+        # pyfunc consumers (serving, monitoring) want risk probabilities, not hard labels.
+        pyfunc_predict_fn="predict_proba",
+        registered_model_name=name,
+    )
+    version = str(logged.registered_model_version)
+    client = _client()
+    tags = {
+        "threshold": repr(float(threshold)),
+        "target": target,
+        "schema_hash": schema_hash(),
+        "data_source": data_source,
+        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "params": json.dumps(params, sort_keys=True, default=str),
+        **{f"{METRIC_TAG_PREFIX}{k}": repr(float(v)) for k, v in test_metrics.items()},
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    if alias_version(name, CHAMPION) is None:
+        promote(name, version)
+    return get_model_info(f"models:/{name}/{version}")
+
+
+def _parse_uri(uri: str) -> tuple[str, str | None, str | None]:
+    match = _URI_RE.match(uri.strip())
+    if match is None:
+        raise ValueError(
+            f"{uri!r} is not a registry model URI; use models:/<name>@<alias> or "
+            "models:/<name>/<version>"
+        )
+    return match["name"], match["alias"], match["version"]
+
+
+def _float(text: str | None, default: float = math.nan) -> float:
+    try:
+        return float(text) if text is not None else default
+    except ValueError:
+        return default
+
+
+def get_model_info(model_uri: str) -> ModelInfo:
+    """Describe the version behind ``models:/Name@alias`` or ``models:/Name/3``.
+
+    Args:
+        model_uri: Registry URI (the ``models:/`` prefix is optional).
+
+    Returns:
+        The version's :class:`ModelInfo`.
+
+    Raises:
+        ModelNotFoundError: The model, alias or version does not exist.
+        ValueError: The URI is not a registry URI.
+    """
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = _parse_uri(model_uri)
+    client = _client()
+    try:
+        if alias is not None:
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            mv = client.get_model_version(name, version)
+    except MlflowException as exc:
+        if not _is_missing(exc):
+            raise
+        what = f"alias {alias!r}" if alias is not None else f"version {version}"
+        raise ModelNotFoundError(
+            f"registered model {name!r} has no {what} in {_tracking_uri()}"
+            + (" (train a model first: healthpredict train)" if alias == CHAMPION else "")
+        ) from None
+    tags = dict(mv.tags or {})
+    return ModelInfo(
+        name=name,
+        version=str(mv.version),
+        run_id=mv.run_id,
+        model_uri=f"models:/{name}/{mv.version}",
+        aliases=sorted(mv.aliases or []),
+        threshold=_float(tags.get("threshold"), 0.5),
+        target=tags.get("target", ""),
+        trained_at=tags.get("trained_at", ""),
+        test_metrics={
+            k[len(METRIC_TAG_PREFIX) :]: _float(v)
+            for k, v in sorted(tags.items())
+            if k.startswith(METRIC_TAG_PREFIX)
+        },
+        schema_hash=tags.get("schema_hash", ""),
+        data_source=tags.get("data_source", ""),
+        params=json.loads(tags["params"]) if tags.get("params") else {},
+    )
+
+
+def _tracking_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def load_pipeline(model_uri: str) -> tuple[Pipeline, ModelInfo]:
+    """Load a registered version as the sklearn pipeline it was logged as.
+
+    The version is resolved once, so the pipeline and the info always match even when the
+    alias moves meanwhile. ``pipeline.steps[0][1]`` is the preprocessor.
+
+    Args:
+        model_uri: ``models:/Name@alias`` or ``models:/Name/3``.
+
+    Returns:
+        The fitted pipeline and its :class:`ModelInfo`.
+
+    Raises:
+        ModelNotFoundError: The model, alias or version does not exist.
+    """
+    import mlflow.sklearn
+
+    info = get_model_info(model_uri)
+    return mlflow.sklearn.load_model(info.model_uri), info
+
+
+def promote(name: str, version: str | int) -> None:
+    """Make ``version`` the champion of ``name``.
+
+    The old champion gets ``previous``; ``challenger`` is removed if it pointed at ``version``.
+    Promoting the current champion again changes nothing but the challenger alias.
+
+    Raises:
+        ModelNotFoundError: The version does not exist.
+    """
+    version = str(version)
+    get_model_info(f"models:/{name}/{version}")  # fail clearly before touching any alias
+    client = _client()
+    old = alias_version(name, CHAMPION)
+    if old is not None and old != version:
+        # previous first: if the next call failed, serving would still see the old champion.
+        client.set_registered_model_alias(name, PREVIOUS, old)
+    if old != version:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        client.set_model_version_tag(
+            name, version, "promoted_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        )
+    if alias_version(name, CHALLENGER) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
