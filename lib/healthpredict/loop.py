@@ -1,0 +1,398 @@
+"""The monitoring loop: batch cursor in storage, a lease against concurrent runners, decisions.
+
+The same step functions serve ``healthpredict loop`` and the Airflow monitoring DAG. The
+cursor (``next_batch_start_index``) lives in ``<storage>/monitoring/state.json`` and moves
+forward only after a batch was monitored (and, on drift, retrained) successfully, so a failed
+or killed run processes the same batch again. Batch files are named by their start index, so
+a re-run overwrites instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from healthpredict import storage
+from healthpredict.config import get_settings
+
+DRIFT_DETECTED = "DRIFT_DETECTED"
+NO_DRIFT = "NO_DRIFT"
+LEASE_SECONDS = 15 * 60
+
+
+class LoopLockedError(RuntimeError):
+    """Another loop runner holds the lease on this storage."""
+
+
+def monitoring_dir(root: str | None = None) -> str:
+    """Folder (or URI) holding the loop's state, lease and batch files."""
+    return storage.join(root or get_settings().storage, "monitoring")
+
+
+# ---- pure decisions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchWindow:
+    """Rows ``[start, end)`` of the future stream."""
+
+    start: int
+    end: int
+
+    @property
+    def name(self) -> str:
+        """File name of the batch: named by its start index, so re-runs overwrite."""
+        return f"batch_{self.start:07d}.csv"
+
+
+def next_window(next_start: int, total_rows: int, batch_size: int) -> BatchWindow | None:
+    """The next batch window, or None when the stream is exhausted.
+
+    Raises:
+        ValueError: For a non-positive batch size or a cursor outside the stream.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if next_start < 0 or next_start > total_rows:
+        raise ValueError(
+            f"next_batch_start_index {next_start} is outside the stream (0..{total_rows})"
+        )
+    if next_start >= total_rows:
+        return None
+    return BatchWindow(next_start, min(next_start + batch_size, total_rows))
+
+
+def should_retrain(drift_status: str) -> bool:
+    """Retrain exactly when the monitor reported drift; any other value is an error.
+
+    Raises:
+        ValueError: When the status is neither ``DRIFT_DETECTED`` nor ``NO_DRIFT``.
+    """
+    if drift_status not in (DRIFT_DETECTED, NO_DRIFT):
+        raise ValueError(f"unexpected drift_status {drift_status!r}")
+    return drift_status == DRIFT_DETECTED
+
+
+# ---- state ----------------------------------------------------------------------------------
+
+
+@dataclass
+class LoopState:
+    """What the loop has done so far; persisted as JSON beside the batches."""
+
+    next_batch_start_index: int = 0
+    batches_since_retrain: list[str] = field(default_factory=list)
+    reference_uri: str | None = None  # drift reference after a promotion; None = initial_train
+    history: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, root: str | None = None) -> LoopState:
+        """Read the state, or a fresh one when none was written yet."""
+        uri = storage.join(monitoring_dir(root), "state.json")
+        if not storage.exists(uri):
+            return cls()
+        raw = storage.read_json(uri)
+        return cls(
+            **{
+                k: raw[k]
+                for k in ("next_batch_start_index", "batches_since_retrain", "history")
+                if k in raw
+            }
+        )
+
+    def save(self, root: str | None = None) -> None:
+        """Write the state atomically."""
+        storage.write_json(storage.join(monitoring_dir(root), "state.json"), self.__dict__)
+
+
+def write_batch(future: pd.DataFrame, window: BatchWindow, root: str | None = None) -> str:
+    """Write rows of the future stream as a batch file; returns its URI."""
+    uri = storage.join(monitoring_dir(root), "batches", window.name)
+    storage.write_csv(uri, future.iloc[window.start : window.end])
+    return uri
+
+
+# ---- lease ----------------------------------------------------------------------------------
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Lease:
+    """The loop's lease on a storage root; renew it between batches of a long run."""
+
+    uri: str
+    holder: str
+    seconds: int
+
+    def payload(self) -> bytes:
+        """The lease document with a fresh expiry time."""
+        expires = _now() + dt.timedelta(seconds=self.seconds)
+        return json.dumps({"holder": self.holder, "expires_at": expires.isoformat()}).encode()
+
+    def renew(self) -> None:
+        """Push the expiry forward, unless somebody took the lease over (then stop)."""
+        held = _read_lease(self.uri)
+        if not held or held.get("holder") != self.holder:
+            raise LoopLockedError(f"lost the lease on {self.uri} to {held and held.get('holder')}")
+        storage.write_bytes(self.uri, self.payload())
+
+
+@contextmanager
+def lease(root: str | None = None, seconds: int = LEASE_SECONDS) -> Iterator[Lease]:
+    """Hold the loop's lease for the duration of the block.
+
+    The lease is a small JSON file created exclusively; an expired lease (its holder died) is
+    taken over. A second runner stops with :class:`LoopLockedError` naming the holder.
+    """
+    held = Lease(
+        storage.join(monitoring_dir(root), "lease.json"),
+        f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+        seconds,
+    )
+    _acquire(held)
+    try:
+        yield held
+    finally:
+        current = _read_lease(held.uri)
+        if current and current.get("holder") == held.holder:
+            storage.delete(held.uri)
+
+
+def _read_lease(uri: str) -> dict | None:
+    try:
+        return storage.read_json(uri)
+    except (storage.StorageError, json.JSONDecodeError):
+        return None
+
+
+def _acquire(held: Lease) -> None:
+    uri = held.uri
+    for _ in range(2):
+        if _create_exclusive(uri, held.payload()):
+            return
+        other = _read_lease(uri)
+        if other and dt.datetime.fromisoformat(other["expires_at"]) > _now():
+            raise LoopLockedError(
+                f"another loop runner ({other['holder']}) holds the lease on {uri} until "
+                f"{other['expires_at']}; wait for it to finish, or delete the file if it is stale"
+            )
+        _remove_stale(uri, held.holder)  # expired: its holder died; take it over
+    raise LoopLockedError(f"could not take the lease at {uri}")
+
+
+def _remove_stale(uri: str, me: str) -> None:
+    if storage.is_s3(uri):
+        storage.delete(uri)
+        return
+    # A rename succeeds for exactly one of two runners racing to take over the same stale lease.
+    try:
+        os.rename(uri, f"{uri}.stale-{me.replace(':', '-')}")
+    except FileNotFoundError:
+        return
+    Path(f"{uri}.stale-{me.replace(':', '-')}").unlink(missing_ok=True)
+
+
+def _create_exclusive(uri: str, payload: bytes) -> bool:
+    if storage.is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = uri[5:].split("/", 1)
+        try:  # S3 conditional write: fails when the object already exists
+            storage.s3_client().put_object(Bucket=bucket, Key=key, Body=payload, IfNoneMatch="*")
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in (
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+            ):
+                return False
+            raise
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(payload)
+    return True
+
+
+# ---- the steps, shared by the CLI loop and the Airflow DAG -----------------------------------
+
+
+@dataclass
+class BatchOutcome:
+    """What happened to one batch."""
+
+    window: BatchWindow
+    batch_uri: str
+    drift_status: str
+    drifted_share: float | None
+    monitor_run_dir: str
+    retrain: dict | None = None
+
+    def as_dict(self) -> dict:
+        """JSON-ready summary for the state history."""
+        return {
+            "start": self.window.start,
+            "end": self.window.end,
+            "batch_uri": self.batch_uri,
+            "drift_status": self.drift_status,
+            "drifted_share": self.drifted_share,
+            "monitor_run_dir": self.monitor_run_dir,
+            "retrain": self.retrain,
+        }
+
+
+def monitor_batch(batch_uri: str, reference_uri: str, model_uri: str, **params):
+    """Run the drift-monitor notebook on one batch; returns the notebook run's result."""
+    from healthpredict import notebooks
+
+    return notebooks.run(
+        "03_drift_monitor",
+        {
+            "new_data_path": batch_uri,
+            "reference_data_path": reference_uri,
+            "mlflow_model_uri": model_uri,
+            **params,
+        },
+    )
+
+
+def retrain_on(batch_uris: list[str], **params):
+    """Run the retrain notebook (search + promotion gate) on labelled batches."""
+    from healthpredict import notebooks
+
+    return notebooks.run("04_retrain", {"retraining_data_path": list(batch_uris), **params})
+
+
+def write_reference(batch_uris: list[str], name: str, root: str | None = None) -> str:
+    """Concatenate batches into a new drift reference (the data a new champion learned from)."""
+    from healthpredict.data.uci import read_raw_csv
+
+    frame = pd.concat([read_raw_csv(u) for u in batch_uris], ignore_index=True)
+    return storage.write_csv(storage.join(monitoring_dir(root), "reference", f"{name}.csv"), frame)
+
+
+def process_batch(
+    future: pd.DataFrame,
+    state: LoopState,
+    *,
+    batch_size: int,
+    model_uri: str,
+    default_reference: str,
+    retrain_window: int = 5,
+    monitor_params: dict | None = None,
+    retrain_params: dict | None = None,
+    root: str | None = None,
+) -> BatchOutcome | None:
+    """Monitor the next batch and retrain on drift; advance and save the state only on success.
+
+    Returns None when the stream is exhausted. Any failure raises with the state untouched,
+    so the next call processes the same batch again.
+    """
+    window = next_window(state.next_batch_start_index, len(future), batch_size)
+    if window is None:
+        return None
+    batch_uri = write_batch(future, window, root)
+    reference = state.reference_uri or default_reference
+    result = monitor_batch(batch_uri, reference, model_uri, **(monitor_params or {}))
+    status = result.scraps["drift_status"]
+    outcome = BatchOutcome(
+        window, batch_uri, status, result.scraps.get("drifted_share"), str(result.run_dir)
+    )
+    seen = [*state.batches_since_retrain, batch_uri][-retrain_window:]
+    new_reference = None
+    if should_retrain(status):
+        retrained = retrain_on(seen, **(retrain_params or {}))
+        outcome.retrain = {
+            "decision": retrained.scraps["decision"],
+            "promoted": bool(retrained.scraps["promoted"]),
+            "reason": retrained.scraps["reason"],
+            "challenger_version": retrained.scraps["challenger_version"],
+            "run_dir": str(retrained.run_dir),
+        }
+        if outcome.retrain["promoted"]:
+            new_reference = write_reference(seen, f"reference_{window.start:07d}", root)
+            seen = []
+    # Only now, with every step done, does the loop move forward.
+    state.next_batch_start_index = window.end
+    state.batches_since_retrain = seen
+    if new_reference:
+        state.reference_uri = new_reference
+    state.history.append(outcome.as_dict())
+    state.save(root)
+    return outcome
+
+
+def run_loop(
+    *,
+    batch_size: int = 2000,
+    max_batches: int | None = None,
+    data_dir: str | None = None,
+    model_uri: str | None = None,
+    retrain_window: int = 5,
+    monitor_params: dict | None = None,
+    retrain_params: dict | None = None,
+    root: str | None = None,
+    on_batch=None,
+) -> list[BatchOutcome]:
+    """Monitor the future stream batch by batch, retraining on drift, under the loop's lease.
+
+    Args:
+        batch_size: Rows per batch.
+        max_batches: Stop after this many batches (None: until the stream is exhausted).
+        data_dir: Prepared data folder (default ``<storage>/processed_data``).
+        model_uri: Production model (default ``models:/<model_name>@champion``).
+        retrain_window: How many recent batches a retrain learns from.
+        monitor_params: Extra parameters for the drift-monitor notebook.
+        retrain_params: Extra parameters for the retrain notebook.
+        root: Storage root (default from settings).
+        on_batch: Called with each :class:`BatchOutcome` (progress display).
+    """
+    from healthpredict.data.split import load_split
+    from healthpredict.registry import champion_uri
+
+    data_dir = data_dir or get_settings().processed_data
+    model_uri = model_uri or champion_uri()
+    outcomes: list[BatchOutcome] = []
+    with lease(root) as held:
+        future = load_split("future_data", data_dir)  # read once, sliced per batch
+        state = LoopState.load(root)
+        while max_batches is None or len(outcomes) < max_batches:
+            outcome = process_batch(
+                future,
+                state,
+                batch_size=batch_size,
+                model_uri=model_uri,
+                default_reference=storage.join(data_dir, "initial_train.csv"),
+                retrain_window=retrain_window,
+                monitor_params=monitor_params,
+                retrain_params=retrain_params,
+                root=root,
+            )
+            if outcome is None:
+                break
+            outcomes.append(outcome)
+            held.renew()
+            if on_batch:
+                on_batch(outcome)
+    return outcomes
+
+
+def remaining_batches(total_rows: int, next_start: int, batch_size: int) -> int:
+    """How many batches are left in the stream from the cursor."""
+    return max(0, -(-(total_rows - next_start) // batch_size))
