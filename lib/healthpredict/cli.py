@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Annotated
+
 import typer
 from rich.console import Console
 
@@ -65,6 +68,258 @@ def data_prepare(
     manifest = prepare(source, out_dir=out_dir, params=params, n_synthetic=n_synthetic)
     _print_manifest(manifest)
     typer.echo(out_dir or get_settings().processed_data)
+
+
+@app.command("loop")
+def loop_command(
+    batch_size: int = typer.Option(2000, help="Rows per monitored batch of the future stream."),
+    max_batches: int = typer.Option(None, help="Stop after this many batches (default: all)."),
+    retrain_window: int = typer.Option(5, help="How many recent batches a retrain learns from."),
+    data_dir: str = typer.Option(
+        None, help="Prepared data folder (default: <storage>/processed_data)."
+    ),
+    model_uri: str = typer.Option(
+        None, help="Production model (default: models:/<name>@champion)."
+    ),
+) -> None:
+    """Monitor the future stream batch by batch; on drift retrain and gate; then continue."""
+    from healthpredict import loop
+    from healthpredict.data.split import load_split
+
+    future_rows = len(load_split("future_data", data_dir))
+    state = loop.LoopState.load()
+    total = loop.remaining_batches(future_rows, state.next_batch_start_index, batch_size)
+    total = min(total, max_batches) if max_batches else total
+    outcomes = _run_loop_with_progress(
+        total,
+        batch_size=batch_size,
+        max_batches=max_batches,
+        retrain_window=retrain_window,
+        data_dir=data_dir,
+        model_uri=model_uri,
+    )
+    for o in outcomes:
+        typer.echo(json.dumps(o.as_dict()))
+
+
+def _run_loop_with_progress(total: int, **kwargs) -> list:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from healthpredict import loop
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("monitoring batches", total=total)
+
+        def on_batch(outcome) -> None:
+            retrain = outcome.retrain
+            note = f" -> retrain {retrain['decision']}" if retrain else ""
+            share = outcome.drifted_share
+            progress.console.print(
+                f"rows {outcome.window.start:>6}-{outcome.window.end:<6} {outcome.drift_status}"
+                f" (drifted share {share if share is None else f'{share:.2f}'}){note}"
+            )
+            progress.advance(task)
+
+        return loop.run_loop(on_batch=on_batch, **kwargs)
+
+
+@app.command("demo")
+def demo(
+    source: str = typer.Option(None, help="Data source (default: HP_UCI_SOURCE, i.e. 'auto')."),
+    n_trials: int = typer.Option(12, help="Optuna trials of the initial training."),
+    batches: int = typer.Option(
+        8, help="Batches of the future stream to monitor (bounded for time)."
+    ),
+    batch_size: int = typer.Option(2000, help="Rows per batch."),
+) -> None:
+    """The whole pipeline on embedded defaults: prepare, EDA, train, monitoring loop, gallery."""
+    from healthpredict import notebooks
+    from healthpredict.config import get_settings
+    from healthpredict.data.split import prepare
+    from healthpredict.gallery import build_gallery
+
+    settings = get_settings()
+    console.rule("1/4 prepare data")
+    manifest = prepare(source)
+    _print_manifest(manifest)
+    console.rule("2/4 exploratory data analysis")
+    eda = notebooks.run("01_eda", {})
+    console.print(f"EDA: {eda.run_dir}")
+    console.rule("3/4 train with hyper-parameter search")
+    trained = notebooks.run("02_train_hpo", {"n_trials": n_trials})
+    scraps = trained.scraps
+    console.print(
+        f"champion candidate: {scraps['best_family']} test ROC AUC {scraps['test_roc_auc']:.3f}, "
+        f"version {scraps['model_version']} (promoted: {scraps['promoted']})"
+    )
+    console.rule(f"4/4 monitoring loop ({batches} batches of {batch_size})")
+    outcomes = _run_loop_with_progress(batches, batch_size=batch_size, max_batches=batches)
+    gallery = build_gallery()
+    from healthpredict.registry import champion_uri, get_model_info
+
+    champion = get_model_info(champion_uri())
+    console.rule("done")
+    if manifest.get("banner"):
+        console.print(f"[bold white on red] {manifest['banner']} [/]")
+    drifted = sum(o.drift_status == "DRIFT_DETECTED" for o in outcomes)
+    console.print(f"batches monitored: {len(outcomes)}, drift detected in {drifted}")
+    console.print(f"gallery:  {gallery}")
+    console.print(f"MLflow:   mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
+    console.print(
+        f"champion: models:/{champion.name}/{champion.version} ({champion.params.get('family', '')})"
+    )
+
+
+def _parse_value(text: str):
+    """A ``-p`` value: JSON when it parses (``5``, ``0.3``, ``true``, ``[1,2]``), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _notebook_and_params(tokens: list[str]) -> tuple[str, dict]:
+    """Split ``NOTEBOOK [-p NAME VALUE]...`` (any order) into the notebook and its parameters."""
+    notebook, params, i = None, {}, 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token in ("-p", "--param"):
+            if len(tokens) - i < 3:
+                raise typer.BadParameter(f"{token} needs two values: NAME VALUE")
+            params[tokens[i + 1]] = _parse_value(tokens[i + 2])
+            i += 3
+            continue
+        if token.startswith("-"):
+            raise typer.BadParameter(f"no such option: {token}")
+        if notebook is not None:
+            raise typer.BadParameter(f"unexpected extra argument {token!r}")
+        notebook, i = token, i + 1
+    if notebook is None:
+        raise typer.BadParameter("missing NOTEBOOK")
+    return notebook, params
+
+
+# -p NAME VALUE is parsed by hand: typer cannot declare a repeatable two-value option.
+@app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run_command(
+    ctx: typer.Context,
+    notebook: str = typer.Argument(
+        ...,
+        metavar="NOTEBOOK [-p NAME VALUE]...",
+        help="Notebook name in notebooks/ (01_eda) or a .py path.",
+    ),
+    run_dir: str = typer.Option(
+        None, help="Run folder or s3:// URI (default: <rendered_dir>/<time>-<name>-<id>)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Execute even if an identical run exists."),
+    show_code: bool = typer.Option(False, "--show-code", help="Keep code cells in the HTML."),
+    kernel: str = typer.Option(None, help="Jupyter kernel (default: HP_KERNEL_NAME)."),
+) -> None:
+    """Execute a notebook with papermill; print its run folder, then its scraps as JSON.
+
+    Parameters: -p NAME VALUE, repeatable; VALUE is JSON when it parses (5 is an int).
+
+    Exit code 1: the run failed (its files are still written); 2: bad parameters or notebook.
+    """
+    from healthpredict import notebooks
+
+    notebook, parameters = _notebook_and_params([notebook, *ctx.args])
+    try:
+        result = notebooks.run(
+            notebook, parameters, run_dir, kernel_name=kernel, force=force, hide_code=not show_code
+        )
+    except notebooks.NotebookRunError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except (notebooks.ParameterError, notebooks.NotebookNotFoundError) as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    typer.echo(result.run_dir)
+    typer.echo(json.dumps(result.scraps, indent=2, default=str))
+
+
+def _run_stage(notebook: str, parameters: dict, force: bool) -> None:
+    """Run a pipeline notebook through the runner; print run folder and scraps (exit 1 on failure)."""
+    from healthpredict import notebooks
+
+    try:
+        result = notebooks.run(notebook, parameters, force=force)
+    except notebooks.NotebookRunError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except notebooks.ParameterError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    typer.echo(result.run_dir)
+    typer.echo(json.dumps(result.scraps, indent=2, default=str))
+
+
+@app.command("train")
+def train_command(
+    n_trials: int = typer.Option(30, min=1, help="Optuna trials in all."),
+    families: Annotated[
+        list[str] | None,
+        typer.Option("--families", help="Model family (logreg, rf, hgb); repeat. Default: all."),
+    ] = None,
+    n_workers: int = typer.Option(
+        1, min=1, help="Worker processes on one study (1 = reproducible)."
+    ),
+    timeout_s: float = typer.Option(None, help="Stop starting trials after this many seconds."),
+    seed: int = typer.Option(42, help="Seed of the sampler and the estimators."),
+    study_storage: str = typer.Option(
+        None,
+        help="Optuna storage: journal file path, sqlite:/// or postgresql URL (default: journal).",
+    ),
+    target_recall: float = typer.Option(
+        None, help="Threshold reaching this recall (default: max F1)."
+    ),
+    data_dir: str = typer.Option(None, help="Prepared data folder or s3:// URI."),
+    force: bool = typer.Option(False, "--force", help="Execute even if an identical run exists."),
+) -> None:
+    """Search, evaluate and register a model by running notebooks/02_train_hpo.py."""
+    params = {"n_trials": n_trials, "families": list(families or ["logreg", "rf", "hgb"]),
+              "n_workers": n_workers,
+              "timeout_s": timeout_s, "seed": seed, "study_storage": study_storage,
+              "target_recall": target_recall, "data_dir": data_dir}  # fmt: skip
+    _run_stage("02_train_hpo", params, force)
+
+
+@app.command("retrain")
+def retrain_command(
+    batch: Annotated[
+        list[str],
+        typer.Option("--batch", help="Labelled raw batch CSV (path or s3:// URI); repeat."),
+    ],
+    n_trials: int = typer.Option(8, min=1, help="Search trials, warm-started from the champion."),
+    holdout_fraction: float = typer.Option(
+        0.3, help="Share of new patients held out for the gate."
+    ),
+    tolerance: float = typer.Option(0.01, help="Allowed ROC AUC drop on the fixed test split."),
+    seed: int = typer.Option(42, help="Seed of the holdout split, sampler and estimators."),
+    data_dir: str = typer.Option(None, help="Prepared data folder or s3:// URI."),
+    force: bool = typer.Option(False, "--force", help="Execute even if an identical run exists."),
+) -> None:
+    """Retrain on new batches and promote through the gate by running notebooks/04_retrain.py."""
+    params = {"retraining_data_path": list(batch), "n_trials": n_trials,
+              "holdout_fraction": holdout_fraction, "tolerance": tolerance, "seed": seed,
+              "data_dir": data_dir}  # fmt: skip
+    _run_stage("04_retrain", params, force)
+
+
+@app.command("gallery")
+def gallery_command(
+    rendered_dir: str = typer.Option(None, help="Folder of the runs (default: HP_RENDERED_DIR)."),
+) -> None:
+    """Rebuild rendered/index.html (one row per notebook run) and print its path."""
+    from healthpredict.gallery import build_gallery
+
+    typer.echo(build_gallery(rendered_dir))
 
 
 if __name__ == "__main__":  # pragma: no cover

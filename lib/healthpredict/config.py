@@ -11,7 +11,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +51,39 @@ class Settings(BaseSettings):
     rendered_dir: str = Field("./rendered", description="Where notebook runs are written.")
     kernel_name: str = Field("healthpredict", description="Jupyter kernel that runs notebooks.")
     target: str = Field("<30", description="Prediction target: '<30' (default) or 'any'.")
+
+    # Relative local paths are pinned to the working folder of the process that reads the
+    # settings, and exported to notebook kernels (which run in notebooks/) by ``as_env``.
+    @field_validator("storage", "rendered_dir")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        return value if "://" in value else str(Path(value).expanduser().resolve())
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _absolute_sqlite(cls, value: str) -> str:
+        prefix = "sqlite:///"
+        if value.startswith(prefix) and not value.startswith(prefix + "/"):
+            rest = value[len(prefix) :]
+            if rest != ":memory:":
+                return prefix + str(Path(rest).expanduser().resolve())
+        return value
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as ``HP_*`` variables, so a child process sees exactly these values."""
+        env = {
+            "HP_STORAGE": self.storage,
+            "HP_MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
+            "HP_MODEL_NAME": self.model_name,
+            "HP_UCI_SOURCE": self.uci_source,
+            "HP_CACHE_DIR": str(self.cache_dir),
+            "HP_RENDERED_DIR": self.rendered_dir,
+            "HP_KERNEL_NAME": self.kernel_name,
+            "HP_TARGET": self.target,
+        }
+        if self.s3_endpoint_url:
+            env["HP_S3_ENDPOINT_URL"] = self.s3_endpoint_url
+        return env
 
     @property
     def processed_data(self) -> str:

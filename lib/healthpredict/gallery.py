@@ -1,0 +1,342 @@
+"""``rendered/index.html``: one page listing every notebook run, newest first.
+
+The page is self-contained (inline CSS and an inline SVG chart, no scripts, no network), so it
+opens from the file system or from a static bucket. Links are relative to the page and only
+point at files that exist when the page is built.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from healthpredict import storage
+
+GALLERY_NAME = "index.html"
+RUN_JSON = "run.json"
+DRIFT_NOTEBOOK = "03_drift_monitor"
+MODEL_NOTEBOOKS = ("02_train_hpo", "04_retrain")
+KEY_SCRAPS = (
+    "n_rows", "target_rate", "best_family", "test_roc_auc", "drift_status", "drifted_share",
+    "n_drifted_columns", "model_version", "promoted", "decision", "challenger_version",
+    "champion_version",
+)  # fmt: skip
+_AUC_KEYS = ("test_roc_auc", "roc_auc", "auc", "val_roc_auc")
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;font-size:14px;margin:20px;
+ color:#222}
+h1{font-size:22px;margin:0 0 4px 0}
+.sub{color:#666;margin-bottom:14px}
+table{border-collapse:collapse;width:100%}
+th,td{border-bottom:1px solid #e3e3e8;padding:5px 8px;text-align:left;vertical-align:top}
+th{background:#f3f4f8;position:sticky;top:0}
+tr.run-failed td{background:#fdecea}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;color:#fff;
+ font-size:12px}
+.ok{background:#2e7d32}.failed-badge{background:#c62828}.synthetic{background:#e65100}
+.real{background:#1565c0}.unknown{background:#9e9e9e}.drift{background:#c62828}
+.nodrift{background:#2e7d32}
+.err{color:#c62828;font-size:12px}
+code{font-size:12px}
+.kv{white-space:nowrap}
+.chart{margin:10px 0 18px 0}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _short(value: Any, limit: int = 48) -> str:
+    text = _fmt(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _rel_link(target: str, rendered_dir: str) -> str:
+    rel = target[len(rendered_dir.rstrip("/")) + 1 :] if storage.is_s3(target) else None
+    if rel is None:
+        rel = os.path.relpath(target, rendered_dir)
+    return "/".join(quote(part) for part in rel.replace(os.sep, "/").split("/"))
+
+
+def _sort_key(run: Mapping[str, Any]) -> str:
+    return str(run.get("started_at") or "")
+
+
+def load_runs(rendered_dir: str) -> list[dict[str, Any]]:
+    """Read every ``run.json`` under ``rendered_dir``, oldest first.
+
+    Each run gets two extra keys: ``_dir`` (where its ``run.json`` was found, which is where its
+    files are even if the folder was moved) and ``_files`` (the files inside that folder).
+    """
+    uris = storage.list_uris(rendered_dir)
+    runs = []
+    for uri in uris:
+        if uri.replace(os.sep, "/").rsplit("/", 1)[-1] != RUN_JSON:
+            continue
+        try:
+            prov = storage.read_json(uri)
+        except (storage.StorageError, ValueError):
+            continue
+        if not isinstance(prov, dict) or "notebook" not in prov:
+            continue
+        folder = uri[: -len(RUN_JSON) - 1]
+        prov["_dir"] = folder
+        prov["_files"] = {
+            u for u in uris if u.startswith(folder + ("/" if storage.is_s3(folder) else os.sep))
+        }
+        runs.append(prov)
+    return sorted(runs, key=_sort_key)
+
+
+def _report_files(run: Mapping[str, Any]) -> list[str]:
+    """Files named by the ``report_paths`` scrap that exist inside the run folder."""
+    value = (run.get("scraps") or {}).get("report_paths")
+    if isinstance(value, Mapping):
+        items: Iterable[Any] = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    elif isinstance(value, str):
+        items = [value]
+    else:
+        return []
+    folder = run["_dir"]
+    sep = "/" if storage.is_s3(folder) else os.sep
+    bases = [str(b).rstrip("/") for b in (run.get("local_dir"), run.get("run_dir"), folder) if b]
+    found = []
+    for item in items:
+        if not isinstance(item, str) or not item:
+            continue
+        rel = item
+        for base in bases:
+            if item.startswith(base + "/") or item.startswith(base + os.sep):
+                rel = item[len(base) + 1 :]
+                break
+        if rel.startswith(("/", "s3://")) or ".." in rel.split("/"):
+            continue  # outside the run folder: nothing a relative link can reach
+        candidate = folder + sep + rel.replace("/", sep)
+        if candidate in run["_files"] and candidate not in found:
+            found.append(candidate)
+    return found
+
+
+def _model_auc(run: Mapping[str, Any]) -> float | None:
+    scraps = run.get("scraps") or {}
+    if isinstance(scraps.get("test_roc_auc"), int | float):
+        return float(scraps["test_roc_auc"])
+    # After a retrain decision, the model in service is the challenger only if promoted.
+    metrics = (
+        scraps.get("challenger_metrics")
+        if scraps.get("promoted")
+        else scraps.get("champion_metrics")
+    )
+    if isinstance(metrics, Mapping):
+        for key in _AUC_KEYS:
+            if isinstance(metrics.get(key), int | float):
+                return float(metrics[key])
+    return None
+
+
+def series(runs: list[dict[str, Any]]) -> dict[str, list[tuple[int, float, str]]]:
+    """Points of the chart: drift share of drift-monitor runs, AUC of training/retrain runs.
+
+    Args:
+        runs: Runs oldest first (as from :func:`load_runs`).
+
+    Returns:
+        ``{"drift": [...], "auc": [...]}`` with ``(x, y, label)`` points, x being the order of
+        the run among the charted runs.
+    """
+    points: dict[str, list[tuple[int, float, str]]] = {"drift": [], "auc": []}
+    x = 0
+    for run in runs:
+        if run.get("status") != "succeeded":
+            continue
+        scraps = run.get("scraps") or {}
+        name = run.get("notebook")
+        if name == DRIFT_NOTEBOOK and isinstance(scraps.get("drifted_share"), int | float):
+            x += 1
+            label = f"{name} {run.get('started_at', '')}: drift share {scraps['drifted_share']:.3f} ({scraps.get('drift_status')})"
+            points["drift"].append((x, float(scraps["drifted_share"]), label))
+        elif name in MODEL_NOTEBOOKS and (auc := _model_auc(run)) is not None:
+            x += 1
+            label = f"{name} {run.get('started_at', '')}: AUC {auc:.3f} (model v{scraps.get('model_version') or scraps.get('challenger_version')})"
+            points["auc"].append((x, auc, label))
+    return points
+
+
+def chart_svg(
+    points: Mapping[str, list[tuple[int, float, str]]], width: int = 760, height: int = 230
+) -> str:
+    """Inline SVG line chart of drift share and model AUC (y from 0 to 1) over run order."""
+    n = max([p[0] for pts in points.values() for p in pts], default=0)
+    if n == 0:
+        return '<p class="sub">No drift-monitor or training runs yet: nothing to chart.</p>'
+    left, right, top, bottom = 44, 150, 14, 30
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def sx(x: int) -> float:
+        return left + (plot_w * (x - 1) / (n - 1) if n > 1 else plot_w / 2)
+
+    def sy(y: float) -> float:
+        return top + plot_h * (1 - max(0.0, min(1.0, y)))
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="drift share and model AUC over runs">'
+    ]
+    for tick in (0, 0.25, 0.5, 0.75, 1.0):
+        y = sy(tick)
+        out.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#e0e0e0"/>'
+        )
+        out.append(
+            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end" fill="#555">{tick:g}</text>'
+        )
+    out.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" font-size="11" text-anchor="middle" fill="#555">run order (drift monitor and model runs)</text>'
+    )
+    colours = {"drift": "#e65100", "auc": "#1565c0"}
+    names = {"drift": "drift share", "auc": "model ROC AUC"}
+    for i, (key, pts) in enumerate(points.items()):
+        colour = colours.get(key, "#444")
+        if len(pts) > 1:
+            coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y, _ in pts)
+            out.append(
+                f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"/>'
+            )
+        for x, y, label in pts:
+            out.append(
+                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{colour}">'
+                f"<title>{_e(label)}</title></circle>"
+            )
+        ly = top + 14 + 18 * i
+        out.append(
+            f'<rect x="{left + plot_w + 14}" y="{ly - 9}" width="12" height="12" fill="{colour}"/>'
+        )
+        out.append(
+            f'<text x="{left + plot_w + 32}" y="{ly + 1}" font-size="12" fill="#333">{_e(names.get(key, key))}</text>'
+        )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _badge(text: str, cls: str) -> str:
+    return f'<span class="badge {cls}">{_e(text)}</span>'
+
+
+def _row(run: Mapping[str, Any], rendered_dir: str) -> str:
+    status = str(run.get("status") or "unknown")
+    failed = status != "succeeded"
+    started = str(run.get("started_at") or "")
+    when = started[:19].replace("T", " ") + (" UTC" if started else "")
+    source = run.get("data_source")
+    source_cell = {
+        "synthetic": _badge("SYNTHETIC", "synthetic"),
+        "real": _badge("real", "real"),
+    }.get(str(source), _badge(str(source or "unknown"), "unknown"))
+    params = {k: v for k, v in (run.get("given_parameters") or {}).items() if k != "run_dir"}
+    params_cell = (
+        "<br>".join(
+            f'<span class="kv"><code>{_e(k)}={_e(_short(v))}</code></span>'
+            for k, v in params.items()
+        )
+        or '<span class="sub">defaults</span>'
+    )
+    status_cell = _badge(status, "failed-badge" if failed else "ok")
+    error = run.get("error") or {}
+    if failed and error:
+        cell = error.get("cell_number")
+        where = f"cell {cell}: " if cell is not None else ""
+        status_cell += f'<div class="err">{_e(where)}{_e(error.get("ename"))}: {_e(_short(error.get("evalue"), 160))}</div>'
+    scraps = run.get("scraps") or {}
+    bits = []
+    for name in KEY_SCRAPS:
+        if name not in scraps or scraps[name] is None:
+            continue
+        value = scraps[name]
+        if name == "drift_status":
+            bits.append(_badge(str(value), "drift" if value == "DRIFT_DETECTED" else "nodrift"))
+        else:
+            bits.append(f'<span class="kv">{_e(name)}: <b>{_e(_short(value))}</b></span>')
+    folder = run["_dir"]
+    sep = "/" if storage.is_s3(folder) else os.sep
+    links = []
+    for label, filename in (
+        ("HTML", f"{run['notebook']}.html"),
+        ("ipynb", f"{run['notebook']}.ipynb"),
+        ("run.json", RUN_JSON),
+    ):
+        target = folder + sep + filename
+        if target in run["_files"]:
+            links.append(f'<a href="{_e(_rel_link(target, rendered_dir))}">{_e(label)}</a>')
+    for report in _report_files(run):
+        name = report.replace(os.sep, "/").rsplit("/", 1)[-1]
+        links.append(f'<a href="{_e(_rel_link(report, rendered_dir))}">{_e(name)}</a>')
+    return (
+        f'<tr class="{"run-failed" if failed else "run-ok"}" data-run-id="{_e(run.get("run_id", ""))}">'
+        f"<td>{_e(when)}</td><td><b>{_e(run.get('notebook'))}</b></td><td>{source_cell}</td>"
+        f"<td>{params_cell}</td><td>{status_cell}</td><td>{'<br>'.join(bits)}</td>"
+        f"<td>{' · '.join(links)}</td></tr>"
+    )
+
+
+def render_gallery(runs: list[dict[str, Any]], rendered_dir: str) -> str:
+    """HTML of the gallery for runs read by :func:`load_runs` (oldest first)."""
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    n_failed = sum(1 for r in runs if r.get("status") != "succeeded")
+    n_synth = sum(1 for r in runs if r.get("data_source") == "synthetic")
+    rows = "\n".join(_row(r, rendered_dir) for r in sorted(runs, key=_sort_key, reverse=True))
+    if not rows:
+        rows = '<tr><td colspan="7" class="sub">No runs yet: try <code>healthpredict run 01_eda</code>.</td></tr>'
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Health Predict runs</title><style>{_CSS}</style></head>
+<body>
+<h1>Health Predict: notebook runs</h1>
+<div class="sub">{len(runs)} runs ({n_failed} failed, {n_synth} on synthetic data) · built {_e(now)}</div>
+<div class="chart">{chart_svg(series(runs))}</div>
+<table id="runs">
+<thead><tr><th>time</th><th>notebook</th><th>data</th><th>parameters</th><th>status</th><th>key results</th><th>files</th></tr></thead>
+<tbody>
+{rows}
+</tbody></table>
+</body></html>
+"""
+
+
+def build_gallery(rendered_dir: str | os.PathLike | None = None) -> str:
+    """Rebuild ``index.html`` in the rendered folder from the runs found there.
+
+    Args:
+        rendered_dir: Folder (or ``s3://`` prefix) holding the runs; default the
+            ``rendered_dir`` setting.
+
+    Returns:
+        Path or URI of the written ``index.html``.
+    """
+    if rendered_dir is None:
+        from healthpredict.config import get_settings
+
+        rendered_dir = get_settings().rendered_dir
+    rendered = str(rendered_dir)
+    if not storage.is_s3(rendered):
+        rendered = str(Path(rendered).expanduser().resolve())
+        Path(rendered).mkdir(parents=True, exist_ok=True)
+    page = render_gallery(load_runs(rendered), rendered)
+    return storage.write_text(storage.join(rendered, GALLERY_NAME), page)

@@ -1,0 +1,19 @@
+"""The notebook engine: run parameterized jupytext notebooks with papermill, with provenance.
+
+``run("01_eda", {"split": "validation"})`` checks the parameters, executes the notebook on the
+project kernel and writes ``<name>.ipynb``, ``<name>.html`` and ``run.json`` into a run folder
+(see :mod:`healthpredict.notebooks.runner`).
+"""
+
+from healthpredict.notebooks.errors import NotebookError, NotebookRunError, ParameterError
+from healthpredict.notebooks.runner import NotebookNotFoundError, RunResult, resolve_notebook, run
+
+__all__ = [
+    "NotebookError",
+    "NotebookNotFoundError",
+    "NotebookRunError",
+    "ParameterError",
+    "RunResult",
+    "resolve_notebook",
+    "run",
+]

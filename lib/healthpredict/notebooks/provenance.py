@@ -1,0 +1,166 @@
+"""Provenance of a run: code, inputs and environment, enough to tell two runs apart.
+
+Everything here is cheap and side-effect free: git is asked read-only (without taking the
+index lock), package versions come from installed metadata (no heavy imports), and inputs
+are hashed only when a parameter names them (``*_path``, ``*_paths``, ``*_dir``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from healthpredict import storage
+from healthpredict.notebooks.parameters import RUN_DIR_PARAMETER
+
+KEY_PACKAGES = (
+    "pandas", "numpy", "scikit-learn", "mlflow", "evidently", "optuna", "papermill",
+    "jupytext", "healthpredict",
+)  # fmt: skip
+INPUT_SUFFIXES = ("_path", "_paths", "_dir")
+
+
+def git_info(root: str | os.PathLike) -> dict[str, Any]:
+    """Commit and dirty flag of the checkout at ``root``.
+
+    Returns:
+        ``{"commit": sha or None, "dirty": bool or None}``; both None outside a git repository
+        (or before the first commit, or without a git binary).
+    """
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "--no-optional-locks", "-C", str(root), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git("rev-parse", "--verify", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain")
+    return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
+
+
+def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str | None]:
+    """Installed versions of ``names`` (None when a package is not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def environment() -> dict[str, Any]:
+    """Python version, platform and key package versions of this process."""
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "executable": sys.executable,
+        "packages": package_versions(),
+    }
+
+
+def is_input_parameter(name: str) -> bool:
+    """Whether a parameter names input data to hash (``*_path``, ``*_paths``, ``*_dir``)."""
+    return name != RUN_DIR_PARAMETER and name.endswith(INPUT_SUFFIXES)
+
+
+def _resolve(value: str, base_dir: Path) -> str:
+    if storage.is_s3(value):
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base_dir / path).resolve())
+
+
+def _hash_location(uri: str) -> dict[str, str]:
+    """sha256 of a file/object, or of each file directly inside a folder/prefix; {} if absent."""
+    if storage.is_s3(uri):
+        if uri.endswith("/"):
+            exists = False
+        else:
+            try:
+                exists = storage.exists(uri)
+            except storage.StorageError:
+                exists = False
+        if exists:
+            return {uri: storage.sha256(uri)}
+        prefix = uri.rstrip("/") + "/"
+        try:
+            children = storage.list_uris(uri.rstrip("/"))
+        except Exception:  # an unreachable bucket is not an input we can vouch for
+            return {}
+        direct = [u for u in children if "/" not in u[len(prefix) :]]
+        return {u: storage.sha256(u) for u in direct}
+    path = Path(uri)
+    if path.is_file():
+        return {uri: storage.sha256(uri)}
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        return {str(p): storage.sha256(p) for p in files}
+    return {}
+
+
+def input_hashes(parameters: Mapping[str, Any], base_dir: str | os.PathLike) -> dict[str, Any]:
+    """Hash the input data named by ``*_path``/``*_paths``/``*_dir`` parameters.
+
+    Args:
+        parameters: Effective parameters of the run.
+        base_dir: Folder relative local paths are resolved against (the kernel's working folder).
+
+    Returns:
+        ``{parameter: {uri: sha256}}`` for the parameters whose values exist; a folder maps each
+        file directly inside it. Missing locations (e.g. outputs to be) are left out.
+    """
+    base = Path(base_dir)
+    hashes: dict[str, Any] = {}
+    for name, value in parameters.items():
+        if not is_input_parameter(name):
+            continue
+        values = value if isinstance(value, list | tuple) else [value]
+        found: dict[str, str] = {}
+        for item in values:
+            if isinstance(item, str | os.PathLike) and str(item):
+                found.update(_hash_location(_resolve(str(item), base)))
+        if found:
+            hashes[name] = found
+    return hashes
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal data gives equal text."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+def cache_key(
+    notebook_sha256: str, parameters: Mapping[str, Any], inputs: Mapping[str, Mapping[str, str]]
+) -> str:
+    """Content address of a run: notebook bytes, effective parameters and input data bytes.
+
+    Inputs count by content only (file name and sha256, not the absolute location), so the
+    same data in another checkout gives the same key.
+    """
+    params = {k: v for k, v in parameters.items() if k != RUN_DIR_PARAMETER}
+    content = {
+        name: sorted((uri.rstrip("/").rsplit("/", 1)[-1], sha) for uri, sha in found.items())
+        for name, found in inputs.items()
+    }
+    text = canonical_json({"notebook": notebook_sha256, "parameters": params, "inputs": content})
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
