@@ -118,6 +118,33 @@ def _hash_location(uri: str) -> dict[str, str]:
     return {}
 
 
+def _processed(*parts: str) -> str:
+    from healthpredict.config import get_settings
+
+    return storage.join(get_settings().processed_data, *parts)
+
+
+# Where notebooks read from when an input parameter is left at None.
+_DEFAULT_INPUTS = {
+    "data_dir": _processed,
+    "reference_data_path": lambda: _processed("initial_train.csv"),
+}
+
+
+def _resolve_model(uri: str) -> dict[str, str]:
+    """Pin a registry URI (``models:/Name@champion``) to the version it points at right now.
+
+    An alias moves; without this, a re-used run could describe a model that is no longer served.
+    """
+    from healthpredict.registry import get_model_info
+
+    try:
+        info = get_model_info(uri)
+    except Exception as exc:  # the notebook itself reports a missing model; key on the error
+        return {uri: f"unresolved: {type(exc).__name__}"}
+    return {uri: f"models:/{info.name}/{info.version} run {info.run_id}"}
+
+
 def input_hashes(parameters: Mapping[str, Any], base_dir: str | os.PathLike) -> dict[str, Any]:
     """Hash the input data named by ``*_path``/``*_paths``/``*_dir`` parameters.
 
@@ -132,8 +159,13 @@ def input_hashes(parameters: Mapping[str, Any], base_dir: str | os.PathLike) -> 
     base = Path(base_dir)
     hashes: dict[str, Any] = {}
     for name, value in parameters.items():
+        if name.endswith("model_uri") and isinstance(value, str) and value.startswith("models:/"):
+            hashes[name] = _resolve_model(value)
+            continue
         if not is_input_parameter(name):
             continue
+        if value is None:  # the notebook falls back to the prepared data: hash what it will read
+            value = _DEFAULT_INPUTS.get(name, lambda: None)()
         values = value if isinstance(value, list | tuple) else [value]
         found: dict[str, str] = {}
         for item in values:
