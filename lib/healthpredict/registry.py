@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +52,7 @@ class ModelInfo:
         trained_at: ISO timestamp (UTC) of the logging.
         test_metrics: Metrics on the held-out test split.
         schema_hash: Raw schema hash the model was trained against.
-        data_source: ``uci`` or ``synthetic``.
+        data_source: ``real`` or ``synthetic`` (the manifest's ``data_source``).
         params: Model family and hyperparameters.
     """
 
@@ -118,6 +119,41 @@ def _input_example(frame: pd.DataFrame) -> pd.DataFrame:
     return _example_rows(frame[cols]).reset_index(drop=True)
 
 
+def _nullable_as_schema(signature):
+    """Mark inputs optional exactly where the raw schema allows missing values.
+
+    Inference only sees the example rows, which may hold no missing ``diag_1`` although real
+    encounters sometimes do.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    from healthpredict.data.schema import COLUMNS
+
+    cols = [
+        ColSpec(c.type, c.name, required=not (c.name in COLUMNS and COLUMNS[c.name].nullable))
+        for c in signature.inputs.inputs
+    ]
+    return ModelSignature(inputs=Schema(cols), outputs=signature.outputs, params=signature.params)
+
+
+def _requirements() -> list[str]:
+    """Pinned runtime requirements of a logged pipeline.
+
+    The pickled pipeline also refers to ``healthpredict.features`` by name, so whoever loads it
+    needs the ``healthpredict`` package installed (the serving image and the notebooks do).
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("mlflow", "scikit-learn", "pandas", "numpy", "scipy", "cloudpickle"):
+        try:
+            out.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            out.append(dist)
+    return out
+
+
 def log_model(
     pipeline: Pipeline,
     *,
@@ -141,7 +177,7 @@ def log_model(
         test_metrics: Metrics on the held-out test split (stored as ``metric.<k>`` tags).
         input_example: Raw encounter rows (a few are kept as the example; the target and any
             non-schema column are dropped).
-        data_source: ``uci`` or ``synthetic``.
+        data_source: ``real`` or ``synthetic`` (the manifest's ``data_source``).
         params: Model family and hyperparameters (stored as JSON in the ``params`` tag).
         name: Registered model name (default ``settings.model_name``).
 
@@ -162,7 +198,11 @@ def log_model(
         raise RuntimeError("registry.log_model needs an active MLflow run (mlflow.start_run())")
     name = name or get_settings().model_name
     example = _input_example(input_example)
-    signature = infer_signature(example, pipeline.predict_proba(example))
+    with warnings.catch_warnings():
+        # The hint about integer columns and missing values does not apply: the raw schema's
+        # integer columns are never nullable.
+        warnings.filterwarnings("ignore", message=".*[Ii]nteger column", category=UserWarning)
+        signature = _nullable_as_schema(infer_signature(example, pipeline.predict_proba(example)))
     logged = mlflow.sklearn.log_model(
         pipeline,
         name="model",
@@ -172,6 +212,8 @@ def log_model(
         input_example=example,
         # pyfunc consumers (serving, monitoring) want risk probabilities, not hard labels.
         pyfunc_predict_fn="predict_proba",
+        # Inferring requirements starts a subprocess that re-imports the model (~5 s).
+        pip_requirements=_requirements(),
         registered_model_name=name,
     )
     version = str(logged.registered_model_version)

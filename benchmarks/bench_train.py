@@ -1,0 +1,147 @@
+"""Benchmark of the training search on the real UCI data (not a test: it prints and records).
+
+Runs ``healthpredict.training.train`` with a fixed budget on the real file, in a temporary
+storage and MLflow store, and writes ``var/bench/train.json`` with ``test_roc_auc``,
+``test_pr_auc``, ``wall_s`` and ``any_target_test_roc_auc``. The goal: test ROC AUC >= 0.70 for
+the ``<30`` target within 10 minutes on 2 cores.
+
+The ``any`` figure refits the chosen family and parameters for the ``any readmission`` label
+(no separate search) and scores it on the same test split.
+
+Usage: ``make bench-train`` or ``python benchmarks/bench_train.py [--initial-fraction F]``.
+The real data comes from ``HP_UCI_SOURCE`` (a path or URI), ``../shared/data/`` beside the
+checkout, or the download cache; without it the benchmark says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ZIP = ROOT.parent / "shared" / "data" / "dataset_diabetes.zip"
+GOAL_AUC, GOAL_S = 0.70, 600.0
+
+
+def find_real_data() -> str | None:
+    """Path or URI of the real UCI data, or None."""
+    env = os.environ.get("HP_UCI_SOURCE", "")
+    if env and env not in ("auto", "synthetic"):
+        return env
+    if SHARED_ZIP.exists():
+        return str(SHARED_ZIP)
+    from healthpredict.data.uci import cached_zip
+
+    cached = cached_zip()
+    return str(cached) if cached else None
+
+
+def main() -> int:
+    """Run the benchmark; return the process exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--initial-fraction",
+        type=float,
+        default=0.2,
+        help="share of the earliest encounters forming initial_train/val/test",
+    )
+    parser.add_argument("--n-trials", type=int, default=100, help="Optuna trials in all")
+    parser.add_argument("--timeout-s", type=float, default=420, help="search time limit")
+    parser.add_argument("--n-workers", type=int, default=2, help="search worker processes")
+    parser.add_argument("--families", default="logreg,rf,hgb", help="comma-separated families")
+    parser.add_argument("--seed", type=int, default=42, help="seed of split, sampler, models")
+    parser.add_argument("--out", default=str(ROOT / "var" / "bench" / "train.json"))
+    args = parser.parse_args()
+
+    source = find_real_data()
+    if source is None:
+        print(f"bench-train skipped: real data not found ({SHARED_ZIP}, HP_UCI_SOURCE, cache)")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="hp-bench-") as tmp:
+        os.environ["HP_STORAGE"] = str(Path(tmp, "var"))
+        os.environ["HP_MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp, 'mlflow.db')}"
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        from healthpredict.config import get_settings
+
+        get_settings.cache_clear()
+        from healthpredict.data.split import SplitParams, prepare
+        from healthpredict.features import make_target
+        from healthpredict.training import classification_metrics, fit_final, train
+
+        started = time.perf_counter()
+        split = SplitParams(initial_fraction=args.initial_fraction, seed=args.seed)
+        manifest = prepare(source, params=split)
+        prepared_s = time.perf_counter() - started
+        result = train(
+            families=args.families.split(","),
+            n_trials=args.n_trials,
+            timeout_s=args.timeout_s,
+            n_workers=args.n_workers,
+            seed=args.seed,
+            target="<30",
+            importance_repeats=2,
+        )
+        wall = time.perf_counter() - started
+        # Same family and parameters, refit for the "any readmission" label.
+        from healthpredict.training import load_training_splits
+
+        _, frames = load_training_splits()
+        fitted = fit_final(
+            result.best_family,
+            result.best_params,
+            frames["initial_train"],
+            frames["validation"],
+            target="any",
+            seed=args.seed,
+        )
+        test = frames["test"]
+        any_metrics = classification_metrics(
+            make_target(test, "any"), fitted.pipeline.predict_proba(test)[:, 1], fitted.threshold
+        )
+    report = {
+        "test_roc_auc": result.test_metrics["roc_auc"],
+        "test_pr_auc": result.test_metrics["pr_auc"],
+        "wall_s": round(wall, 1),
+        "any_target_test_roc_auc": any_metrics["roc_auc"],
+        "val_roc_auc": result.val_roc_auc,
+        "best_family": result.best_family,
+        "best_params": result.best_params,
+        "n_trials_finished": int(len(result.trials)),
+        "trial_states": result.trials["state"].value_counts().to_dict(),
+        "data_source": result.data_source,
+        "data_sha256": manifest["source_csv_sha256"],
+        "initial_fraction": args.initial_fraction,
+        "rows": {k: v["rows"] for k, v in manifest["splits"].items()},
+        "prepare_s": round(prepared_s, 1),
+        "n_workers": args.n_workers,
+        "cpu_count": os.cpu_count(),
+        "goal_met": bool(result.test_metrics["roc_auc"] >= GOAL_AUC and wall <= GOAL_S),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    default_split = args.initial_fraction == SplitParams().initial_fraction
+    print(
+        f"\nbench-train on {result.data_source} data ({manifest['source_rows']:,} encounters; "
+        f"initial_fraction={args.initial_fraction}"
+        f"{' (default)' if default_split else ' (NOT the default 0.2: a larger initial period)'})\n"
+        f"  test ROC AUC (<30)   {report['test_roc_auc']:.4f}   (goal >= {GOAL_AUC})\n"
+        f"  test PR AUC (<30)    {report['test_pr_auc']:.4f}\n"
+        f"  test ROC AUC (any)   {report['any_target_test_roc_auc']:.4f}\n"
+        f"  best                 {result.best_family} (val ROC AUC {result.val_roc_auc:.4f})\n"
+        f"  trials               {report['trial_states']}\n"
+        f"  wall time            {wall:.0f} s (goal <= {GOAL_S:.0f} s, {os.cpu_count()} cores)\n"
+        f"  goal met             {report['goal_met']}\n"
+        f"  written              {out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

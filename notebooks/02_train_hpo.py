@@ -1,0 +1,145 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Health Predict
+#     language: python
+#     name: healthpredict
+# ---
+
+# %% [markdown]
+# # 02 · Training and hyperparameter search
+#
+# An Optuna (TPE) search over logistic regression, random forest and histogram gradient
+# boosting, each one sklearn pipeline from raw encounter fields to a 30-day readmission risk.
+# Trials are scored by ROC AUC on the patient-grouped validation split; the best model is refit
+# on `initial_train`, its decision threshold chosen on validation, and it is judged once on the
+# held-out test split. Every trial is a nested MLflow run; the model is registered (alias
+# `challenger`, and `champion` when the model had none). The logic lives in
+# `healthpredict.training`; this notebook shows it.
+
+# %% tags=["parameters"]
+data_dir = None  # prepared data folder or s3:// URI (None: <storage>/processed_data)
+families = ["logreg", "rf", "hgb"]  # model families to search: logreg, rf, hgb
+n_trials = 30  # Optuna trials in all (split over the workers)
+timeout_s = None  # stop starting new trials after this many seconds (None: no limit)
+n_workers = 1  # worker processes sharing one Optuna study (1 is reproducible)
+study_storage = None  # Optuna storage: None (journal file), a path, sqlite:/// or postgresql URL
+seed = 42  # seed of the sampler and of every estimator
+target = "<30"  # readmission target: "<30" (within 30 days) or "any"
+target_recall = None  # choose the threshold reaching this validation recall (None: max F1)
+mlflow_experiment_name = "HealthPredict_Training"  # MLflow experiment of the search
+model_name = None  # registered model name (None: the HP_MODEL_NAME setting)
+
+# %%
+import pandas as pd
+from IPython.display import Markdown, display
+
+from healthpredict import plots
+from healthpredict.scraps import record
+from healthpredict.training import train
+
+result = train(
+    data_dir,
+    families=families,
+    n_trials=n_trials,
+    timeout_s=timeout_s,
+    n_workers=n_workers,
+    study_storage=study_storage,
+    seed=seed,
+    target=target,
+    experiment_name=mlflow_experiment_name,
+    target_recall=target_recall,
+    model_name=model_name,
+)
+record("data_source", result.data_source)
+if result.data_source == "synthetic":
+    display(Markdown(f"## ⚠ SYNTHETIC DATA\n{result.banner or ''}"))
+else:
+    display(Markdown(f"**Data: {result.data_source}** ({result.manifest.get('source', '')})"))
+
+# %% [markdown]
+# ## The search
+# One row per trial. `PRUNED` trials were stopped early by the median rule: their validation
+# AUC after some trees or boosting rounds was below the median of earlier trials at that point.
+
+# %%
+trials = result.trials
+print(
+    f"{len(trials)} trials in {result.wall_s:.0f} s: "
+    + ", ".join(f"{n} {s.lower()}" for s, n in trials["state"].value_counts().items())
+)
+display(
+    trials.style.format({"val_roc_auc": "{:.4f}", "seconds": "{:.1f}"}, na_rep="-").highlight_max(
+        subset=["val_roc_auc"], color="#d4edda"
+    )
+)
+best = trials.dropna(subset=["val_roc_auc"]).groupby("family")["val_roc_auc"].max()
+display(best.rename("best validation ROC AUC").to_frame().style.format("{:.4f}"))
+
+# %% [markdown]
+# ## The chosen model
+
+# %%
+display(
+    Markdown(
+        f"**{result.best_family}** (search validation ROC AUC "
+        f"{result.search_val_roc_auc:.4f}); refit on `initial_train`, validation ROC AUC "
+        f"{result.val_roc_auc:.4f}, threshold {result.threshold:.4f} "
+        f"({'recall ≥ ' + str(target_recall) if target_recall else 'max F1'} on validation)"
+    )
+)
+display(pd.Series(result.best_params, name="value", dtype=object).to_frame())
+
+# %% [markdown]
+# ## Held-out test split
+# Seen once, after every choice was made on validation.
+
+# %%
+metrics = pd.DataFrame({"validation": result.val_metrics, "test": result.test_metrics})
+display(metrics.style.format("{:.4f}"))
+plots.show(plots.roc_pr_curves(result.y_test, result.p_test))
+plots.show(plots.calibration(result.y_test, result.p_test))
+plots.show(plots.confusion(result.y_test, result.p_test, result.threshold))
+
+# %% [markdown]
+# ## What the model relies on
+# Permutation importance on raw encounter columns: how much test ROC AUC drops when one
+# column is shuffled (mean over a few shuffles of a test subsample).
+
+# %%
+if len(result.importance):
+    plots.show(plots.importance_bar(result.importance))
+    display(result.importance.head(15).style.format({"importance": "{:.4f}", "std": "{:.4f}"}))
+
+# %% [markdown]
+# ## Registry
+
+# %%
+info = result.model_info
+record("best_family", result.best_family)
+record("best_params", result.best_params)
+record("val_roc_auc", result.val_roc_auc)
+record("test_roc_auc", result.test_metrics["roc_auc"])
+record("test_pr_auc", result.test_metrics["pr_auc"])
+record("threshold", result.threshold)
+record("model_version", info.version)
+record("mlflow_run_id", result.mlflow_run_id)
+record("promoted", result.promoted)
+display(
+    Markdown(
+        f"Registered **{info.name} v{info.version}** (aliases: {', '.join(info.aliases) or 'none'}) "
+        f"from MLflow run `{result.mlflow_run_id}`. "
+        + (
+            "It is the **champion** (the first model of this name)."
+            if result.promoted
+            else "It is the **challenger**; the champion changes only through 04_retrain's gate."
+        )
+    )
+)

@@ -1,0 +1,82 @@
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def batch(data_dir, hp_env):
+    """First 1,500 future encounters as a labelled batch CSV."""
+    from healthpredict import storage
+    from healthpredict.data.split import load_split
+
+    uri = str(hp_env / "batches" / "batch_001.csv")
+    storage.write_csv(uri, load_split("future_data", data_dir).iloc[:1500])
+    return uri
+
+
+def _aliases():
+    from healthpredict import registry
+
+    return {
+        a: registry.alias_version("HealthPredict", a)
+        for a in ("champion", "challenger", "previous")
+    }
+
+
+def _train(data_dir):
+    from healthpredict.training import train
+
+    return train(data_dir, families=["logreg"], n_trials=2, importance_repeats=0, progress=False)
+
+
+def test_worse_challenger_is_not_promoted(data_dir, batch, hp_env, shuffled_labels):
+    from healthpredict import storage
+    from healthpredict.data.split import load_split
+    from healthpredict.retrain import retrain
+
+    champion = _train(data_dir)
+    assert champion.promoted
+    # The challenger learns from shuffled labels only: old training rows and new batch alike.
+    bad_dir = shuffled_labels(data_dir, hp_env / "bad", ("initial_train",))
+    bad_batch = str(hp_env / "batches" / "shuffled.csv")
+    frame = load_split("future_data", data_dir).iloc[:1500].reset_index(drop=True)
+    frame["readmitted"] = frame["readmitted"].sample(frac=1, random_state=0).to_numpy()
+    storage.write_csv(bad_batch, frame)
+
+    result = retrain([bad_batch], data_dir=bad_dir, n_trials=2, progress=False)
+    assert result.decision == "REJECTED" and not result.promoted
+    assert result.challenger_version == "2" and result.champion_version == "1"
+    assert result.challenger_metrics["test_roc_auc"] < result.champion_metrics["test_roc_auc"]
+    assert _aliases() == {"champion": "1", "challenger": "2", "previous": None}
+    _check_logged(result, "false")
+
+
+def test_better_challenger_is_promoted(data_dir, batch, hp_env, shuffled_labels):
+    from healthpredict.retrain import retrain
+
+    # A champion trained on shuffled labels is easy to beat.
+    bad_dir = shuffled_labels(data_dir, hp_env / "bad", ("initial_train",))
+    champion = _train(bad_dir)
+    assert champion.promoted
+
+    result = retrain(batch, data_dir=data_dir, n_trials=2, progress=False)
+    assert result.decision == "PROMOTED" and result.promoted, result.reason
+    assert result.challenger_metrics["holdout_roc_auc"] > result.champion_metrics["holdout_roc_auc"]
+    assert _aliases() == {"champion": "2", "challenger": None, "previous": "1"}
+    assert result.rows["new_holdout"] > 0 and result.rows["train_total"] > result.rows["new_train"]
+    _check_logged(result, "true")
+
+
+def _check_logged(result, promoted):
+    from mlflow import MlflowClient
+
+    run = MlflowClient().get_run(result.mlflow_run_id)
+    assert run.data.tags["decision"] == result.decision
+    assert run.data.tags["promoted"] == promoted
+    assert run.data.tags["reason"] == result.reason
+    assert run.data.metrics["challenger.holdout_roc_auc"] == pytest.approx(
+        result.challenger_metrics["holdout_roc_auc"]
+    )
+    assert run.data.metrics["champion.test_roc_auc"] == pytest.approx(
+        result.champion_metrics["test_roc_auc"]
+    )
