@@ -1,0 +1,161 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Health Predict
+#     language: python
+#     name: healthpredict
+# ---
+
+# %% [markdown]
+# # 03 · Drift monitor
+#
+# Is a new batch of encounters still like the data the production model was built on? Three
+# signals are checked, each against the reference:
+#
+# 1. **data drift** of every engineered model input (normed Wasserstein distance for numbers,
+#    Jensen–Shannon distance for categories, computed by Evidently);
+# 2. **prediction drift**: the model's predicted probabilities on the batch against those on
+#    held-out reference rows, and the share predicted positive at the model's threshold;
+# 3. **performance**, when the batch carries labels: ROC AUC, precision, recall and F1.
+#
+# Thresholds are *calibrated*: a distance between two samples is never zero, and how large it
+# gets without any drift depends on the batch size. The reference's own batch-to-batch variation
+# (1,000 random no-drift batches of this size) sets every threshold so that the decision raises a
+# false alarm on at most `false_alarm_rate` of no-drift batches. The work happens in
+# `healthpredict.drift.monitor`; this notebook shows its evidence.
+
+# %% tags=["parameters"]
+new_data_path = ""  # raw batch CSV to monitor (path or s3:// URI); labels optional
+reference_data_path = None  # raw reference CSV; None: <processed_data>/initial_train.csv
+model_reference_path = None  # held-out CSV(s) for predictions; None: validation+test near it
+mlflow_model_uri = "models:/HealthPredict@champion"  # registry URI of the production model
+evidently_reports_path = None  # folder/s3:// URI of the HTML reports; None: <run dir>/reports
+mlflow_experiment_name = "HealthPredict_Monitoring"  # MLflow experiment of the monitoring runs
+drift_share_threshold = None  # share of drifted columns meaning data drift; None: one column
+prediction_drift_threshold = None  # threshold on the probabilities' distance; None: calibrated
+performance_tolerance = None  # largest ROC AUC drop that is no drift; None: calibrated
+false_alarm_rate = 0.05  # target share of no-drift batches reported as drift (calibration)
+n_null_batches = 1000  # random no-drift batches drawn from the reference to calibrate
+run_dir = None  # set by the runner: the folder this run writes into
+
+# %%
+import gc
+import warnings
+from pathlib import Path
+
+from IPython.display import Markdown, display
+
+# tqdm (imported by a dependency) complains that this headless kernel has no widgets.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+from healthpredict import plots
+from healthpredict.drift import monitor, plot_column_scores, plot_predictions
+from healthpredict.scraps import record
+
+# Evidently, MLflow and scikit-learn bring ~3,000 modules; keeping their objects out of the
+# cyclic garbage collector saves seconds of collections, mostly at kernel exit.
+gc.freeze()
+if not new_data_path:
+    raise ValueError("new_data_path is required: the raw batch CSV to monitor")
+reports_dir = evidently_reports_path or str(Path(run_dir or ".") / "reports")
+result = monitor(
+    new_data_path,
+    reference_data_path,
+    mlflow_model_uri,
+    reports_dir,
+    model_reference_path=model_reference_path,
+    share_threshold=drift_share_threshold,
+    prediction_drift_threshold=prediction_drift_threshold,
+    performance_tolerance=performance_tolerance,
+    false_alarm_rate=false_alarm_rate,
+    n_null=n_null_batches,
+    experiment_name=mlflow_experiment_name,
+)
+for name, value in result.scraps().items():
+    record(name, value)
+
+# %%
+if result.data_source == "synthetic":
+    display(Markdown(f"## ⚠️ {result.banner or 'SYNTHETIC DATA: not real patients.'}"))
+else:
+    display(Markdown(f"**Data source: {result.data_source}**"))
+t = result.thresholds
+in_sample = ", the reference itself: in-sample" if result.model_reference_in_sample else ""
+lines = [
+    f"# {result.status}",
+    f"Batch `{new_data_path}` ({result.batch_rows:,} rows) against model "
+    f"**{result.model_name} v{result.model_version}** and a reference of "
+    f"{result.reference_rows:,} rows ({result.model_reference_rows:,} held-out rows for the "
+    f"predictions{in_sample}).",
+    "",
+    *(f"- {reason}" for reason in result.reasons),
+    "" if result.reasons else "No signal reached its threshold.",
+    f"Expected false-alarm rate of this decision on no-drift batches: "
+    f"**{t.expected_false_alarm_rate:.1%}** (target {t.false_alarm_rate:.0%}; calibration "
+    f"{'read from cache' if result.calibration_from_cache else 'computed for this batch size'}).",
+]
+display(Markdown("\n".join(lines)))
+
+# %% [markdown]
+# ## Data drift per column
+# `score` is Evidently's distance, `threshold` the calibrated one (a column drifted when its
+# score reaches it). `drifted_at_0.1` shows what Evidently's fixed default threshold would have
+# said: on small batches it flags columns that did not move. Numeric columns are compared with
+# their tails capped at the reference's 0.1% and 99.9% quantiles, so that one extreme patient
+# cannot make a column drift on his own.
+
+# %%
+print(
+    f"{result.n_drifted_columns} of {result.n_columns} columns drifted "
+    f"({result.drifted_share:.1%}); data drift needs {t.min_drifted_columns} "
+    f"({t.share_threshold:.1%})."
+)
+display(result.drift_table.style.format({"score": "{:.4f}", "threshold": "{:.4f}"}))
+plots.show(plot_column_scores(result.drift_table))
+
+# %% [markdown]
+# ## Prediction drift
+# Predicted probabilities of the production model on the batch against held-out reference rows.
+
+# %%
+print(
+    f"normed Wasserstein distance {result.prediction_drift_score:.4f}, calibrated threshold "
+    f"{t.prediction_drift_threshold:.4f}: {'DRIFT' if result.prediction_drift else 'no drift'}"
+)
+display(result.prediction_table.style.format("{:.4f}"))
+plots.show(plot_predictions(result.predictions, result.decision_threshold))
+
+# %% [markdown]
+# ## Performance
+# Only when the batch carries labels (`readmitted`); the reference is the held-out rows.
+
+# %%
+if result.performance is None:
+    print("The batch has no labels: performance is not measured.")
+else:
+    print(
+        f"ROC AUC drop {result.performance_drop:.4f}, tolerance {t.performance_tolerance:.4f}"
+        if result.performance_drop is not None
+        else "ROC AUC undefined on this batch (a single class)."
+    )
+    display(result.performance.style.format("{:.4f}"))
+
+# %% [markdown]
+# ## Where the evidence is
+
+# %%
+display(
+    Markdown(
+        "\n".join(
+            [f"- Evidently report **{name}**: `{uri}`" for name, uri in result.report_paths.items()]
+            + [f"- MLflow run `{result.mlflow_run_id}` in experiment `{mlflow_experiment_name}`"]
+        )
+    )
+)
