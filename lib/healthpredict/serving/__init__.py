@@ -1,0 +1,6 @@
+"""Online scoring of HealthPredict models: FastAPI app, model loading, validation, metrics.
+
+``healthpredict.serving.api.create_app`` builds the app; ``serving/app.py`` at the top of the
+checkout is the thin entry point uvicorn runs. Scoring itself lives in
+:mod:`healthpredict.inference`.
+"""
