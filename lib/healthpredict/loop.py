@@ -104,7 +104,12 @@ class LoopState:
         return cls(
             **{
                 k: raw[k]
-                for k in ("next_batch_start_index", "batches_since_retrain", "history")
+                for k in (
+                    "next_batch_start_index",
+                    "batches_since_retrain",
+                    "reference_uri",
+                    "history",
+                )
                 if k in raw
             }
         )

@@ -1,0 +1,190 @@
+"""Monitoring and retraining: one batch of the future stream per run.
+
+Each run cuts the next batch of the stream at the loop's cursor (`LoopState` in
+`<storage>/monitoring/state.json`, shared with `healthpredict loop`), monitors it with the
+`03_drift_monitor` notebook against the pinned champion, and branches on the notebook's
+`drift_status` scrap: on drift it triggers `health_predict_training_hpo` with the recent batches
+(`is_retraining_run: true`) and, when that run was awaited and promoted a new champion,
+`health_predict_api_deployment`. `advance_state` moves the cursor last, so a failed or killed
+run processes the same batch again. `end_pipeline` marks an exhausted stream.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.providers.papermill.operators.papermill import PapermillOperator
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import DAG, Param, task
+
+from healthpredict import orchestration
+from healthpredict.config import get_settings
+from healthpredict.storage import join
+
+DAG_ID = "health_predict_monitoring_retraining"
+TRAINING_DAG_ID = "health_predict_training_hpo"
+DEPLOYMENT_DAG_ID = "health_predict_api_deployment"
+_settings = get_settings()
+
+with DAG(
+    dag_id=DAG_ID,
+    description="Monitor the next batch for drift; retrain and redeploy on drift.",
+    schedule=None,
+    start_date=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,  # the batch cursor is shared: one batch at a time
+    render_template_as_native_obj=True,  # params and XCom values arrive typed in templates
+    doc_md=__doc__,
+    tags=["healthpredict", "monitoring"],
+    params={
+        "s3_full_future_data_path": Param(
+            join(_settings.processed_data, "future_data.csv"),
+            type="string",
+            description="Raw CSV of the future stream (local path or s3:// URI).",
+        ),
+        "s3_reference_data_path": Param(
+            join(_settings.processed_data, "initial_train.csv"),
+            type="string",
+            description="Drift reference until a promotion sets the loop's own reference.",
+        ),
+        "batch_size": Param(2000, type="integer", minimum=1, description="Rows per batch."),
+        "mlflow_model_name": Param(_settings.model_name, type="string"),
+        "mlflow_experiment_name": Param("HealthPredict_Monitoring", type="string"),
+        "wait_for_retraining": Param(
+            False,
+            type="boolean",
+            description="Wait for the retraining run, then deploy if it promoted a champion.",
+        ),
+        "retrain_window": Param(
+            5, type="integer", minimum=1, description="Recent batches a retraining learns from."
+        ),
+        "monitor_params": Param(
+            {}, type="object", description="Extra 03_drift_monitor parameters (thresholds...)."
+        ),
+    },
+) as dag:
+
+    @task
+    def get_iteration_state():
+        """The loop's cursor and recent batches, read under its lease."""
+        return orchestration.iteration_state()
+
+    @task
+    def simulate_data_batch(ti=None, params=None):
+        """Write the batch at the cursor, named by its start index."""
+        state = ti.xcom_pull(task_ids="get_iteration_state")
+        return orchestration.simulate_batch(
+            params["s3_full_future_data_path"],
+            state["next_batch_start_index"],
+            params["batch_size"],
+        )
+
+    @task.branch
+    def check_for_more_data(ti=None):
+        """Monitor the batch, or end: the stream is exhausted."""
+        batch = ti.xcom_pull(task_ids="simulate_data_batch")
+        return "get_production_model_uri" if batch["has_data"] else "end_pipeline"
+
+    @task
+    def get_production_model_uri(ti=None, params=None, run_id=None):
+        """Pin the champion's version and prepare the 03_drift_monitor run."""
+        return orchestration.prepare_monitoring(
+            ti.xcom_pull(task_ids="simulate_data_batch"),
+            ti.xcom_pull(task_ids="get_iteration_state"),
+            model_name=params["mlflow_model_name"],
+            reference_uri=params["s3_reference_data_path"],
+            experiment_name=params["mlflow_experiment_name"],
+            run_id=run_id,
+            dag_id=DAG_ID,
+            task_id="run_drift_monitoring",
+            monitor_params=params["monitor_params"],
+        )
+
+    run_drift_monitoring = PapermillOperator(
+        task_id="run_drift_monitoring",
+        **orchestration.papermill_args("get_production_model_uri", "monitor"),
+    )
+
+    @task.branch
+    def decide_on_retraining(ti=None, params=None):
+        """Branch on the notebook's drift_status scrap (healthpredict.loop.should_retrain)."""
+        decision = orchestration.decide(
+            ti.xcom_pull(task_ids="get_production_model_uri")["monitor"],
+            ti.xcom_pull(task_ids="get_iteration_state"),
+            ti.xcom_pull(task_ids="simulate_data_batch"),
+            params["retrain_window"],
+        )
+        ti.xcom_push(key="decision", value=decision)
+        return "trigger_retraining_dag" if decision["retrain"] else "log_no_drift_and_loop"
+
+    trigger_retraining_dag = TriggerDagRunOperator(
+        task_id="trigger_retraining_dag",
+        trigger_dag_id=TRAINING_DAG_ID,
+        trigger_run_id="retrain__{{ run_id }}",
+        conf={
+            "is_retraining_run": True,
+            "retraining_data_path": "{{ ti.xcom_pull(task_ids='decide_on_retraining', "
+            "key='decision')['recent_batches'] }}",
+            "mlflow_model_name": "{{ params.mlflow_model_name }}",
+        },
+        wait_for_completion="{{ params.wait_for_retraining }}",
+        poke_interval=30,
+        reset_dag_run=True,  # a retried task re-runs its retraining instead of failing
+    )
+
+    trigger_deployment_after_retraining = TriggerDagRunOperator(
+        task_id="trigger_deployment_after_retraining",
+        trigger_dag_id=DEPLOYMENT_DAG_ID,
+        trigger_run_id="deploy__{{ run_id }}",
+        conf={"mlflow_model_name": "{{ params.mlflow_model_name }}"},
+        pre_execute=orchestration.promotion_gate("trigger_retraining_dag"),
+        reset_dag_run=True,
+    )
+
+    @task
+    def log_no_drift_and_loop(ti=None):
+        """No drift: nothing to retrain; the next run monitors the next batch."""
+        decision = ti.xcom_pull(task_ids="decide_on_retraining", key="decision")
+        print(
+            f"{decision['drift_status']} (drifted share {decision['drifted_share']}); "
+            f"evidence in {decision['monitor_run_dir']}"
+        )
+        return decision
+
+    end_pipeline = EmptyOperator(task_id="end_pipeline")
+
+    # Runs when either branch succeeded (a skipped deployment is fine) and nothing failed; it
+    # is skipped with the whole branch when the stream is exhausted.
+    @task(trigger_rule="none_failed_min_one_success")
+    def advance_state(ti=None, params=None, run_id=None):
+        """Move the loop's cursor past the batch: the last step of a successful run."""
+        decision = ti.xcom_pull(task_ids="decide_on_retraining", key="decision")
+        trigger_run_id = None
+        outcome = None
+        if decision["retrain"]:
+            trigger_run_id = ti.xcom_pull(task_ids="trigger_retraining_dag", key="trigger_run_id")
+            outcome = orchestration.retraining_outcome(
+                trigger_run_id, params["wait_for_retraining"]
+            )
+        return orchestration.advance_state(
+            ti.xcom_pull(task_ids="simulate_data_batch"),
+            decision,
+            model_uri=ti.xcom_pull(task_ids="get_production_model_uri")["model_uri"],
+            retrain_outcome=outcome,
+            trigger_run_id=trigger_run_id,
+            dag_run_id=run_id,
+        )
+
+    state = get_iteration_state()
+    batch = simulate_data_batch()
+    more = check_for_more_data()
+    model = get_production_model_uri()
+    decide = decide_on_retraining()
+    no_drift = log_no_drift_and_loop()
+    advance = advance_state()
+
+    state >> batch >> more >> [model, end_pipeline]
+    model >> run_drift_monitoring >> decide >> [trigger_retraining_dag, no_drift]
+    trigger_retraining_dag >> trigger_deployment_after_retraining
+    [no_drift, trigger_retraining_dag, trigger_deployment_after_retraining] >> advance

@@ -1,0 +1,145 @@
+"""Training with hyperparameter search, or retraining through the promotion gate.
+
+A normal run (re)uses the prepared splits (or prepares them, `prepare_data`), runs the
+`01_eda` and `02_train_hpo` notebooks with PapermillOperator and checks that the trained model
+was registered (and promoted, when it was the first). A run with `is_retraining_run: true` and
+`retraining_data_path` (one or more batch URIs, as the monitoring DAG sends them) runs
+`04_retrain` instead: initial_train plus the new data, a warm-started search, and the gate; its
+decision and `promoted` go to XCom and to `<storage>/monitoring/retrains/<run_id>.json`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.providers.papermill.operators.papermill import PapermillOperator
+from airflow.sdk import DAG, Param, task
+
+from healthpredict import orchestration
+from healthpredict.config import get_settings
+
+DAG_ID = "health_predict_training_hpo"
+_settings = get_settings()
+
+with DAG(
+    dag_id=DAG_ID,
+    description="EDA + Optuna search + registration; or retraining with the promotion gate.",
+    schedule=None,
+    start_date=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,  # runs register versions and move aliases of one model
+    render_template_as_native_obj=True,
+    doc_md=__doc__,
+    tags=["healthpredict", "training"],
+    params={
+        "prepare_data": Param(False, type="boolean", description="Prepare the splits first."),
+        "data_source": Param(
+            None,
+            type=["null", "string"],
+            description="For prepare_data: UCI zip/csv, s3:// URI, URL, auto or synthetic.",
+        ),
+        "n_synthetic": Param(30_000, type="integer", minimum=100),
+        "initial_fraction": Param(0.2, type="number", exclusiveMinimum=0, exclusiveMaximum=1),
+        "n_trials": Param(30, type="integer", minimum=1, description="Optuna trials."),
+        "families": Param(["logreg", "rf", "hgb"], type="array", items={"type": "string"}),
+        "is_retraining_run": Param(False, type="boolean"),
+        "retraining_data_path": Param(
+            None,
+            type=["null", "string", "array"],
+            description="Labelled batch URI(s) to retrain on (with is_retraining_run).",
+        ),
+        "retrain_n_trials": Param(8, type="integer", minimum=1),
+        "mlflow_model_name": Param(_settings.model_name, type="string"),
+        "mlflow_experiment_name": Param("HealthPredict_Training", type="string"),
+        "retrain_experiment_name": Param("HealthPredict_Retraining", type="string"),
+    },
+) as dag:
+
+    @task.branch
+    def choose_run_type(params=None):
+        """Retrain when the run says so (and names its data), else train from scratch."""
+        if not params["is_retraining_run"]:
+            return "prepare_data"
+        if not orchestration.as_uri_list(params["retraining_data_path"]):
+            raise ValueError("is_retraining_run needs retraining_data_path (one or more URIs)")
+        return "prepare_retraining"
+
+    @task
+    def prepare_data(params=None):
+        """Prepare the splits if asked; in any case check that they exist."""
+        return orchestration.ensure_prepared_data(
+            params["prepare_data"],
+            source=params["data_source"],
+            n_synthetic=params["n_synthetic"],
+            initial_fraction=params["initial_fraction"],
+        )
+
+    @task
+    def prepare_notebooks(params=None, run_id=None):
+        """Check the notebooks' parameters and derive their .ipynb in fresh run folders."""
+        common = {"run_id": run_id, "dag_id": DAG_ID}
+        return {
+            "eda": orchestration.prepare_notebook_run("01_eda", {}, task_id="run_eda", **common),
+            "train": orchestration.prepare_notebook_run(
+                "02_train_hpo",
+                {
+                    "n_trials": params["n_trials"],
+                    "families": params["families"],
+                    "mlflow_experiment_name": params["mlflow_experiment_name"],
+                    "model_name": params["mlflow_model_name"],
+                },
+                task_id="run_train_hpo",
+                **common,
+            ),
+        }
+
+    run_eda = PapermillOperator(
+        task_id="run_eda", **orchestration.papermill_args("prepare_notebooks", "eda")
+    )
+    run_train_hpo = PapermillOperator(
+        task_id="run_train_hpo", **orchestration.papermill_args("prepare_notebooks", "train")
+    )
+
+    @task
+    def check_registration(ti=None, params=None):
+        """Fail unless the run recorded its scraps and its model is registered (and champion)."""
+        prepared = ti.xcom_pull(task_ids="prepare_notebooks")["train"]
+        return orchestration.check_registration(prepared, params["mlflow_model_name"])
+
+    @task
+    def prepare_retraining(params=None, run_id=None):
+        """Check the retrain parameters and derive the 04_retrain .ipynb."""
+        return orchestration.prepare_notebook_run(
+            "04_retrain",
+            {
+                "retraining_data_path": orchestration.as_uri_list(params["retraining_data_path"]),
+                "n_trials": params["retrain_n_trials"],
+                "mlflow_experiment_name": params["retrain_experiment_name"],
+                "model_name": params["mlflow_model_name"],
+            },
+            run_id=run_id,
+            dag_id=DAG_ID,
+            task_id="run_retrain",
+        )
+
+    run_retrain = PapermillOperator(
+        task_id="run_retrain", **orchestration.papermill_args("prepare_retraining")
+    )
+
+    @task
+    def record_retraining_result(ti=None, run_id=None):
+        """Push the gate's decision to XCom and leave it for the monitoring DAG."""
+        outcome = orchestration.record_retraining(
+            ti.xcom_pull(task_ids="prepare_retraining"), run_id
+        )
+        ti.xcom_push(key="decision", value=outcome["decision"])
+        ti.xcom_push(key="promoted", value=outcome["promoted"])
+        return outcome
+
+    choose = choose_run_type()
+    data = prepare_data()
+    notebooks = prepare_notebooks()
+    retraining = prepare_retraining()
+    choose >> [data, retraining]
+    data >> notebooks >> run_eda >> run_train_hpo >> check_registration()
+    retraining >> run_retrain >> record_retraining_result()
