@@ -312,6 +312,55 @@ def retrain_command(
     _run_stage("04_retrain", params, force)
 
 
+@app.command("monitor")
+def monitor_command(
+    batch: str = typer.Option(..., help="Raw batch CSV to monitor (path or s3:// URI)."),
+    reference: str = typer.Option(
+        None, help="Raw reference CSV (default: <storage>/processed_data/initial_train.csv)."
+    ),
+    model_uri: str = typer.Option(
+        None, help="Registry URI of the production model (default: models:/<name>@champion)."
+    ),
+    reports_dir: str = typer.Option(
+        None, help="Folder or s3:// URI for the Evidently reports (default: <run dir>/reports)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Execute even if an identical run exists."),
+) -> None:
+    """Check a batch for drift with notebooks/03_drift_monitor.py; the last stdout line is the status.
+
+    Prints DRIFT_DETECTED or NO_DRIFT last and exits 0 in both cases; exits non-zero only when
+    the run failed (bad batch, missing model, ...).
+    """
+    from pathlib import Path
+
+    from healthpredict import notebooks
+    from healthpredict.config import get_settings
+    from healthpredict.storage import is_s3, join
+
+    def absolute(uri: str | None) -> str | None:
+        # The kernel runs in notebooks/: a relative path must mean what it meant here.
+        return uri if uri is None or is_s3(uri) else str(Path(uri).expanduser().resolve())
+
+    settings = get_settings()
+    # Named explicitly (not left to the notebook's default) so the run's input hashes cover it.
+    reference = reference or join(settings.processed_data, "initial_train.csv")
+    params = {"new_data_path": absolute(batch), "reference_data_path": absolute(reference),
+              "mlflow_model_uri": model_uri or f"models:/{settings.model_name}@champion",
+              "evidently_reports_path": absolute(reports_dir)}  # fmt: skip
+    try:
+        result = notebooks.run("03_drift_monitor", params, force=force)
+    except notebooks.NotebookRunError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except notebooks.ParameterError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    for reason in result.scraps.get("drift_reasons") or []:
+        console.print(f"  {reason}", markup=False, highlight=False)
+    typer.echo(result.run_dir)
+    typer.echo(result.scraps["drift_status"])
+
+
 @app.command("gallery")
 def gallery_command(
     rendered_dir: str = typer.Option(None, help="Folder of the runs (default: HP_RENDERED_DIR)."),
@@ -320,6 +369,25 @@ def gallery_command(
     from healthpredict.gallery import build_gallery
 
     typer.echo(build_gallery(rendered_dir))
+
+
+@app.command("export-model")
+def export_model_command(
+    out: str = typer.Option(..., help="New or empty folder to write (the image's MODEL_DIR)."),
+    model_uri: str = typer.Option(
+        None, help="Registry URI, e.g. models:/HealthPredict/3 (default: the champion)."
+    ),
+) -> None:
+    """Write a registered model plus model_info.json to a folder the serving image can bake in."""
+    from healthpredict.registry import champion_uri
+    from healthpredict.serving.model_store import ModelLoadError, export_model
+
+    try:
+        path = export_model(model_uri or champion_uri(), out)
+    except (ModelLoadError, FileExistsError) as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    typer.echo(path)
 
 
 if __name__ == "__main__":  # pragma: no cover
