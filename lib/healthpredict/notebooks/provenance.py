@@ -136,9 +136,13 @@ def _resolve_model(uri: str) -> dict[str, str]:
 
     An alias moves; without this, a re-used run could describe a model that is no longer served.
     """
+    from healthpredict import tracking
     from healthpredict.registry import get_model_info
 
     try:
+        # The runner's process may not have touched MLflow yet: without this it would look in a
+        # fresh ./mlflow.db rather than the configured store.
+        tracking.setup_mlflow()
         info = get_model_info(uri)
     except Exception as exc:  # the notebook itself reports a missing model; key on the error
         return {uri: f"unresolved: {type(exc).__name__}"}

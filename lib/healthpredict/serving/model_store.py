@@ -185,15 +185,11 @@ def _registry_info(uri: str) -> dict[str, Any]:
 
 
 def _setup_mlflow() -> None:
-    import mlflow
-
-    from healthpredict.config import get_settings
+    from healthpredict import tracking
 
     for key, value in _MLFLOW_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    uri = get_settings().mlflow_tracking_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    tracking.setup_mlflow()
 
 
 def _download(info: dict[str, Any], dst: Path) -> Path:
