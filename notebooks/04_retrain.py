@@ -33,6 +33,7 @@ tolerance = 0.01  # allowed ROC AUC drop of the challenger on the fixed test spl
 seed = 42  # seed of the holdout split, the sampler and the estimators
 mlflow_experiment_name = "HealthPredict_Retraining"  # MLflow experiment of the retraining run
 model_name = None  # registered model name (None: the HP_MODEL_NAME setting)
+holdout_output_path = None  # raw CSV for the new holdout; None: <storage>/monitoring/reference/
 
 # %%
 from IPython.display import Markdown, display
@@ -50,6 +51,7 @@ result = retrain(
     seed=seed,
     experiment_name=mlflow_experiment_name,
     model_name=model_name,
+    holdout_output_path=holdout_output_path,
 )
 record("data_source", result.data_source)
 if result.data_source == "synthetic":
@@ -86,6 +88,7 @@ record("champion_version", result.champion_version)
 record("challenger_metrics", result.challenger_metrics)
 record("champion_metrics", result.champion_metrics)
 record("mlflow_run_id", result.mlflow_run_id)
+record("holdout_path", result.holdout_path)
 display(
     Markdown(
         f"## {result.decision}\n{result.reason}.\n\n"

@@ -92,6 +92,9 @@ class LoopState:
     next_batch_start_index: int = 0
     batches_since_retrain: list[str] = field(default_factory=list)
     reference_uri: str | None = None  # drift reference after a promotion; None = initial_train
+    # Held-out rows of the last promotion (predictions compared against); None = the monitor's
+    # default next to initial_train.
+    model_reference_uri: str | None = None
     history: list[dict] = field(default_factory=list)
 
     @classmethod
@@ -108,6 +111,7 @@ class LoopState:
                     "next_batch_start_index",
                     "batches_since_retrain",
                     "reference_uri",
+                    "model_reference_uri",
                     "history",
                 )
                 if k in raw
@@ -262,19 +266,26 @@ class BatchOutcome:
         }
 
 
-def monitor_batch(batch_uri: str, reference_uri: str, model_uri: str, **params):
-    """Run the drift-monitor notebook on one batch; returns the notebook run's result."""
+def monitor_parameters(state: LoopState, batch_uri: str, default_reference: str) -> dict:
+    """Drift-monitor parameters for a batch, as the state implies.
+
+    Since a promotion, the batches the champion learned from are the data reference and its
+    retraining holdout is the prediction reference.
+    """
+    params = {
+        "new_data_path": batch_uri,
+        "reference_data_path": state.reference_uri or default_reference,
+    }
+    if state.model_reference_uri:
+        params["model_reference_path"] = state.model_reference_uri
+    return params
+
+
+def monitor_batch(params: dict):
+    """Run the drift-monitor notebook with ``params``; returns the notebook run's result."""
     from healthpredict import notebooks
 
-    return notebooks.run(
-        "03_drift_monitor",
-        {
-            "new_data_path": batch_uri,
-            "reference_data_path": reference_uri,
-            "mlflow_model_uri": model_uri,
-            **params,
-        },
-    )
+    return notebooks.run("03_drift_monitor", params)
 
 
 def retrain_on(batch_uris: list[str], **params):
@@ -313,34 +324,72 @@ def process_batch(
     if window is None:
         return None
     batch_uri = write_batch(future, window, root)
-    reference = state.reference_uri or default_reference
-    result = monitor_batch(batch_uri, reference, model_uri, **(monitor_params or {}))
+    result = monitor_batch(
+        {
+            **monitor_parameters(state, batch_uri, default_reference),
+            "mlflow_model_uri": model_uri,
+            **(monitor_params or {}),
+        }
+    )
     status = result.scraps["drift_status"]
     outcome = BatchOutcome(
         window, batch_uri, status, result.scraps.get("drifted_share"), str(result.run_dir)
     )
-    seen = [*state.batches_since_retrain, batch_uri][-retrain_window:]
-    new_reference = None
+    recent = [*state.batches_since_retrain, batch_uri][-retrain_window:]
     if should_retrain(status):
-        retrained = retrain_on(seen, **(retrain_params or {}))
-        outcome.retrain = {
-            "decision": retrained.scraps["decision"],
-            "promoted": bool(retrained.scraps["promoted"]),
-            "reason": retrained.scraps["reason"],
-            "challenger_version": retrained.scraps["challenger_version"],
-            "run_dir": str(retrained.run_dir),
-        }
-        if outcome.retrain["promoted"]:
-            new_reference = write_reference(seen, f"reference_{window.start:07d}", root)
-            seen = []
-    # Only now, with every step done, does the loop move forward.
-    state.next_batch_start_index = window.end
-    state.batches_since_retrain = seen
-    if new_reference:
-        state.reference_uri = new_reference
-    state.history.append(outcome.as_dict())
-    state.save(root)
+        retrained = retrain_on(recent, **(retrain_params or {}))
+        outcome.retrain = retrain_summary(retrained.scraps, str(retrained.run_dir))
+    advance(state, outcome, recent, root=root)
     return outcome
+
+
+def retrain_summary(scraps: dict, run_dir: str) -> dict:
+    """What the loop keeps of a retraining run's scraps."""
+    return {
+        "decision": scraps["decision"],
+        "promoted": bool(scraps["promoted"]),
+        "reason": scraps["reason"],
+        "challenger_version": scraps["challenger_version"],
+        "holdout_path": scraps.get("holdout_path"),
+        "run_dir": run_dir,
+    }
+
+
+def advance(
+    state: LoopState,
+    outcome: BatchOutcome,
+    recent: list[str],
+    *,
+    root: str | None = None,
+    **record: object,
+) -> dict:
+    """Move the cursor past ``outcome``'s batch and save the state: the loop's only step forward.
+
+    Called once every step for the batch succeeded. After a promotion the recent batches become
+    the drift reference (the data the new champion learned from), the retraining holdout the
+    prediction reference, and the list of recent batches starts again.
+
+    Args:
+        state: State to update (in place) and save.
+        outcome: The batch's outcome; ``outcome.retrain`` holds the retraining summary, if any.
+        recent: Batches since the last promotion, this one included.
+        root: Storage root.
+        **record: Extra fields for the history entry (the DAG adds its run id).
+
+    Returns:
+        The history entry appended.
+    """
+    retrain = outcome.retrain or {}
+    if retrain.get("promoted"):
+        state.reference_uri = write_reference(recent, f"reference_{outcome.window.start:07d}", root)
+        state.model_reference_uri = retrain.get("holdout_path") or None
+        recent = []
+    entry = {**outcome.as_dict(), **record}
+    state.next_batch_start_index = outcome.window.end
+    state.batches_since_retrain = recent
+    state.history.append(entry)
+    state.save(root)
+    return entry
 
 
 def run_loop(

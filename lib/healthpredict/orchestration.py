@@ -379,6 +379,7 @@ def iteration_state(root: str | None = None) -> dict[str, Any]:
         "next_batch_start_index": state.next_batch_start_index,
         "batches_since_retrain": list(state.batches_since_retrain),
         "reference_uri": state.reference_uri,
+        "model_reference_uri": state.model_reference_uri,
         "batches_done": len(state.history),
     }
 
@@ -432,8 +433,14 @@ def prepare_monitoring(
     registry = _registry()
     info = registry.get_model_info(registry.champion_uri(model_name))
     parameters = {
-        "new_data_path": batch["batch_uri"],
-        "reference_data_path": state.get("reference_uri") or reference_uri,
+        **loop.monitor_parameters(
+            loop.LoopState(
+                reference_uri=state.get("reference_uri"),
+                model_reference_uri=state.get("model_reference_uri"),
+            ),
+            batch["batch_uri"],
+            reference_uri,
+        ),
         "mlflow_model_uri": info.model_uri,
         "mlflow_experiment_name": experiment_name,
         **dict(monitor_params or {}),
@@ -547,21 +554,13 @@ def advance_state(
                 f"the loop cursor is at {state.next_batch_start_index}, not at this batch's "
                 f"start {batch['start']}: another runner processed it; nothing was changed"
             )
-        recent = list(decision["recent_batches"])
         retrain = None
-        new_reference = None
         if decision["retrain"]:
             if retrain_outcome is None:
                 retrain = {"triggered_run_id": trigger_run_id, "awaited": False}
             else:
-                keys = ("decision", "promoted", "reason", "challenger_version", "run_dir")
-                retrain = {k: retrain_outcome.get(k) for k in keys}
+                retrain = loop.retrain_summary(retrain_outcome, retrain_outcome.get("run_dir"))
                 retrain["triggered_run_id"] = trigger_run_id
-                if retrain["promoted"]:
-                    new_reference = loop.write_reference(
-                        recent, f"reference_{batch['start']:07d}", root
-                    )
-                    recent = []
         outcome = loop.BatchOutcome(
             loop.BatchWindow(batch["start"], batch["end"]),
             batch["batch_uri"],
@@ -570,13 +569,14 @@ def advance_state(
             decision["monitor_run_dir"],
             retrain,
         )
-        entry = {**outcome.as_dict(), "model_uri": model_uri, "dag_run_id": dag_run_id}
-        state.next_batch_start_index = batch["end"]
-        state.batches_since_retrain = recent
-        if new_reference:
-            state.reference_uri = new_reference
-        state.history.append(entry)
-        state.save(root)
+        entry = loop.advance(
+            state,
+            outcome,
+            list(decision["recent_batches"]),
+            root=root,
+            model_uri=model_uri,
+            dag_run_id=dag_run_id,
+        )
     return entry
 
 
@@ -669,6 +669,7 @@ def record_retraining(prepared: Mapping[str, Any], run_id: str) -> dict[str, Any
         "challenger_version": scraps["challenger_version"],
         "champion_version": scraps["champion_version"],
         "mlflow_run_id": scraps["mlflow_run_id"],
+        "holdout_path": scraps["holdout_path"],
         "run_dir": prepared["run_dir"],
         "retraining_data_path": prepared["parameters"]["retraining_data_path"],
         "dag_run_id": run_id,

@@ -167,6 +167,7 @@ class RetrainResult:
     model_name: str = ""
     tolerance: float = 0.01
     manifest: dict = field(repr=False, default_factory=dict)
+    holdout_path: str = ""  # raw CSV of the new holdout: the monitor's prediction reference
 
     def comparison(self) -> pd.DataFrame:
         """Side-by-side table: one row per metric, columns champion, challenger, difference."""
@@ -198,6 +199,7 @@ def retrain(
     study_storage: str | None = None,
     target_recall: float | None = None,
     progress: bool = True,
+    holdout_output_path: str | None = None,
 ) -> RetrainResult:
     """Retrain on ``initial_train`` + new labelled batches and promote only through the gate.
 
@@ -217,6 +219,9 @@ def retrain(
         study_storage: Optuna storage (see :func:`healthpredict.training.open_study_storage`).
         target_recall: Threshold rule (default: max F1 on validation).
         progress: Progress bar over trials.
+        holdout_output_path: Where to write the new holdout as a raw CSV (default
+            ``<storage>/monitoring/reference/holdout_<run id>.csv``). After a promotion the drift
+            monitor compares predictions against these rows, which the new champion never saw.
 
     Raises:
         ModelNotFoundError: There is no champion to challenge.
@@ -225,9 +230,10 @@ def retrain(
     """
     import mlflow
 
-    from healthpredict import registry, tracking
+    from healthpredict import registry, storage, tracking
     from healthpredict.config import get_settings
     from healthpredict.data.split import drop_unreadmittable
+    from healthpredict.loop import monitoring_dir
 
     started = time.perf_counter()
     model_name = model_name or get_settings().model_name
@@ -350,6 +356,12 @@ def retrain(
         mlflow.set_tags(
             {"decision": decision, "reason": reason[:5000], "challenger_version": info.version}
         )
+        holdout_path = storage.write_csv(
+            holdout_output_path
+            or storage.join(monitoring_dir(), "reference", f"holdout_{run_id}.csv"),
+            holdout,
+        )
+        mlflow.set_tag("holdout_path", holdout_path)
         for key, value in {
             "gate.decision": decision,
             "gate.reason": reason[:5000],
@@ -385,4 +397,5 @@ def retrain(
         model_name=model_name,
         tolerance=tolerance,
         manifest=manifest,
+        holdout_path=holdout_path,
     )

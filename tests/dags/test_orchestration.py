@@ -151,6 +151,7 @@ def test_advance_state_moves_once_and_only_from_the_batch_start(stream):
         "next_batch_start_index": 0,
         "batches_since_retrain": [],
         "reference_uri": None,
+        "model_reference_uri": None,
         "batches_done": 0,
     }
     entry = orchestration.advance_state(
@@ -178,6 +179,7 @@ def test_awaited_promotion_sets_the_reference_like_the_loop(stream):
         "promoted": True,
         "reason": "better",
         "challenger_version": "2",
+        "holdout_path": "/holdouts/h.csv",
         "run_dir": "/runs/r",
     }
     entry = orchestration.advance_state(
@@ -192,7 +194,16 @@ def test_awaited_promotion_sets_the_reference_like_the_loop(stream):
     assert state.batches_since_retrain == [] and state.next_batch_start_index == 8
     assert Path(state.reference_uri).name == "reference_0000004.csv"
     assert len(storage.read_csv(state.reference_uri)) == 8
+    assert state.model_reference_uri == "/holdouts/h.csv"
     assert orchestration.iteration_state()["reference_uri"] == state.reference_uri
+    # The next monitoring run compares against both new references.
+    third = orchestration.simulate_batch(stream, 8, 4)
+    params = loop.monitor_parameters(state, third["batch_uri"], "/prepared/initial_train.csv")
+    assert params == {
+        "new_data_path": third["batch_uri"],
+        "reference_data_path": state.reference_uri,
+        "model_reference_path": "/holdouts/h.csv",
+    }
 
 
 def test_not_awaited_retraining_keeps_the_recent_batches(stream):

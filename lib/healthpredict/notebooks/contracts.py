@@ -22,6 +22,7 @@ REQUIRED_SCRAPS: dict[str, list[str]] = {
     "04_retrain": [
         "data_source", "decision", "promoted", "reason", "challenger_version",
         "champion_version", "challenger_metrics", "champion_metrics", "mlflow_run_id",
+        "holdout_path",
     ],
 }  # fmt: skip
 
