@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= dev,serve,airflow
 KERNEL := healthpredict
 
-.PHONY: setup demo test test-fast lint format gallery bench-train bench-drift bench-serve clean tools airflow
+.PHONY: setup demo test test-fast faults lint format gallery samples bench-train bench-drift bench-serve clean tools airflow
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# Injected faults and bad input only (make test runs them too).
+faults: setup
+	$(BIN)/python -m pytest -m faults
 
 lint: setup
 	$(BIN)/ruff check lib tests notebooks benchmarks dags serving
@@ -66,6 +70,11 @@ airflow: setup
 
 gallery: setup
 	$(BIN)/healthpredict gallery
+
+# The committed audit trail of one real-data run (rendered/samples/, linked from the README).
+REAL_DATA ?= ../shared/data/dataset_diabetes.zip
+samples: setup
+	scripts/build_samples.sh $(REAL_DATA)
 
 bench-train: setup
 	$(BIN)/python benchmarks/bench_train.py
