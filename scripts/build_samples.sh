@@ -35,3 +35,10 @@ find "$out" -name '*.ipynb' -delete
 find "$out" -path '*/reports/*' -name '*.html' ! -name '*data_drift*' -delete
 $hp gallery >/dev/null
 du -sh "$out"
+
+# The README's screenshot of the gallery, when a Chromium is at hand.
+if command -v chromium >/dev/null; then
+  chromium --headless --no-sandbox --disable-gpu --disable-background-networking --no-first-run \
+    --disable-component-update --disable-sync --user-data-dir="$(mktemp -d)" --hide-scrollbars \
+    --window-size=1400,900 --screenshot=docs/img/gallery.png "file://$PWD/$out/index.html" 2>/dev/null
+fi
