@@ -110,7 +110,7 @@ def prepare_notebook_run(
     import jupytext
     import nbformat
 
-    from healthpredict.notebooks import resolve_notebook
+    from healthpredict.notebooks import provenance, resolve_notebook
     from healthpredict.notebooks.parameters import (
         RUN_DIR_PARAMETER,
         merge_parameters,
@@ -145,7 +145,7 @@ def prepare_notebook_run(
         "output_ipynb": storage.join(run_dir, f"{path.stem}.ipynb"),
         "parameters": merged,
         "given_parameters": {k: merged[k] for k in (parameters or {})},
-        "inputs": _input_hashes(merged, path.parent),
+        "inputs": provenance.input_hashes(merged, base_dir=path.parent),
         "kernel_name": kernel,
         "airflow": {"dag_id": dag_id, "run_id": run_id, "task_id": task_id},
         "prepared_at": _iso(_utc_now()),
@@ -155,34 +155,6 @@ def prepare_notebook_run(
     # Writing the input beside the output also creates the folder papermill writes into.
     storage.write_text(prepared["input_ipynb"], nbformat.writes(nb))
     return prepared
-
-
-def _input_hashes(parameters: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
-    from healthpredict.notebooks import provenance
-
-    if any(name.endswith("model_uri") for name in parameters):
-        _registry()  # model URIs are pinned through the registry: point MLflow at it first
-    return provenance.input_hashes(parameters, base_dir=base_dir)
-
-
-def _error_info(exc: BaseException) -> dict[str, Any]:
-    from papermill.exceptions import PapermillExecutionError
-
-    if isinstance(exc, PapermillExecutionError):
-        return {
-            "cell_number": exc.exec_count if exc.exec_count is not None else exc.cell_index,
-            "execution_count": exc.exec_count,
-            "cell_index": exc.cell_index,
-            "ename": exc.ename,
-            "evalue": exc.evalue,
-        }
-    return {
-        "cell_number": None,
-        "execution_count": None,
-        "cell_index": None,
-        "ename": type(exc).__name__,
-        "evalue": str(exc),
-    }
 
 
 def finish_notebook_run(
@@ -203,6 +175,7 @@ def finish_notebook_run(
     import nbformat
 
     from healthpredict.notebooks import contracts, provenance, render
+    from healthpredict.notebooks.runner import error_info
     from healthpredict.scraps import scraps_from_notebook
 
     name = prepared["notebook"]
@@ -213,16 +186,14 @@ def finish_notebook_run(
     scraps = scraps_from_notebook(executed) if executed is not None else {}
     error = None
     if failure is not None:
-        error = _error_info(failure)
+        error = error_info(failure)
     elif executed is None:
-        error = _error_info(
-            FileNotFoundError(f"no executed notebook at {prepared['output_ipynb']}")
-        )
+        error = error_info(FileNotFoundError(f"no executed notebook at {prepared['output_ipynb']}"))
     else:
         problems = contracts.check_scraps(name, scraps)
         if problems:
             missing = problems[0].startswith("required")
-            error = _error_info(RuntimeError("; ".join(problems)))
+            error = error_info(RuntimeError("; ".join(problems)))
             error["ename"] = "MissingScraps" if missing else "ContractViolation"
     ended = _utc_now()
     run_dir = prepared["run_dir"]

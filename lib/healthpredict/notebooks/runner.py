@@ -135,7 +135,8 @@ def _abs_location(uri: str) -> str:
     return uri if storage.is_s3(uri) else str(Path(uri).expanduser().resolve())
 
 
-def _error_info(exc: BaseException) -> dict[str, Any]:
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """Where and why a run failed, as ``run.json`` records it (cell number, exception name, text)."""
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(exc, PapermillExecutionError):
@@ -291,7 +292,7 @@ def run(
 
     executed = nbformat.read(out_ipynb, as_version=4) if out_ipynb.exists() else nb
     scraps = scraps_from_notebook(executed)
-    error = _error_info(failure) if failure is not None else None
+    error = error_info(failure) if failure is not None else None
     if error is None:
         problems = contracts.check_scraps(name, scraps, required=contract)
         if problems:
