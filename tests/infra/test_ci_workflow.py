@@ -88,6 +88,7 @@ def test_image_is_pushed_only_from_main_with_oidc(jobs):
     assert ":$GITHUB_SHA" in _run_text(job), "the tag is the git sha"
 
 
+@pytest.mark.faults
 def test_no_long_lived_aws_keys_anywhere():
     text = WORKFLOW.read_text().lower()
     for forbidden in ("aws-access-key-id", "aws-secret-access-key", "aws_secret_access_key"):

@@ -647,6 +647,7 @@ def _json_documents(text: str) -> list:
     return documents
 
 
+@pytest.mark.faults
 def test_checkov_finds_nothing_unexplained(tool, checker_env):
     checkov = tool("checkov")
     result = subprocess.run(
@@ -686,6 +687,7 @@ def test_checkov_finds_nothing_unexplained(tool, checker_env):
     assert terraform["parsing_errors"] == 0
 
 
+@pytest.mark.faults
 def test_every_checkov_skip_gives_a_reason():
     text = "".join(path.read_text() for path in TF_FILES)
     skips = re.findall(r"#checkov:skip=([A-Z0-9_]+)(?::(.*))?", text)

@@ -96,17 +96,19 @@ def start_register(
     seed: int,
     alias: str = "",
     go_file: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """Register a model in a fresh interpreter; point ``alias`` at it once ``go_file`` exists.
 
-    Artifacts go under ``tmp/var`` (never the checkout's ``var/``); ``tmp/db-ready`` appears
-    once the MLflow database exists (two processes creating one sqlite store at once collide).
+    Artifacts go under ``tmp/var`` (never the checkout's ``var/``) unless ``env`` sets another
+    ``HP_STORAGE`` (an ``s3://`` one, say); ``tmp/db-ready`` appears once the MLflow database
+    exists (two processes creating one sqlite store at once collide).
     """
     return subprocess.Popen(
         [sys.executable, "-c", _REGISTER, str(Path(__file__).parent), tracking_uri, family,
          str(seed), alias, str(go_file or ""), str(tmp / "db-ready")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**_clean_env(), "HP_STORAGE": str(tmp / "var")},
+        env={**_clean_env(), "HP_STORAGE": str(tmp / "var"), **(env or {})},
     )  # fmt: skip
 
 
@@ -116,6 +118,34 @@ def finish_register(proc: subprocess.Popen, timeout: float = 240) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"registration failed:\n{err[-3000:]}")
     return json.loads(out.strip().splitlines()[-1])["version"]
+
+
+def write_model_dir(
+    path: Path, pipeline: Any, version: str, threshold: float = 0.4, alias: str = "champion"
+) -> Path:
+    """The layout export-model writes (MLmodel, the cloudpickle, model_info.json): a MODEL_DIR."""
+    import cloudpickle
+    import yaml
+
+    path.mkdir(parents=True, exist_ok=True)
+    flavor = {"pickled_model": "model.pkl", "serialization_format": "cloudpickle"}
+    (path / "MLmodel").write_text(yaml.safe_dump({"flavors": {"sklearn": flavor}}))
+    (path / "model.pkl").write_bytes(cloudpickle.dumps(pipeline))
+    info = {"name": MODEL_NAME, "version": version, "threshold": threshold, "alias": alias}
+    (path / "model_info.json").write_text(json.dumps(info))
+    return path
+
+
+def baked_model(path: Path, family: str = "logreg", seed: int = 4, version: str = "1") -> Path:
+    """Fit ``family`` on synthetic rows and write it as a MODEL_DIR (no MLflow involved)."""
+    from healthpredict.data.synthetic import generate
+    from healthpredict.features import make_target
+    from healthpredict.training import make_pipeline
+
+    frame = generate(1500, seed=seed)
+    X, y = frame.drop(columns=["readmitted"]), make_target(frame)
+    pipeline = make_pipeline(family, FAMILY_PARAMS[family], seed=seed).fit(X, y)
+    return write_model_dir(path, pipeline, version)
 
 
 def _clean_env() -> dict[str, str]:

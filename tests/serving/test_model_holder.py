@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
-import cloudpickle
 import pytest
-import yaml
+from serving_helpers import write_model_dir
 
 from healthpredict.data.synthetic import generate
 from healthpredict.features import make_target
@@ -28,16 +26,6 @@ def pipelines():
     }
 
 
-def write_model_dir(path: Path, pipeline, version: str) -> None:
-    """The layout export-model writes: MLmodel, the cloudpickle and model_info.json."""
-    path.mkdir(parents=True, exist_ok=True)
-    flavor = {"pickled_model": "model.pkl", "serialization_format": "cloudpickle"}
-    (path / "MLmodel").write_text(yaml.safe_dump({"flavors": {"sklearn": flavor}}))
-    (path / "model.pkl").write_bytes(cloudpickle.dumps(pipeline))
-    info = {"name": "HealthPredict", "version": version, "threshold": 0.4, "alias": "champion"}
-    (path / "model_info.json").write_text(json.dumps(info))
-
-
 def wait_until(predicate, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -45,6 +33,7 @@ def wait_until(predicate, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.faults
 def test_reload_swaps_whole_models_and_survives_failures(tmp_path, pipelines):
     model_dir = tmp_path / "model"
     holder = ModelHolder(

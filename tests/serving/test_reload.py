@@ -16,6 +16,7 @@ from healthpredict.data.synthetic import generate
 from healthpredict.inference import frame_from_records, records_from_frame
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+USERINFO = "svc:" + "hunter2"  # credentials in a store URL, which reasons must not show
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,7 @@ def _reload(live, headers=None, force=False):
     )
 
 
+@pytest.mark.faults
 def test_reload_needs_the_token(live):
     status, body = _reload(live)
     assert status == 401 and body["detail"] == "missing bearer token"
@@ -81,6 +83,7 @@ def test_new_champion_is_picked_up_without_downtime(live, records):
     assert f'model_version="{before}"}} 0.0' in metrics
 
 
+@pytest.mark.faults
 def test_store_gone_keeps_serving(live, records):
     """A broken registry fails the reload (503, reason) but not the model in service."""
     serving = request(live.url + "/model-info")[1]["version"]
@@ -100,14 +103,39 @@ def test_store_gone_keeps_serving(live, records):
     assert "reload failed (still serving version" in live.server.log()
 
 
-def test_unreachable_store_is_named_as_such():
+@pytest.fixture
+def store_settings(monkeypatch):
+    """Settings naming a registry with credentials and an S3 endpoint (read afresh)."""
+    from healthpredict.config import get_settings
+
+    monkeypatch.setenv("HP_MLFLOW_TRACKING_URI", f"http://{USERINFO}@127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.mark.faults
+def test_unreachable_store_is_named_as_such(store_settings):
+    """The reason names the store and its setting, gives the root cause, hides credentials."""
+    import botocore.exceptions
     import requests
 
     from healthpredict.serving.model_store import _describe_error
 
     with pytest.raises(requests.ConnectionError) as caught:
         requests.get("http://127.0.0.1:9/api/2.0/mlflow/registered-models/alias", timeout=2)
-    assert _describe_error(caught.value).startswith("model store unreachable: ConnectionError")
+    reason = _describe_error(caught.value)
+    assert reason.startswith(
+        "model store unreachable: MLflow registry http://***@127.0.0.1:9 (MLFLOW_TRACKING_URI): "
+        "ConnectionRefusedError: [Errno 111] Connection refused [ConnectionError: "
+    ), reason
+    assert "hunter2" not in reason
+    s3 = botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bucket")
+    assert _describe_error(s3) == (
+        "model store unreachable: artifact store http://127.0.0.1:9 (MLFLOW_S3_ENDPOINT_URL): "
+        'EndpointConnectionError: Could not connect to the endpoint URL: "http://127.0.0.1:9/bucket"'
+    )
 
 
 def test_baked_model_dir_serves_without_mlflow(live, records, tmp_path):
@@ -172,6 +200,7 @@ def test_export_refuses_a_non_empty_folder(tmp_path):
         export_model("models:/HealthPredict@champion", tmp_path)
 
 
+@pytest.mark.faults
 def test_model_dir_without_info_is_explained(tmp_path):
     from healthpredict.serving.model_store import ModelLoadError, read_model_dir
 

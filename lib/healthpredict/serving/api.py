@@ -5,10 +5,11 @@ Endpoints: ``GET /health`` (process up), ``GET /ready`` (a model is loaded, else
 ``GET /metrics`` (Prometheus), ``GET /docs`` (OpenAPI). :func:`create_app` builds it;
 ``serving/app.py`` is what uvicorn runs.
 
-``/predict`` reads and validates the body itself (size limit first, then JSON, then the
-records against the raw schema) rather than through FastAPI's parameter machinery: that keeps
-one clear error format and costs less per request. Small batches are scored on the event loop
-(sub-millisecond), large ones in the thread pool so that probes are not held up.
+``/predict`` reads and validates the body itself (content type first, then the size limit,
+then JSON, then the records against the raw schema) rather than through FastAPI's parameter
+machinery: that keeps one clear error format and costs less per request. Small batches are
+scored on the event loop (sub-millisecond), large ones in the thread pool so that probes are not
+held up.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from healthpredict import __version__
 from healthpredict.serving import metrics
@@ -34,11 +36,13 @@ from healthpredict.serving.records import RequestError, parse_records, request_b
 from healthpredict.serving.settings import ServingSettings
 
 log = logging.getLogger("healthpredict.serving")
+CLIENT_CLOSED_REQUEST = 499  # as nginx logs it: the client left before the request was read
 _ERROR_KIND = {
     401: "unauthorized",
     403: "forbidden",
     409: "busy",
     413: "too_large",
+    415: "media_type",
     422: "validation",
 }
 
@@ -136,9 +140,55 @@ class ReloadResult(BaseModel):
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    # "strings": a non-finite float becomes "Infinity", never the invalid JSON token Infinity.
     return Response(
-        to_json(body), status_code=status, media_type="application/json", headers=headers
+        to_json(body, inf_nan_mode="strings"),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
     )
+
+
+def _check_json_type(content_type: str | None) -> None:
+    """Refuse (415) a body that is not declared as UTF-8 JSON: it would be guessed at otherwise."""
+    media, _, params = (content_type or "").partition(";")
+    media = media.strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        given = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        raise RequestError(
+            415, f"{given}: send the records as JSON with Content-Type: application/json"
+        )
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+            raise RequestError(415, f"charset {charset!r}: JSON bodies must be UTF-8")
+
+
+def _check_query(request: Request, endpoint: str, allowed: tuple[str, ...] = ()) -> None:
+    """Refuse (422) query parameters the endpoint does not take: a typo must not be ignored."""
+    unknown = [(k, v) for k, v in request.query_params.multi_items() if k not in allowed]
+    if unknown:
+        takes = (
+            f"{endpoint} takes only {', '.join(allowed)}" if allowed else f"{endpoint} takes none"
+        )
+        raise RequestError(
+            422,
+            f"{len(unknown)} problem(s) in the request",
+            [
+                {
+                    "record": None,
+                    "field": f"query.{name}",
+                    "value": value,
+                    "expected": f"no such query parameter: {takes}",
+                    "message": "unknown query parameter",
+                    "type": "extra_forbidden",
+                }
+                for name, value in unknown
+            ],
+        )
 
 
 def _error(
@@ -280,6 +330,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         response_model=PredictResponse,
         responses={
             413: {"model": ErrorResponse, "description": "Body or record count over the limit"},
+            415: {
+                "model": ErrorResponse,
+                "description": "The body is not declared as JSON (Content-Type: application/json)",
+            },
             422: {
                 "model": ErrorResponse,
                 "description": "Every offending field, its value and what was expected",
@@ -295,11 +349,17 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     )
     async def predict(request: Request) -> Response:
         try:
+            _check_query(request, "/predict")
+            _check_json_type(request.headers.get("content-type"))
             body = await _read_body(request, settings.max_body_bytes)
             records, _ = parse_records(body, settings.max_records)
         except RequestError as exc:
             metrics.ERRORS.labels("/predict", _ERROR_KIND.get(exc.status, "other")).inc()
             return _json(exc.status, exc.body())
+        except ClientDisconnect:  # gone before the whole body came: nobody to answer, no error
+            metrics.ERRORS.labels("/predict", "client_disconnect").inc()
+            log.info("client disconnected before sending the whole body of /predict")
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         model = holder.current  # one read: the whole request uses this model even during a swap
         if model is None:
             return _error(
@@ -351,6 +411,11 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     )
     async def reload(request: Request, force: bool = False) -> Response:
         """Needs ``Authorization: Bearer <RELOAD_TOKEN>``; ``force`` reloads an unchanged version."""
+        try:
+            _check_query(request, "/reload", ("force",))
+        except RequestError as exc:
+            metrics.ERRORS.labels("/reload", "validation").inc()
+            return _json(exc.status, exc.body())
         token = settings.token()
         if token is None:
             return _error(

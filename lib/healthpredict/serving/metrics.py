@@ -64,8 +64,8 @@ BATCH_SIZE = Histogram(
 )
 ERRORS = Counter(
     "healthpredict_request_errors_total",
-    "Refused or failed requests by endpoint and kind (validation, too_large, not_ready, "
-    "unauthorized, forbidden, busy, reload_failed, internal).",
+    "Refused or failed requests by endpoint and kind (validation, too_large, media_type, "
+    "not_ready, unauthorized, forbidden, busy, reload_failed, client_disconnect, internal).",
     ["endpoint", "kind"],
 )
 MODEL_INFO = Gauge(

@@ -121,23 +121,54 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+_CREDENTIALS = re.compile(r"(?<=://)[^/\s@'\"]+@")
+
+
+def _redact(text: str) -> str:
+    """A URL's credentials (``scheme://<user>:<password>@host``) as ``***``: /ready is public."""
+    return _CREDENTIALS.sub("***@", text)
+
+
+def _s3_endpoint() -> str:
+    for name in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if os.environ.get(name):
+            return f"{os.environ[name]} ({name})"
+    return "AWS S3 (no MLFLOW_S3_ENDPOINT_URL set)"
+
+
+def _unreachable_store(chain: list[BaseException]) -> str:
+    """Which store failed, with the setting that names it: the S3 artifact store or the registry."""
+    if any(type(e).__module__.split(".")[0] in ("botocore", "boto3", "s3transfer") for e in chain):
+        return f"artifact store {_s3_endpoint()}"
+    from healthpredict.config import get_settings
+
+    return f"MLflow registry {get_settings().mlflow_tracking_uri} (MLFLOW_TRACKING_URI)"
+
+
 def _describe_error(exc: BaseException) -> str:
-    """``model store unreachable: ...`` for network/database failures, else the error itself."""
+    """One line a person can act on, without credentials.
+
+    Network and database failures read ``model store unreachable: <which store and its
+    setting>: <root cause> [<outermost error>]``; a missing model ``model not found: ...``.
+    """
     from healthpredict.registry import ModelNotFoundError
 
     if isinstance(exc, ModelLoadError):
-        return exc.reason
+        return _redact(exc.reason)
     if isinstance(exc, ModelNotFoundError):
-        return f"model not found: {exc}"
-    chain, seen = [], exc
-    while seen is not None and len(chain) < 5:
-        chain.append(f"{type(seen).__name__}: {seen}")
+        return _redact(f"model not found: {exc}")
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    text = " <- ".join(chain)
-    first = chain[0].splitlines()[0][:400]
-    if _UNREACHABLE.search(text):
-        return f"model store unreachable: {first}"
-    return f"model load failed: {first}"
+    lines = [f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}" for e in chain]
+    first = lines[0][:300]
+    if _UNREACHABLE.search(" <- ".join(f"{type(e).__name__}: {e}" for e in chain)):
+        root = lines[-1][:200]
+        detail = root if len(chain) == 1 else f"{root} [{first}]"
+        return _redact(f"model store unreachable: {_unreachable_store(chain)}: {detail}")
+    return _redact(f"model load failed: {first}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -185,8 +216,23 @@ def _registry_info(uri: str) -> dict[str, Any]:
 
 
 def _setup_mlflow() -> None:
-    from healthpredict import tracking
+    """Point MLflow at the registry; a sqlite registry must exist (serving never creates one).
 
+    Raises:
+        ModelLoadError: The sqlite file of ``MLFLOW_TRACKING_URI`` does not exist (MLflow would
+            create an empty registry there and report the model as missing).
+    """
+    from healthpredict import tracking
+    from healthpredict.config import get_settings
+
+    uri = get_settings().mlflow_tracking_uri
+    if uri.startswith("sqlite:///") and not uri.endswith(":memory:"):
+        path = Path(uri[len("sqlite:///") :])
+        if not path.is_file():
+            raise ModelLoadError(
+                f"model store unreachable: MLflow registry {uri} (MLFLOW_TRACKING_URI): the "
+                f"database file {path} does not exist (serving never creates a registry)"
+            )
     for key, value in _MLFLOW_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     tracking.setup_mlflow()

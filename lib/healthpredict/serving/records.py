@@ -9,6 +9,8 @@ API, its OpenAPI document and its error messages together:
 - nullable columns may be omitted or null, the others are required, ids are optional;
 - the original name (``glyburide-metformin``) and its Python spelling (``glyburide_metformin``)
   are both accepted, but not both at once; any other field is an error (nothing is dropped);
+- a key given twice in one JSON object is an error (JSON parsers silently keep the last value);
+- ``NaN``, ``Infinity`` and numbers beyond the float range are reported on their field;
 - the target ``readmitted`` is not an input.
 
 Validated records are dicts keyed by Python field names, missing values absent or None, as
@@ -17,6 +19,8 @@ Validated records are dicts keyed by Python field names, missing values absent o
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NotRequired, Required
 
@@ -29,7 +33,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
 )
-from pydantic_core import from_json
+from pydantic_core import to_json
 from typing_extensions import TypedDict
 
 from healthpredict.data.schema import ALIASES, COLUMNS, RAW_COLUMNS, TARGET, Column
@@ -37,6 +41,29 @@ from healthpredict.data.schema import ALIASES, COLUMNS, RAW_COLUMNS, TARGET, Col
 INPUT_COLUMNS: tuple[Column, ...] = tuple(c for c in RAW_COLUMNS if c.name != TARGET)
 _BY_PYTHON_NAME = {c.python_name: c for c in INPUT_COLUMNS}
 _INT64_MAX = 2**63 - 1
+_MAX_VALUE_CHARS = 200  # longer values are cut in error reports
+_NON_JSON_NUMBER = (
+    "{} is not a JSON number (NaN and Infinity are not valid JSON): send a number, or null "
+    "where the field may be unknown"
+)
+
+
+class NonJsonNumber:
+    """``NaN``, ``Infinity`` or ``-Infinity`` in a body: no JSON number, and no valid field value.
+
+    The parser keeps the place of such a token instead of failing the whole body, so that the
+    error names the field; no field type accepts this object.
+    """
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __repr__(self) -> str:
+        return self.token
+
+    __str__ = __repr__
 
 
 def _whole_float(value: Any) -> Any:
@@ -134,13 +161,32 @@ class RequestError(Exception):
         )
 
 
+def _reported(value: Any) -> Any:
+    """The value as an error report can show it: valid JSON, at most ~200 characters."""
+    if isinstance(value, NonJsonNumber):
+        return value.token
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # a number beyond the float range ("inf")
+    if isinstance(value, str):
+        return value if len(value) <= _MAX_VALUE_CHARS else value[:_MAX_VALUE_CHARS] + "..."
+    if isinstance(value, list | dict):
+        try:
+            text = to_json(value, fallback=str, inf_nan_mode="strings").decode()
+        except ValueError:  # nested deeper than the serializer goes
+            return f"<{type(value).__name__} nested too deeply to show>"
+        if len(text) > _MAX_VALUE_CHARS:
+            return text[:_MAX_VALUE_CHARS] + "..."
+        return json.loads(text)  # plain JSON values, NaN markers as their token
+    return value
+
+
 def _problem(
     record: int | None, name: str | None, value: Any, expect: str, msg: str, kind: str
 ) -> dict:
     return {
         "record": record,
         "field": name,
-        "value": value,
+        "value": _reported(value),
         "expected": expect,
         "message": msg,
         "type": kind,
@@ -204,12 +250,66 @@ def _error_items(exc: ValidationError, items: list[Any], batch: bool) -> list[di
             )
         else:
             name = col.name if col else key
+            value, msg = err.get("input"), err["msg"]
+            if isinstance(value, NonJsonNumber):
+                msg, kind = _NON_JSON_NUMBER.format(value), "json_invalid"
+            elif isinstance(value, float) and not math.isfinite(value):
+                msg, kind = (
+                    "the number is beyond the float range (it reads as infinity)",
+                    "json_invalid",
+                )
+            out.append(_problem(record, name, value, expected(col) if col else "", msg, kind))
+    out.sort(key=lambda p: -1 if p["record"] is None else p["record"])
+    return out
+
+
+def _loads(body: bytes) -> tuple[Any, dict[int, dict[str, list[Any]]]]:
+    """Parse a JSON body strictly; also return the keys given twice, per object (by ``id``).
+
+    Raises:
+        ValueError: Not UTF-8, not JSON, or nested too deeply.
+    """
+    duplicates: dict[int, dict[str, list[Any]]] = {}
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) < len(pairs):  # the same key twice: collect its values, none is dropped
+            seen: dict[str, list[Any]] = {}
+            for key, value in pairs:
+                seen.setdefault(key, []).append(value)
+            duplicates[id(obj)] = {k: v for k, v in seen.items() if len(v) > 1}
+        return obj
+
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"the body is not UTF-8 ({exc})") from None
+    try:
+        data = json.loads(text, object_pairs_hook=pairs_hook, parse_constant=NonJsonNumber)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+    return data, duplicates
+
+
+def _duplicate_problems(
+    items: list[Any], duplicates: dict[int, dict[str, list[Any]]], batch: bool
+) -> list[dict[str, Any]]:
+    """One problem per key given more than once in a record."""
+    out = []
+    for i, item in enumerate(items):
+        for key, values in duplicates.get(id(item), {}).items() if isinstance(item, dict) else ():
+            col = COLUMNS.get(ALIASES.get(key, key)) or _BY_PYTHON_NAME.get(key)
             out.append(
                 _problem(
-                    record, name, err.get("input"), expected(col) if col else "", err["msg"], kind
+                    i if batch else None,
+                    col.name if col else key,
+                    values,
+                    f"the field once per record{f' ({expected(col)})' if col else ''}",
+                    f"the key {key!r} is given {len(values)} times in one record: which value "
+                    "is meant is ambiguous (JSON parsers silently keep the last one)",
+                    "duplicate_key",
                 )
             )
-    out.sort(key=lambda p: -1 if p["record"] is None else p["record"])
     return out
 
 
@@ -224,17 +324,13 @@ def parse_records(body: bytes, max_records: int) -> tuple[list[dict[str, Any]], 
         The validated records (Python field names) and whether the body was a list.
 
     Raises:
-        RequestError: 422 for invalid JSON (NaN and Infinity included) or invalid records,
-            listing every problem; 413 for more than ``max_records`` records.
+        RequestError: 422 for a body that is not UTF-8 JSON, or for invalid records (a key
+            given twice, NaN and Infinity included), listing every problem; 413 for more than
+            ``max_records`` records.
     """
     try:
-        data = from_json(body, allow_inf_nan=False)
+        data, duplicates = _loads(body)
     except ValueError as exc:
-        hint = (
-            " (NaN and Infinity are not JSON numbers)"
-            if b"NaN" in body or b"Infinity" in body
-            else ""
-        )
         raise RequestError(
             422,
             "the body is not valid JSON",
@@ -243,8 +339,8 @@ def parse_records(body: bytes, max_records: int) -> tuple[list[dict[str, Any]], 
                     None,
                     None,
                     None,
-                    "a JSON object or an array of objects",
-                    f"{exc}{hint}",
+                    "a JSON object or an array of objects (UTF-8)",
+                    str(exc),
                     "json_invalid",
                 )
             ],
@@ -279,11 +375,15 @@ def parse_records(body: bytes, max_records: int) -> tuple[list[dict[str, Any]], 
                 )
             ],
         )
+    errors = _duplicate_problems(items, duplicates, batch) if duplicates else []
     try:
-        return RECORDS.validate_python(items), batch
+        records = RECORDS.validate_python(items)
     except ValidationError as exc:
-        errors = _error_items(exc, items, batch)
-        raise RequestError(422, f"{len(errors)} problem(s) in the request", errors) from None
+        errors.extend(_error_items(exc, items, batch))
+        errors.sort(key=lambda p: -1 if p["record"] is None else p["record"])
+    if errors:
+        raise RequestError(422, f"{len(errors)} problem(s) in the request", errors)
+    return records, batch
 
 
 def request_body_schema(max_records: int) -> tuple[dict[str, Any], dict[str, Any]]:
