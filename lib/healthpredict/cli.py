@@ -82,24 +82,53 @@ def loop_command(
         None, help="Production model (default: models:/<name>@champion)."
     ),
 ) -> None:
-    """Monitor the future stream batch by batch; on drift retrain and gate; then continue."""
-    from healthpredict import loop
-    from healthpredict.data.split import load_split
+    """Monitor the future stream batch by batch; on drift retrain and gate; then continue.
 
-    future_rows = len(load_split("future_data", data_dir))
-    state = loop.LoopState.load()
-    total = loop.remaining_batches(future_rows, state.next_batch_start_index, batch_size)
-    total = min(total, max_batches) if max_batches else total
-    outcomes = _run_loop_with_progress(
-        total,
-        batch_size=batch_size,
-        max_batches=max_batches,
-        retrain_window=retrain_window,
-        data_dir=data_dir,
-        model_uri=model_uri,
+    Exit code 1: a check or a batch failed (the loop state did not move; the message names the
+    batch and the problem, its failed notebook run is in the rendered folder); 3: another runner
+    holds the lease (nothing was done).
+    """
+    from healthpredict import loop, notebooks, storage
+    from healthpredict.data.split import load_split
+    from healthpredict.registry import ModelNotFoundError
+    from healthpredict.tracking import TrackingUnavailableError
+
+    # Failures with a message written for a person (bad batch, missing model, service down...);
+    # anything else is a bug and keeps its traceback.
+    expected = (
+        notebooks.NotebookError,
+        storage.StorageError,
+        ModelNotFoundError,
+        TrackingUnavailableError,
+        ValueError,
     )
+    try:
+        future_rows = len(load_split("future_data", data_dir))
+        state = loop.LoopState.load()
+        total = loop.remaining_batches(future_rows, state.next_batch_start_index, batch_size)
+        total = min(total, max_batches) if max_batches else total
+        outcomes = _run_loop_with_progress(
+            total,
+            batch_size=batch_size,
+            max_batches=max_batches,
+            retrain_window=retrain_window,
+            data_dir=data_dir,
+            model_uri=model_uri,
+        )
+    except loop.LoopLockedError as exc:
+        _print_error(exc)
+        raise typer.Exit(3) from None
+    except expected as exc:
+        _print_error(exc)
+        raise typer.Exit(1) from None
     for o in outcomes:
         typer.echo(json.dumps(o.as_dict()))
+
+
+def _print_error(exc: BaseException) -> None:
+    """An exception as ``error: <type>: <message>`` plus its notes, on stderr, unformatted."""
+    lines = [f"error: {type(exc).__name__}: {exc}", *getattr(exc, "__notes__", [])]
+    console.print("\n".join(lines), style="red", markup=False, highlight=False, soft_wrap=True)
 
 
 def _run_loop_with_progress(total: int, **kwargs) -> list:

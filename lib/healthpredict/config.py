@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     rendered_dir: str = Field("./rendered", description="Where notebook runs are written.")
     kernel_name: str = Field("healthpredict", description="Jupyter kernel that runs notebooks.")
     target: str = Field("<30", description="Prediction target: '<30' (default) or 'any'.")
+    loop_lease_seconds: int = Field(
+        300,
+        ge=2,
+        description=(
+            "Lifetime of the monitoring loop's lease on the storage. A live runner renews it "
+            "every third of this time; a runner that died blocks the next one until it expires."
+        ),
+    )
 
     # Relative local paths are pinned to the working folder of the process that reads the
     # settings, and exported to notebook kernels (which run in notebooks/) by ``as_env``.

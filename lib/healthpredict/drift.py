@@ -97,8 +97,17 @@ TAIL_QUANTILE = 0.001
 _CHUNK = 100  # null batches scored at once: bounds memory for columns with many values
 
 
+# Fewer rows than this and no drift statistic says anything: a distance between a handful of
+# rows and the reference is all noise, and the Evidently reports cannot be built on them.
+MIN_BATCH_ROWS = 30
+
+
 class ModelSchemaError(ValueError):
     """The production model was trained on another raw schema than the current one."""
+
+
+class BatchTooSmallError(ValueError):
+    """The batch has fewer rows than the drift monitor needs (:data:`MIN_BATCH_ROWS`)."""
 
 
 # --- the decision ----------------------------------------------------------------------------
@@ -1208,10 +1217,21 @@ def _save_html(snapshot: Any, uri: str) -> str:
     return uri
 
 
-def _load_model(model_uri: str) -> tuple[Pipeline, Any]:
+def check_model(model_uri: str) -> Any:
+    """The registry entry of the production model, checked against the current raw schema.
+
+    Cheap (no model files are read): the loop calls it before any batch or kernel.
+
+    Returns:
+        The version's :class:`~healthpredict.registry.ModelInfo`.
+
+    Raises:
+        registry.ModelNotFoundError: No such model, version or alias.
+        ModelSchemaError: The model was trained on another raw schema.
+    """
     from healthpredict import registry
 
-    pipeline, info = registry.load_pipeline(model_uri)
+    info = registry.get_model_info(model_uri)
     current = schema_hash()
     if info.schema_hash and info.schema_hash != current:
         raise ModelSchemaError(
@@ -1219,7 +1239,15 @@ def _load_model(model_uri: str) -> tuple[Pipeline, Any]:
             f"{info.schema_hash}, but the current schema is {current}: its inputs no longer match "
             "the data. Retrain it on the current schema before monitoring."
         )
-    return pipeline, info
+    return info
+
+
+def _load_model(model_uri: str) -> tuple[Pipeline, Any]:
+    import mlflow.sklearn
+
+    info = check_model(model_uri)
+    # The version resolved once: the pipeline matches the info even if the alias moves meanwhile.
+    return mlflow.sklearn.load_model(info.model_uri), info
 
 
 def monitor(
@@ -1236,10 +1264,12 @@ def monitor(
     n_null: int = 1000,
     seed: int = 0,
     experiment_name: str = DEFAULT_EXPERIMENT,
+    min_rows: int = MIN_BATCH_ROWS,
 ) -> MonitorResult:
     """Monitor one batch against the reference and the production model; log it to MLflow.
 
-    Steps: read and validate the batch (a schema problem raises before any MLflow run exists);
+    Steps: read and validate the batch (a schema problem, or fewer than ``min_rows`` rows,
+    raises before any MLflow run exists);
     load the model (a missing alias or a model trained on another schema raises before any
     work); prepare the reference (cached); score the batch; build the Evidently reports with the
     calibrated thresholds; decide; save the HTML reports; log params, metrics, reports and the
@@ -1261,12 +1291,15 @@ def monitor(
         n_null: Null batches of the calibration.
         seed: Seed of the calibration.
         experiment_name: MLflow experiment of the monitoring runs.
+        min_rows: Fewest rows a batch may have (:data:`MIN_BATCH_ROWS`).
 
     Returns:
         The decision and its evidence.
 
     Raises:
+        UCIDataError: The batch file is empty, not UTF-8, truncated or not a CSV.
         RawSchemaError: The batch does not match the raw schema (every problem listed).
+        BatchTooSmallError: The batch has fewer than ``min_rows`` rows.
         registry.ModelNotFoundError: No such model, version or alias.
         ModelSchemaError: The model was trained on another raw schema.
     """
@@ -1294,6 +1327,12 @@ def monitor(
 
     batch_raw = read_raw_csv(storage.read_bytes(new_data_path), source=new_data_path)
     validate_raw(batch_raw, source=new_data_path)  # before any MLflow run: nothing to mark
+    if len(batch_raw) < min_rows:
+        raise BatchTooSmallError(
+            f"too few rows: {new_data_path} has {len(batch_raw)} row(s), the drift monitor needs "
+            f"at least {min_rows} (drift statistics on fewer rows are noise): monitor it "
+            "together with the next rows as one batch"
+        )
     lap("read_validate")
     tracking.setup_mlflow()
     pipeline, info = _load_model(model_uri)
@@ -1305,6 +1344,7 @@ def monitor(
     run = mlflow.start_run(
         experiment_id=exp_id,
         run_name=f"monitor {Path(new_data_path).name}",
+        tags=tracking.run_tags(),
         # A caller's own run (a DAG task, a notebook) stays open: ours becomes its child.
         nested=mlflow.active_run() is not None,
     )
@@ -1393,7 +1433,10 @@ def _monitor_in_run(
         min_auc = (
             ref_m["roc_auc"] - tol if tol is not None and math.isfinite(ref_m["roc_auc"]) else None
         )
-        snapshots["performance"] = performance_report(ref_pred, batch_pred, threshold, min_auc)
+        if len(np.unique(target)) > 1:
+            snapshots["performance"] = performance_report(ref_pred, batch_pred, threshold, min_auc)
+        else:  # Evidently fails on one class; the table says the ROC AUC is undefined
+            log.warning("the batch's labels are all %s: no performance report", target[0])
     lap("reports")
 
     status, reasons = decide(
@@ -1573,6 +1616,8 @@ __all__ = [
     "DRIFT_DETECTED",
     "NO_DRIFT",
     "Calibration",
+    "BatchTooSmallError",
+    "MIN_BATCH_ROWS",
     "ModelSchemaError",
     "MonitorResult",
     "PreparedReference",
@@ -1581,6 +1626,7 @@ __all__ = [
     "Thresholds",
     "calibrate",
     "cap_tails",
+    "check_model",
     "column_distance",
     "column_scores",
     "data_drift_report",

@@ -5,14 +5,21 @@ cursor (``next_batch_start_index``) lives in ``<storage>/monitoring/state.json``
 forward only after a batch was monitored (and, on drift, retrained) successfully, so a failed
 or killed run processes the same batch again. Batch files are named by their start index, so
 a re-run overwrites instead of duplicating.
+
+Only one runner works on a storage at a time: the lease (``monitoring/lease.json``) is renewed
+by a live runner every third of its lifetime (``HP_LOOP_LEASE_SECONDS``, default 300 s) and
+expires when its holder dies; the next runner then takes it over and ends the MLflow runs the
+dead one left RUNNING.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,16 +28,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from healthpredict import storage
+from healthpredict import storage, tracking
 from healthpredict.config import get_settings
+
+log = logging.getLogger(__name__)
 
 DRIFT_DETECTED = "DRIFT_DETECTED"
 NO_DRIFT = "NO_DRIFT"
-LEASE_SECONDS = 15 * 60
 
 
 class LoopLockedError(RuntimeError):
     """Another loop runner holds the lease on this storage."""
+
+
+class LoopStateError(ValueError):
+    """The loop's ``state.json`` cannot be read; the message says how to recover."""
 
 
 def monitoring_dir(root: str | None = None) -> str:
@@ -54,8 +66,20 @@ class BatchWindow:
         return f"batch_{self.start:07d}.csv"
 
 
-def next_window(next_start: int, total_rows: int, batch_size: int) -> BatchWindow | None:
+def _min_rows() -> int:
+    from healthpredict.drift import MIN_BATCH_ROWS
+
+    return MIN_BATCH_ROWS
+
+
+def next_window(
+    next_start: int, total_rows: int, batch_size: int, min_rows: int | None = None
+) -> BatchWindow | None:
     """The next batch window, or None when the stream is exhausted.
+
+    When batches are big enough to monitor, a tail of fewer than ``min_rows`` rows (default:
+    the drift monitor's :data:`~healthpredict.drift.MIN_BATCH_ROWS`), which the monitor would
+    refuse, joins the window before it instead of stopping the loop at the end of the stream.
 
     Raises:
         ValueError: For a non-positive batch size or a cursor outside the stream.
@@ -68,7 +92,11 @@ def next_window(next_start: int, total_rows: int, batch_size: int) -> BatchWindo
         )
     if next_start >= total_rows:
         return None
-    return BatchWindow(next_start, min(next_start + batch_size, total_rows))
+    end = min(next_start + batch_size, total_rows)
+    limit = _min_rows() if min_rows is None else min_rows
+    if batch_size >= limit and 0 < total_rows - end < limit:
+        end = total_rows
+    return BatchWindow(next_start, end)
 
 
 def should_retrain(drift_status: str) -> bool:
@@ -103,7 +131,15 @@ class LoopState:
         uri = storage.join(monitoring_dir(root), "state.json")
         if not storage.exists(uri):
             return cls()
-        raw = storage.read_json(uri)
+        try:
+            raw = storage.read_json(uri)
+            if not isinstance(raw, dict):
+                raise ValueError(f"a JSON {type(raw).__name__}, not an object")
+        except ValueError as exc:
+            raise LoopStateError(
+                f"{uri} is not a readable loop state ({exc}); restore it from a backup, or "
+                "delete it to start the stream again from its first batch"
+            ) from exc
         return cls(
             **{
                 k: raw[k]
@@ -139,11 +175,21 @@ def _now() -> dt.datetime:
 
 @dataclass
 class Lease:
-    """The loop's lease on a storage root; renew it between batches of a long run."""
+    """The loop's lease on a storage root, renewed in the background while it is held.
+
+    Attributes:
+        uri: The lease file.
+        holder: ``host:pid:random``, unique per runner.
+        seconds: Lifetime of one renewal.
+        took_over_from: Holder of the expired lease this runner took over (it died), if any.
+        lost: Why the background renewal stopped for good (somebody else holds the lease).
+    """
 
     uri: str
     holder: str
     seconds: int
+    took_over_from: str | None = None
+    lost: LoopLockedError | None = None
 
     def payload(self) -> bytes:
         """The lease document with a fresh expiry time."""
@@ -151,29 +197,66 @@ class Lease:
         return json.dumps({"holder": self.holder, "expires_at": expires.isoformat()}).encode()
 
     def renew(self) -> None:
-        """Push the expiry forward, unless somebody took the lease over (then stop)."""
+        """Push the expiry forward, unless somebody took the lease over (then stop).
+
+        Raises:
+            LoopLockedError: The lease is no longer ours: stop before changing any state.
+        """
+        if self.lost is not None:
+            raise self.lost
         held = _read_lease(self.uri)
         if not held or held.get("holder") != self.holder:
-            raise LoopLockedError(f"lost the lease on {self.uri} to {held and held.get('holder')}")
+            raise LoopLockedError(
+                f"lost the lease on {self.uri} to {held and held.get('holder')} (not renewed "
+                f"within {self.seconds} s, HP_LOOP_LEASE_SECONDS); this runner stops without "
+                "moving the loop forward"
+            )
         storage.write_bytes(self.uri, self.payload())
 
 
+def _keep_renewed(held: Lease, stop: threading.Event) -> None:
+    """Renew ``held`` every third of its lifetime until ``stop`` is set or the lease is lost."""
+    while not stop.wait(held.seconds / 3):
+        try:
+            held.renew()
+        except LoopLockedError as exc:
+            held.lost = exc
+            log.error("%s", exc)
+            return
+        except Exception as exc:  # storage briefly down: the next tick tries again
+            log.warning("could not renew the loop lease %s: %s", held.uri, exc)
+
+
 @contextmanager
-def lease(root: str | None = None, seconds: int = LEASE_SECONDS) -> Iterator[Lease]:
-    """Hold the loop's lease for the duration of the block.
+def lease(root: str | None = None, seconds: int | None = None) -> Iterator[Lease]:
+    """Hold the loop's lease for the duration of the block, renewing it in the background.
 
     The lease is a small JSON file created exclusively; an expired lease (its holder died) is
-    taken over. A second runner stops with :class:`LoopLockedError` naming the holder.
+    taken over and its holder recorded in ``took_over_from``. A second runner stops with
+    :class:`LoopLockedError` naming the holder and when the lease expires.
+
+    Args:
+        root: Storage root (default from settings).
+        seconds: Lifetime of the lease (default ``HP_LOOP_LEASE_SECONDS``).
     """
     held = Lease(
         storage.join(monitoring_dir(root), "lease.json"),
         f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
-        seconds,
+        int(seconds or get_settings().loop_lease_seconds),
     )
-    _acquire(held)
+    held.took_over_from = _acquire(held)
+    stop = threading.Event()
+    renewer = threading.Thread(
+        target=_keep_renewed, args=(held, stop), name="loop-lease", daemon=True
+    )
+    renewer.start()
     try:
         yield held
     finally:
+        stop.set()
+        # Bounded: a renewal stuck on a dead storage must not keep the runner from exiting
+        # (at worst the lease it writes late expires by itself).
+        renewer.join(timeout=held.seconds)
         current = _read_lease(held.uri)
         if current and current.get("holder") == held.holder:
             storage.delete(held.uri)
@@ -186,19 +269,33 @@ def _read_lease(uri: str) -> dict | None:
         return None
 
 
-def _acquire(held: Lease) -> None:
+def _acquire(held: Lease) -> str | None:
+    """Take the lease; returns the holder of the expired lease taken over, if any."""
     uri = held.uri
+    stale_holder = None
     for _ in range(2):
         if _create_exclusive(uri, held.payload()):
-            return
+            return stale_holder
         other = _read_lease(uri)
-        if other and dt.datetime.fromisoformat(other["expires_at"]) > _now():
+        expires = _expiry(other)
+        if other and expires is not None and expires > _now():
+            left = (expires - _now()).total_seconds()
             raise LoopLockedError(
-                f"another loop runner ({other['holder']}) holds the lease on {uri} until "
-                f"{other['expires_at']}; wait for it to finish, or delete the file if it is stale"
+                f"another loop runner ({other.get('holder')}) holds the lease on {uri} until "
+                f"{other['expires_at']} (in {left:.0f} s); wait for it to finish. If it died, "
+                "the lease expires by itself then (a live runner renews it every "
+                f"{held.seconds / 3:.0f} s; HP_LOOP_LEASE_SECONDS sets its lifetime)"
             )
-        _remove_stale(uri, held.holder)  # expired: its holder died; take it over
-    raise LoopLockedError(f"could not take the lease at {uri}")
+        stale_holder = (other or {}).get("holder")
+        _remove_stale(uri, held.holder)  # expired or unreadable: its holder died; take it over
+    raise LoopLockedError(f"could not take the lease at {uri}: another runner raced for it")
+
+
+def _expiry(lease_doc: dict | None) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(lease_doc["expires_at"]) if lease_doc else None
+    except (KeyError, TypeError, ValueError):
+        return None  # a damaged lease protects nobody
 
 
 def _remove_stale(uri: str, me: str) -> None:
@@ -314,32 +411,44 @@ def process_batch(
     monitor_params: dict | None = None,
     retrain_params: dict | None = None,
     root: str | None = None,
+    held: Lease | None = None,
 ) -> BatchOutcome | None:
     """Monitor the next batch and retrain on drift; advance and save the state only on success.
 
     Returns None when the stream is exhausted. Any failure raises with the state untouched,
-    so the next call processes the same batch again.
+    so the next call processes the same batch again; the exception gets a note naming the
+    batch. With ``held``, the lease is checked to still be ours just before the state moves.
     """
     window = next_window(state.next_batch_start_index, len(future), batch_size)
     if window is None:
         return None
-    batch_uri = write_batch(future, window, root)
-    result = monitor_batch(
-        {
-            **monitor_parameters(state, batch_uri, default_reference),
-            "mlflow_model_uri": model_uri,
-            **(monitor_params or {}),
-        }
-    )
-    status = result.scraps["drift_status"]
-    outcome = BatchOutcome(
-        window, batch_uri, status, result.scraps.get("drifted_share"), str(result.run_dir)
-    )
-    recent = [*state.batches_since_retrain, batch_uri][-retrain_window:]
-    if should_retrain(status):
-        retrained = retrain_on(recent, **(retrain_params or {}))
-        outcome.retrain = retrain_summary(retrained.scraps, str(retrained.run_dir))
-    advance(state, outcome, recent, root=root)
+    batch_uri = storage.join(monitoring_dir(root), "batches", window.name)
+    try:
+        batch_uri = write_batch(future, window, root)
+        result = monitor_batch(
+            {
+                **monitor_parameters(state, batch_uri, default_reference),
+                "mlflow_model_uri": model_uri,
+                **(monitor_params or {}),
+            }
+        )
+        status = result.scraps["drift_status"]
+        outcome = BatchOutcome(
+            window, batch_uri, status, result.scraps.get("drifted_share"), str(result.run_dir)
+        )
+        recent = [*state.batches_since_retrain, batch_uri][-retrain_window:]
+        if should_retrain(status):
+            retrained = retrain_on(recent, **(retrain_params or {}))
+            outcome.retrain = retrain_summary(retrained.scraps, str(retrained.run_dir))
+        if held is not None:
+            held.renew()  # still ours? otherwise another runner owns the cursor now
+        advance(state, outcome, recent, root=root)
+    except Exception as exc:
+        exc.add_note(
+            f"batch rows {window.start}-{window.end} ({batch_uri}) was not completed: the loop "
+            f"state is unchanged and the next run starts again at row {window.start}"
+        )
+        raise
     return outcome
 
 
@@ -416,6 +525,14 @@ def run_loop(
         retrain_params: Extra parameters for the retrain notebook.
         root: Storage root (default from settings).
         on_batch: Called with each :class:`BatchOutcome` (progress display).
+
+    Raises:
+        ValueError: ``batch_size`` is below :data:`~healthpredict.drift.MIN_BATCH_ROWS`.
+        LoopLockedError: Another runner holds the lease (nothing was done).
+        healthpredict.tracking.TrackingUnavailableError: MLflow cannot be reached, checked
+            with the model (:func:`preflight`) before any batch is written or kernel started.
+        healthpredict.notebooks.NotebookRunError: A batch's notebook run failed; its files are
+            in the rendered folder, the state did not move and a note names the batch.
     """
     from healthpredict.data.split import load_split
     from healthpredict.registry import champion_uri
@@ -423,30 +540,77 @@ def run_loop(
     data_dir = data_dir or get_settings().processed_data
     model_uri = model_uri or champion_uri()
     outcomes: list[BatchOutcome] = []
+    if batch_size < _min_rows():
+        raise ValueError(
+            f"batch_size {batch_size} is below the {_min_rows()} rows the drift monitor needs"
+        )
+    preflight(model_uri)
     with lease(root) as held:
+        if held.took_over_from:
+            _close_runs_of(held.took_over_from)
         future = load_split("future_data", data_dir)  # read once, sliced per batch
         state = LoopState.load(root)
-        while max_batches is None or len(outcomes) < max_batches:
-            outcome = process_batch(
-                future,
-                state,
-                batch_size=batch_size,
-                model_uri=model_uri,
-                default_reference=storage.join(data_dir, "initial_train.csv"),
-                retrain_window=retrain_window,
-                monitor_params=monitor_params,
-                retrain_params=retrain_params,
-                root=root,
-            )
-            if outcome is None:
-                break
-            outcomes.append(outcome)
-            held.renew()
-            if on_batch:
-                on_batch(outcome)
+        saved = os.environ.get(tracking.LOOP_HOLDER_ENV)
+        os.environ[tracking.LOOP_HOLDER_ENV] = held.holder  # tags the runs this runner starts
+        try:
+            while max_batches is None or len(outcomes) < max_batches:
+                outcome = process_batch(
+                    future,
+                    state,
+                    batch_size=batch_size,
+                    model_uri=model_uri,
+                    default_reference=storage.join(data_dir, "initial_train.csv"),
+                    retrain_window=retrain_window,
+                    monitor_params=monitor_params,
+                    retrain_params=retrain_params,
+                    root=root,
+                    held=held,
+                )
+                if outcome is None:
+                    break
+                outcomes.append(outcome)
+                if on_batch:
+                    on_batch(outcome)
+        finally:
+            if saved is None:
+                os.environ.pop(tracking.LOOP_HOLDER_ENV, None)
+            else:
+                os.environ[tracking.LOOP_HOLDER_ENV] = saved
     return outcomes
 
 
-def remaining_batches(total_rows: int, next_start: int, batch_size: int) -> int:
-    """How many batches are left in the stream from the cursor."""
-    return max(0, -(-(total_rows - next_start) // batch_size))
+def preflight(model_uri: str):
+    """Check what every batch needs before any batch is written or kernel started.
+
+    Returns:
+        The model's :class:`~healthpredict.registry.ModelInfo`.
+
+    Raises:
+        healthpredict.tracking.TrackingUnavailableError: MLflow cannot be reached.
+        healthpredict.registry.ModelNotFoundError: The model or its alias does not exist.
+        healthpredict.drift.ModelSchemaError: The model was trained on another raw schema.
+    """
+    from healthpredict.drift import check_model
+
+    tracking.check_reachable()
+    return check_model(model_uri)
+
+
+def _close_runs_of(holder: str) -> None:
+    """End the MLflow runs a dead runner left RUNNING (best effort: never blocks the loop)."""
+    try:
+        tracking.close_stale_runs(holder)
+    except Exception as exc:
+        log.warning("could not end the runs of the dead loop runner %s: %s", holder, exc)
+
+
+def remaining_batches(
+    total_rows: int, next_start: int, batch_size: int, min_rows: int | None = None
+) -> int:
+    """How many batches are left in the stream from the cursor (a short tail joins the last)."""
+    if batch_size <= 0 or not 0 <= next_start < total_rows:
+        return 0
+    count, start = 0, next_start
+    while (window := next_window(start, total_rows, batch_size, min_rows)) is not None:
+        count, start = count + 1, window.end
+    return count

@@ -272,7 +272,9 @@ def retrain(
         "test": len(test_df),
     }
     exp_id = tracking.use_experiment(experiment_name)
-    with mlflow.start_run(run_name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+    with mlflow.start_run(
+        run_name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}", tags=tracking.run_tags()
+    ) as run:
         run_id = run.info.run_id
         mlflow.set_tags(
             {
@@ -329,6 +331,12 @@ def retrain(
         }
         promote, reason = gate_decision(challenger_metrics, champion_metrics, tolerance)
         decision = PROMOTED if promote else REJECTED
+        # Written before the model is registered: a storage outage here moves no alias at all.
+        holdout_path = storage.write_csv(
+            holdout_output_path
+            or storage.join(monitoring_dir(), "reference", f"holdout_{run_id}.csv"),
+            holdout,
+        )
         info = registry.log_model(
             fitted.pipeline,
             threshold=fitted.threshold,
@@ -355,11 +363,6 @@ def retrain(
         mlflow.log_table(training.trials_frame(study), "trials.json")
         mlflow.set_tags(
             {"decision": decision, "reason": reason[:5000], "challenger_version": info.version}
-        )
-        holdout_path = storage.write_csv(
-            holdout_output_path
-            or storage.join(monitoring_dir(), "reference", f"holdout_{run_id}.csv"),
-            holdout,
         )
         mlflow.set_tag("holdout_path", holdout_path)
         for key, value in {

@@ -46,6 +46,9 @@ def _split(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
+S3_MAX_ATTEMPTS = 5
+
+
 @lru_cache(maxsize=4)
 def _client(endpoint_url: str | None):
     import boto3
@@ -53,9 +56,24 @@ def _client(endpoint_url: str | None):
 
     # Bounded retries with backoff: a flaky endpoint is retried, a dead one fails in seconds.
     cfg = Config(
-        retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60
+        retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
     )
     return boto3.client("s3", endpoint_url=endpoint_url, config=cfg)
+
+
+def _cause(exc: Exception) -> str:
+    """The exception's text, plus what to check when the S3 endpoint could not be reached."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    if isinstance(exc, BotoConnectionError):
+        endpoint = get_settings().s3_endpoint_url or "AWS S3"
+        return (
+            f"{exc}; the S3 endpoint ({endpoint}) did not answer {S3_MAX_ATTEMPTS} attempts with "
+            "backoff: check that it is running and that HP_S3_ENDPOINT_URL points at it"
+        )
+    return str(exc)
 
 
 def s3_client():
@@ -78,7 +96,8 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
             raise StorageError(f"{uri}: no such object") from exc
         if isinstance(exc, StorageError):
             raise
-        raise StorageError(f"{uri}: read failed: {exc}") from exc
+        cause = _cause(exc) if is_s3(uri) else str(exc)
+        raise StorageError(f"{uri}: read failed: {cause}") from exc
 
 
 def write_bytes(uri: str | os.PathLike, data: bytes) -> str:
@@ -103,7 +122,8 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> str:
     except StorageError:
         raise
     except Exception as exc:
-        raise StorageError(f"{uri}: write failed: {exc}") from exc
+        cause = _cause(exc) if is_s3(uri) else str(exc)
+        raise StorageError(f"{uri}: write failed: {cause}") from exc
 
 
 def _is_s3_missing(exc: Exception) -> bool:
@@ -127,7 +147,7 @@ def exists(uri: str | os.PathLike) -> bool:
     except Exception as exc:
         if _is_s3_missing(exc):
             return False
-        raise StorageError(f"{uri}: cannot check existence: {exc}") from exc
+        raise StorageError(f"{uri}: cannot check existence: {_cause(exc)}") from exc
 
 
 def delete(uri: str | os.PathLike) -> None:

@@ -5,12 +5,30 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 from healthpredict import storage
 from healthpredict.config import get_settings
 
+log = logging.getLogger(__name__)
 _SQLITE_PREFIX = "sqlite:///"
+# A tracking server that is down fails a call in ~15 s (retries after 0, 2, 4 and 8 s) instead of
+# MLflow's default of ~4 minutes (7 retries, doubling waits up to 2 minutes); the pipeline's runs
+# are safe to repeat. Set the variables to override.
+MLFLOW_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+# Runs started under the monitoring loop's lease carry its holder, so that the next runner can
+# close the runs of a holder that died (they would stay RUNNING forever).
+LOOP_HOLDER_ENV = "HP_LOOP_HOLDER"
+LOOP_HOLDER_TAG = "healthpredict.loop_holder"
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The MLflow tracking store cannot be reached; the message names it."""
 
 
 def _absolute_sqlite(uri: str) -> str:
@@ -26,6 +44,9 @@ def _absolute_sqlite(uri: str) -> str:
 def setup_mlflow(tracking_uri: str | None = None) -> str:
     """Point MLflow (tracking and registry) at the configured store.
 
+    Also bounds MLflow's HTTP retries (:data:`MLFLOW_RETRY_DEFAULTS`, unless set in the
+    environment) and points MLflow's S3 client at ``HP_S3_ENDPOINT_URL`` when that is set.
+
     Args:
         tracking_uri: Override; default ``settings.mlflow_tracking_uri``
             (``sqlite:///var/mlflow.db``). The folder of a sqlite file is created.
@@ -35,9 +56,15 @@ def setup_mlflow(tracking_uri: str | None = None) -> str:
     """
     import mlflow
 
-    uri = tracking_uri or get_settings().mlflow_tracking_uri
+    settings = get_settings()
+    uri = tracking_uri or settings.mlflow_tracking_uri
     if uri.startswith(_SQLITE_PREFIX):
         uri = _absolute_sqlite(uri)
+    for name, value in MLFLOW_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    if settings.s3_endpoint_url:
+        # MLflow's own S3 client writes the artifacts under an s3:// storage: same endpoint.
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -96,3 +123,63 @@ def use_experiment(name: str) -> str:
     exp_id = experiment_id(name)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def check_reachable(tracking_uri: str | None = None) -> None:
+    """Fail fast, naming the store, when the MLflow tracking store cannot be reached.
+
+    Raises:
+        TrackingUnavailableError: The server does not answer (after MLflow's bounded retries)
+            or the database cannot be opened.
+    """
+    from mlflow import MlflowClient
+
+    uri = setup_mlflow(tracking_uri)
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except Exception as exc:
+        raise TrackingUnavailableError(
+            f"the MLflow tracking store {uri} cannot be reached ({type(exc).__name__}: {exc}); "
+            "start it, or point HP_MLFLOW_TRACKING_URI at the right one. Nothing was done."
+        ) from exc
+
+
+def run_tags() -> dict[str, str]:
+    """Tags for a run started under the monitoring loop's lease (empty outside the loop)."""
+    holder = os.environ.get(LOOP_HOLDER_ENV)
+    return {LOOP_HOLDER_TAG: holder} if holder else {}
+
+
+def close_stale_runs(holder: str) -> list[str]:
+    """End as KILLED the runs still RUNNING that a dead loop runner ``holder`` started.
+
+    Their nested runs (search trials of a retraining) are ended too. Call only once the lease
+    of ``holder`` was taken over: its process is gone, so its runs will never finish.
+
+    Returns:
+        The ids of the runs ended.
+    """
+    from mlflow import MlflowClient
+
+    setup_mlflow()
+    client = MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return []
+    safe = holder.replace("'", "")
+    stale = client.search_runs(
+        ids, filter_string=f"tags.`{LOOP_HOLDER_TAG}` = '{safe}' and attributes.status = 'RUNNING'"
+    )
+    closed = [r.info.run_id for r in stale]
+    for parent in list(closed):
+        children = client.search_runs(
+            ids,
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'RUNNING'",
+        )
+        closed.extend(r.info.run_id for r in children)
+    for run_id in closed:
+        client.set_tag(run_id, "healthpredict.killed", f"its loop runner {holder} died")
+        client.set_terminated(run_id, status="KILLED")
+    if closed:
+        log.warning("ended %d run(s) of the dead loop runner %s as KILLED", len(closed), holder)
+    return closed

@@ -7,6 +7,7 @@ the literal ``None`` in ``max_glu_serum``/``A1Cresult`` means "not measured" and
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import zipfile
@@ -48,7 +49,8 @@ def read_raw_csv(data: bytes | str | os.PathLike, *, source: str = "data") -> pd
     """Parse raw encounter CSV bytes (or a local path / URI) with the UCI traps handled.
 
     Raises:
-        UCIDataError: When the bytes are not UTF-8 text or not a parsable CSV.
+        UCIDataError: When the bytes are not UTF-8 text, empty, truncated (the last line cut
+            short) or not a parsable CSV.
     """
     if not isinstance(data, bytes | bytearray):
         source = str(data)
@@ -56,11 +58,14 @@ def read_raw_csv(data: bytes | str | os.PathLike, *, source: str = "data") -> pd
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as exc:
+        line = bytes(data[: exc.start]).count(b"\n") + 1
         raise UCIDataError(
-            f"{source}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})"
+            f"{source}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}, "
+            f"line {line}); re-export the file as UTF-8 CSV"
         ) from exc
     if not text.strip():
-        raise UCIDataError(f"{source}: the file is empty")
+        raise UCIDataError(f"{source}: the file is empty (no header, no rows)")
+    _check_not_truncated(text, source)
     try:
         # "?" marks missing values; keep_default_na=False keeps the literal "None" category.
         return pd.read_csv(
@@ -72,6 +77,25 @@ def read_raw_csv(data: bytes | str | os.PathLike, *, source: str = "data") -> pd
         )
     except (pd.errors.ParserError, ValueError) as exc:
         raise UCIDataError(f"{source}: not a readable CSV: {exc}") from exc
+
+
+def _check_not_truncated(text: str, source: str) -> None:
+    """Refuse a file whose last line stops short of the header's fields with no line end.
+
+    pandas would silently fill the missing fields of a cut-off last line with NaN.
+    """
+    if text.endswith(("\n", "\r")) or "\n" not in text:
+        return
+    header = text[: text.index("\n")].rstrip("\r")
+    last = text[text.rindex("\n") + 1 :]
+    n_header = len(next(csv.reader([header])))
+    n_last = len(next(csv.reader([last]), []))
+    if n_last < n_header:
+        raise UCIDataError(
+            f"{source}: truncated file: its last line (line {text.count(chr(10)) + 1}) stops "
+            f"after {n_last} of {n_header} fields, with no line end (cut mid-line); copy or "
+            "export the whole file again"
+        )
 
 
 def find_csv_in_zip(

@@ -1,0 +1,103 @@
+"""Fixtures of the fault tests: one champion trained per session, a fresh copy of it per test.
+
+The session trains a logistic-regression champion on small synthetic data once. Each test gets
+its own storage folder, MLflow sqlite store (a copy of the session's, so the champion is there),
+rendered folder and loop state: a test may break, kill or corrupt whatever it likes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from fault_helpers import BATCH_ROWS, N_SYNTHETIC
+
+
+@pytest.fixture(scope="session")
+def champion(tmp_path_factory):
+    """Prepared synthetic splits, a registered logistic-regression champion, a warm drift cache.
+
+    Session-scoped, so it sets the environment itself (and restores it) instead of ``hp_env``.
+    """
+    import mlflow
+
+    from healthpredict import drift, registry, tracking
+    from healthpredict.config import get_settings
+    from healthpredict.data.split import SplitParams, load_split, prepare
+    from healthpredict.features import make_target
+    from healthpredict.training import choose_threshold, make_pipeline
+
+    base = tmp_path_factory.mktemp("faults-champion")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HP_STORAGE", str(base / "var"))
+    patch.setenv("HP_MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
+    patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    patch.setenv("HP_RENDERED_DIR", str(base / "rendered"))
+    patch.setenv("HP_UCI_SOURCE", "synthetic")
+    get_settings.cache_clear()
+    try:
+        # Half the encounters form the initial period (~3,400 training rows); 5,000 future rows.
+        prepare("synthetic", params=SplitParams(initial_fraction=0.5), n_synthetic=N_SYNTHETIC)
+        train, validation = (load_split(s) for s in ("initial_train", "validation"))
+        pipeline = make_pipeline("logreg", {"C": 1.0}, seed=0).fit(train, make_target(train))
+        threshold = choose_threshold(
+            make_target(validation), pipeline.predict_proba(validation)[:, 1]
+        )
+        tracking.setup_mlflow()
+        tracking.use_experiment("HealthPredict_Training")
+        with mlflow.start_run():
+            info = registry.log_model(
+                pipeline,
+                threshold=threshold,
+                target="<30",
+                test_metrics={"roc_auc": 0.65},
+                input_example=train,
+                data_source="synthetic",
+                params={"family": "logreg", "C": 1.0},
+            )
+        data_dir = Path(get_settings().processed_data)
+        reference = str(data_dir / "initial_train.csv")
+        # The calibration of the loop's batch size, computed once and copied into every test.
+        drift.prepare_reference(
+            reference, drift.default_model_reference(reference), pipeline, info, BATCH_ROWS
+        )
+        yield SimpleNamespace(base=base, storage=base / "var", db=base / "mlflow.db", info=info)
+    finally:
+        patch.undo()
+        get_settings.cache_clear()
+
+
+@pytest.fixture
+def env(champion, tmp_path, monkeypatch):
+    """Settings pointing at a fresh copy of the champion's world; ``env.cli_env`` for children."""
+    from healthpredict.config import get_settings
+    from healthpredict.data.split import load_split
+
+    var = tmp_path / "var"
+    for folder in ("processed_data", "drift_cache"):
+        shutil.copytree(champion.storage / folder, var / folder)
+    shutil.copy(champion.db, tmp_path / "mlflow.db")
+    values = {
+        "HP_STORAGE": str(var),
+        "HP_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "HP_RENDERED_DIR": str(tmp_path / "rendered"),
+        "HP_UCI_SOURCE": "synthetic",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("HP_LOOP_HOLDER", raising=False)
+    get_settings.cache_clear()
+    data_dir = var / "processed_data"
+    yield SimpleNamespace(
+        tmp=tmp_path,
+        storage=var,
+        data_dir=data_dir,
+        rendered=tmp_path / "rendered",
+        monitoring=var / "monitoring",
+        info=champion.info,
+        future=load_split("future_data", str(data_dir)),
+    )
+    get_settings.cache_clear()
