@@ -327,12 +327,17 @@ def _create_exclusive(uri: str, payload: bytes) -> bool:
             raise
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Written in full first, then linked into place: a hard link fails if the name exists, so
+    # exactly one runner wins, and nobody ever reads a half-written (empty) lease, which would
+    # look damaged and be taken over.
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    draft.write_bytes(payload)
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.link(draft, path)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(payload)
+    finally:
+        draft.unlink(missing_ok=True)
     return True
 
 

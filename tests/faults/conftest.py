@@ -19,7 +19,8 @@ from fault_helpers import BATCH_ROWS, N_SYNTHETIC
 def champion(tmp_path_factory):
     """Prepared synthetic splits, a registered logistic-regression champion, a warm drift cache.
 
-    Session-scoped, so it sets the environment itself (and restores it) instead of ``hp_env``.
+    Session-scoped, so it sets the environment itself and restores it before the tests run:
+    they get their settings from ``env``, and later test modules must not inherit these.
     """
     import mlflow
 
@@ -63,10 +64,10 @@ def champion(tmp_path_factory):
         drift.prepare_reference(
             reference, drift.default_model_reference(reference), pipeline, info, BATCH_ROWS
         )
-        yield SimpleNamespace(base=base, storage=base / "var", db=base / "mlflow.db", info=info)
     finally:
         patch.undo()
         get_settings.cache_clear()
+    return SimpleNamespace(base=base, storage=base / "var", db=base / "mlflow.db", info=info)
 
 
 @pytest.fixture
