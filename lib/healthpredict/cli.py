@@ -273,18 +273,23 @@ def run_command(
     typer.echo(json.dumps(result.scraps, indent=2, default=str))
 
 
-def _run_stage(notebook: str, parameters: dict, force: bool) -> None:
-    """Run a pipeline notebook through the runner; print run folder and scraps (exit 1 on failure)."""
+def _execute(notebook: str, parameters: dict, force: bool):
+    """Run a pipeline notebook through the runner; exit 1 when the run failed, 2 on bad input."""
     from healthpredict import notebooks
 
     try:
-        result = notebooks.run(notebook, parameters, force=force)
+        return notebooks.run(notebook, parameters, force=force)
     except notebooks.NotebookRunError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except notebooks.ParameterError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def _run_stage(notebook: str, parameters: dict, force: bool) -> None:
+    """Run a pipeline notebook; print its run folder and scraps."""
+    result = _execute(notebook, parameters, force)
     typer.echo(result.run_dir)
     typer.echo(json.dumps(result.scraps, indent=2, default=str))
 
@@ -362,7 +367,6 @@ def monitor_command(
     """
     from pathlib import Path
 
-    from healthpredict import notebooks
     from healthpredict.config import get_settings
     from healthpredict.storage import is_s3, join
 
@@ -376,14 +380,7 @@ def monitor_command(
     params = {"new_data_path": absolute(batch), "reference_data_path": absolute(reference),
               "mlflow_model_uri": model_uri or f"models:/{settings.model_name}@champion",
               "evidently_reports_path": absolute(reports_dir)}  # fmt: skip
-    try:
-        result = notebooks.run("03_drift_monitor", params, force=force)
-    except notebooks.NotebookRunError as exc:
-        console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    except notebooks.ParameterError as exc:
-        console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    result = _execute("03_drift_monitor", params, force)
     for reason in result.scraps.get("drift_reasons") or []:
         console.print(f"  {reason}", markup=False, highlight=False)
     typer.echo(result.run_dir)

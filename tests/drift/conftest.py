@@ -67,10 +67,3 @@ def drift_env(tmp_path_factory):
     finally:
         patch.undo()
         get_settings.cache_clear()
-
-
-def write_batch(env, name: str, frame) -> str:
-    """Write a raw batch CSV into the environment's folder; returns its path."""
-    from healthpredict import storage
-
-    return storage.write_csv(str(env.tmp / "batches" / f"{name}.csv"), frame)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_batch
+from drift_helpers import write_batch
 
 from healthpredict.data import drift_scenarios
 

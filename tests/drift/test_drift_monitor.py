@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import write_batch
+from drift_helpers import write_batch
 
 from healthpredict import drift, registry, tracking
 from healthpredict.data import drift_scenarios
