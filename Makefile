@@ -87,4 +87,6 @@ bench-serve: setup
 	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
-	rm -rf var rendered/*/ rendered/index.html .pytest_cache
+	rm -rf var rendered/index.html .pytest_cache
+	# rendered/samples/ is committed: keep it.
+	find rendered -mindepth 1 -maxdepth 1 ! -name samples -exec rm -rf {} +

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated
 
 import typer
@@ -177,6 +178,7 @@ def demo(
     console.rule("1/4 prepare data")
     manifest = prepare(source)
     _print_manifest(manifest)
+    _start_demo_loop_afresh()
     console.rule("2/4 exploratory data analysis")
     eda = notebooks.run("01_eda", {})
     console.print(f"EDA: {eda.run_dir}")
@@ -187,6 +189,12 @@ def demo(
         f"champion candidate: {scraps['best_family']} test ROC AUC {scraps['test_roc_auc']:.3f}, "
         f"version {scraps['model_version']} (promoted: {scraps['promoted']})"
     )
+    if not scraps["promoted"]:
+        # A champion from an earlier run (perhaps on other data) must not monitor this one.
+        from healthpredict.registry import promote
+
+        promote(settings.model_name, scraps["model_version"])
+        console.print(f"demo: version {scraps['model_version']} made champion for this run")
     console.rule(f"4/4 monitoring loop ({batches} batches of {batch_size})")
     outcomes = _run_loop_with_progress(batches, batch_size=batch_size, max_batches=batches)
     gallery = build_gallery()
@@ -203,6 +211,21 @@ def demo(
     console.print(
         f"champion: models:/{champion.name}/{champion.version} ({champion.params.get('family', '')})"
     )
+
+
+def _start_demo_loop_afresh() -> None:
+    """Set aside the loop state of an earlier run: its cursor meant other prepared data."""
+    from healthpredict import storage
+    from healthpredict.loop import monitoring_dir
+
+    state = storage.join(monitoring_dir(), "state.json")
+    if storage.exists(state):
+        kept = storage.join(
+            monitoring_dir(), f"state-before-demo-{time.strftime('%Y%m%dT%H%M%S')}.json"
+        )
+        storage.write_bytes(kept, storage.read_bytes(state))
+        storage.delete(state)
+        console.print(f"demo: the earlier loop state was kept as {kept}; the loop starts again")
 
 
 def _parse_value(text: str):
