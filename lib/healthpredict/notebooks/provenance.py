@@ -29,7 +29,7 @@ INPUT_SUFFIXES = ("_path", "_paths", "_dir")
 
 
 def git_info(root: str | os.PathLike) -> dict[str, Any]:
-    """Commit and dirty flag of the checkout at ``root``.
+    """Commit and dirty flag of the checkout at ``root`` (changes under ``rendered/`` ignored).
 
     Returns:
         ``{"commit": sha or None, "dirty": bool or None}``; both None outside a git repository
@@ -52,7 +52,9 @@ def git_info(root: str | os.PathLike) -> dict[str, Any]:
     commit = git("rev-parse", "--verify", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None}
-    status = git("status", "--porcelain")
+    # Run outputs are not code: regenerating the committed rendered/samples/ must not mark the
+    # very runs that regenerate it as made from a modified checkout.
+    status = git("status", "--porcelain", "--", ".", ":(exclude)rendered")
     return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
 
 
