@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,19 +20,75 @@ def real_zip() -> Path:
     return REAL_ZIP
 
 
+def isolate_settings(patch: pytest.MonkeyPatch, base: Path) -> None:
+    """Point every setting at ``base`` (storage, MLflow, rendered runs), synthetic data."""
+    from healthpredict.config import get_settings
+
+    patch.setenv("HP_STORAGE", str(base / "var"))
+    patch.setenv("HP_MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
+    patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    patch.setenv("HP_RENDERED_DIR", str(base / "rendered"))
+    patch.setenv("HP_UCI_SOURCE", "synthetic")
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def settings_isolation():
+    """:func:`isolate_settings`, for module- and session-scoped fixtures of other folders."""
+    return isolate_settings
+
+
 @pytest.fixture
 def hp_env(tmp_path, monkeypatch):
     """Point every setting at a fresh temporary folder (storage, MLflow, rendered runs)."""
     from healthpredict.config import get_settings
 
-    monkeypatch.setenv("HP_STORAGE", str(tmp_path / "var"))
-    monkeypatch.setenv("HP_MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("HP_RENDERED_DIR", str(tmp_path / "rendered"))
-    monkeypatch.setenv("HP_UCI_SOURCE", "synthetic")
-    get_settings.cache_clear()
+    isolate_settings(monkeypatch, tmp_path)
     yield tmp_path
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def synthetic_champion():
+    """A function that, under the current settings, prepares synthetic splits (half of the
+    encounters as the initial period) and registers a logistic-regression champion.
+
+    Returns a namespace with ``pipeline``, ``info`` and the ``train``/``validation``/``test``
+    frames. A session fixture returning a function, so module- and session-scoped fixtures of
+    other folders can share it (conftest modules cannot import each other).
+    """
+
+    def make(n_synthetic: int):
+        import mlflow
+
+        from healthpredict import registry, tracking
+        from healthpredict.data.split import SplitParams, load_split, prepare
+        from healthpredict.features import make_target
+        from healthpredict.training import choose_threshold, make_pipeline
+
+        prepare("synthetic", params=SplitParams(initial_fraction=0.5), n_synthetic=n_synthetic)
+        train, validation, test = (load_split(s) for s in ("initial_train", "validation", "test"))
+        pipeline = make_pipeline("logreg", {"C": 1.0}, seed=0).fit(train, make_target(train))
+        threshold = choose_threshold(
+            make_target(validation), pipeline.predict_proba(validation)[:, 1]
+        )
+        tracking.setup_mlflow()
+        tracking.use_experiment("HealthPredict_Training")
+        with mlflow.start_run():
+            info = registry.log_model(
+                pipeline,
+                threshold=threshold,
+                target="<30",
+                test_metrics={"roc_auc": 0.65},
+                input_example=train,
+                data_source="synthetic",
+                params={"family": "logreg", "C": 1.0},
+            )
+        return SimpleNamespace(
+            pipeline=pipeline, info=info, train=train, validation=validation, test=test
+        )
+
+    return make
 
 
 def _free_port() -> int:

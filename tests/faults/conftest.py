@@ -16,53 +16,26 @@ from fault_helpers import BATCH_ROWS, N_SYNTHETIC
 
 
 @pytest.fixture(scope="session")
-def champion(tmp_path_factory):
+def champion(tmp_path_factory, synthetic_champion, settings_isolation):
     """Prepared synthetic splits, a registered logistic-regression champion, a warm drift cache.
 
     Session-scoped, so it sets the environment itself and restores it before the tests run:
     they get their settings from ``env``, and later test modules must not inherit these.
     """
-    import mlflow
-
-    from healthpredict import drift, registry, tracking
+    from healthpredict import drift
     from healthpredict.config import get_settings
-    from healthpredict.data.split import SplitParams, load_split, prepare
-    from healthpredict.features import make_target
-    from healthpredict.training import choose_threshold, make_pipeline
 
     base = tmp_path_factory.mktemp("faults-champion")
     patch = pytest.MonkeyPatch()
-    patch.setenv("HP_STORAGE", str(base / "var"))
-    patch.setenv("HP_MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
-    patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    patch.setenv("HP_RENDERED_DIR", str(base / "rendered"))
-    patch.setenv("HP_UCI_SOURCE", "synthetic")
-    get_settings.cache_clear()
+    settings_isolation(patch, base)
     try:
         # Half the encounters form the initial period (~3,400 training rows); 5,000 future rows.
-        prepare("synthetic", params=SplitParams(initial_fraction=0.5), n_synthetic=N_SYNTHETIC)
-        train, validation = (load_split(s) for s in ("initial_train", "validation"))
-        pipeline = make_pipeline("logreg", {"C": 1.0}, seed=0).fit(train, make_target(train))
-        threshold = choose_threshold(
-            make_target(validation), pipeline.predict_proba(validation)[:, 1]
-        )
-        tracking.setup_mlflow()
-        tracking.use_experiment("HealthPredict_Training")
-        with mlflow.start_run():
-            info = registry.log_model(
-                pipeline,
-                threshold=threshold,
-                target="<30",
-                test_metrics={"roc_auc": 0.65},
-                input_example=train,
-                data_source="synthetic",
-                params={"family": "logreg", "C": 1.0},
-            )
-        data_dir = Path(get_settings().processed_data)
-        reference = str(data_dir / "initial_train.csv")
+        made = synthetic_champion(N_SYNTHETIC)
+        info = made.info
+        reference = str(Path(get_settings().processed_data) / "initial_train.csv")
         # The calibration of the loop's batch size, computed once and copied into every test.
         drift.prepare_reference(
-            reference, drift.default_model_reference(reference), pipeline, info, BATCH_ROWS
+            reference, drift.default_model_reference(reference), made.pipeline, info, BATCH_ROWS
         )
     finally:
         patch.undo()
