@@ -9,14 +9,20 @@ KERNEL := healthpredict
 
 .PHONY: setup demo test test-fast faults lint format gallery samples bench-train bench-drift bench-serve clean tools airflow
 
+# The kernel spec lives in the user's Jupyter folder, not in the checkout: another checkout, or a
+# venv since deleted, may own the name. It is re-registered whenever it would not start this
+# venv's Python, so notebooks never run another copy of the code.
 setup: $(STAMP)
+	@$(BIN)/python -c 'import json, sys; from jupyter_client.kernelspec import KernelSpecManager; \
+	  spec = KernelSpecManager().find_kernel_specs().get("$(KERNEL)"); \
+	  sys.exit(spec is None or json.load(open(spec + "/kernel.json"))["argv"][0] != sys.executable)' \
+	  || $(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Health Predict (.venv)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
-	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Health Predict (.venv)"
 	touch $(STAMP)
 
 demo: setup
