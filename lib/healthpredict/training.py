@@ -218,6 +218,53 @@ def classification_metrics(
     }
 
 
+def _roc_auc_along(y_true: np.ndarray, proba: np.ndarray, axis: int = -1) -> np.ndarray:
+    """ROC AUC of each resample along ``axis`` (Mann-Whitney form; ties count half, as sklearn)."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y_true, dtype=float)
+    ranks = rankdata(proba, axis=axis)
+    n_pos = y.sum(axis=axis)
+    n_neg = y.shape[axis] - n_pos
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ((ranks * y).sum(axis=axis) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def roc_auc_interval(
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    *,
+    level: float = 0.95,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the ROC AUC of one scored split.
+
+    A test split of a few thousand encounters with ~11 % positives measures ROC AUC to about
+    ±0.02; the interval says so next to the figure. (NaN, NaN) when a class has fewer than
+    ten rows: resamples would miss it.
+    """
+    from scipy.stats import bootstrap
+
+    y_true = np.asarray(y_true).astype(int)
+    n_pos = int(y_true.sum())
+    if min(n_pos, len(y_true) - n_pos) < 10:
+        return math.nan, math.nan
+    result = bootstrap(
+        (y_true, np.asarray(proba, dtype=float)),
+        _roc_auc_along,
+        paired=True,
+        vectorized=True,
+        confidence_level=level,
+        n_resamples=n_resamples,
+        batch=100,  # bounds memory: 100 resamples of the split at a time
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    ci = result.confidence_interval
+    return float(ci.low), float(ci.high)
+
+
 def permutation_importance_raw(
     pipeline: Pipeline,
     frame: pd.DataFrame,
@@ -969,6 +1016,8 @@ def train(
                 else pd.DataFrame(columns=["feature", "importance", "std"])
             )
         test_metrics = classification_metrics(y_test, p_test, fitted.threshold)
+        ci_low, ci_high = roc_auc_interval(y_test, p_test, seed=seed)
+        test_metrics.update(roc_auc_ci95_low=ci_low, roc_auc_ci95_high=ci_high)
         trials = trials_frame(study)
         mlflow.log_params({"best_family": family, **{f"best.{k}": v for k, v in params.items()}})
         mlflow.log_metric("search_best_val_roc_auc", study.best_value)

@@ -26,6 +26,8 @@ def test_train_notebook_end_to_end(data_dir, hp_env):
     assert scraps["best_family"] in ("logreg", "hgb") and scraps["promoted"] is True
     assert 0.0 < scraps["threshold"] < 1.0 and 0.5 < scraps["test_roc_auc"] <= 1.0
     assert scraps["model_version"] == "1"
+    low, high = scraps["test_roc_auc_ci95"]
+    assert low < scraps["test_roc_auc"] < high
 
     tracking.setup_mlflow()
     client = MlflowClient()
@@ -35,6 +37,7 @@ def test_train_notebook_end_to_end(data_dir, hp_env):
     assert parent.data.tags["data_source"] == "synthetic"
     assert parent.data.tags["data_sha256"] and parent.data.tags["git_commit"]
     assert parent.data.metrics["test_roc_auc"] == pytest.approx(scraps["test_roc_auc"])
+    assert parent.data.metrics["test_roc_auc_ci95_low"] == pytest.approx(low)
     children = client.search_runs(
         [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )

@@ -59,6 +59,28 @@ def test_classification_metrics():
     assert np.isnan(one_class["roc_auc"])
 
 
+def test_roc_auc_interval_brackets_the_auc_and_narrows_with_more_rows():
+    rng = np.random.default_rng(7)
+
+    def scored(n):
+        y = (rng.random(n) < 0.11).astype(int)
+        return y, np.round(0.7 * rng.random(n) + 0.3 * y, 2)  # rounded: many ties
+
+    y, p = scored(3000)
+    auc = training.classification_metrics(y, p, 0.5)["roc_auc"]
+    resampled = rng.integers(0, len(y), size=(4, len(y)))
+    assert training._roc_auc_along(y[resampled], p[resampled]) == pytest.approx(
+        [training.classification_metrics(y[i], p[i], 0.5)["roc_auc"] for i in resampled]
+    )
+    low, high = training.roc_auc_interval(y, p, seed=1)
+    assert low < auc < high and 0.02 < high - low < 0.1
+    assert training.roc_auc_interval(y, p, seed=1) == (low, high)
+    big_low, big_high = training.roc_auc_interval(*scored(30_000), seed=1)
+    assert big_high - big_low < (high - low) / 2
+    few_positives = np.r_[np.ones(9, dtype=int), np.zeros(500, dtype=int)]
+    assert np.isnan(training.roc_auc_interval(few_positives, rng.random(509))).all()
+
+
 def test_redact_hides_password():
     assert training.redact("postgresql://hp:secret@db:5432/optuna") == (
         "postgresql://hp:***@db:5432/optuna"
