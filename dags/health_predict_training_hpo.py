@@ -42,6 +42,12 @@ with DAG(
         "initial_fraction": Param(0.2, type="number", exclusiveMinimum=0, exclusiveMaximum=1),
         "n_trials": Param(30, type="integer", minimum=1, description="Optuna trials."),
         "families": Param(["logreg", "rf", "hgb"], type="array", items={"type": "string"}),
+        "cv_folds": Param(
+            0,
+            type="integer",
+            minimum=0,
+            description="Grouped CV folds of the search (0: validation).",
+        ),
         "is_retraining_run": Param(False, type="boolean"),
         "retraining_data_path": Param(
             None,
@@ -85,6 +91,7 @@ with DAG(
                 {
                     "n_trials": params["n_trials"],
                     "families": params["families"],
+                    "cv_folds": params["cv_folds"],
                     "mlflow_experiment_name": params["mlflow_experiment_name"],
                     "model_name": params["mlflow_model_name"],
                 },

@@ -32,6 +32,7 @@ timeout_s = None  # stop starting new trials after this many seconds (None: no l
 n_workers = 1  # worker processes sharing one Optuna study (1 is reproducible)
 study_storage = None  # Optuna storage: None (journal file), a path, sqlite:/// or postgresql URL
 seed = 42  # seed of the sampler and of every estimator
+cv_folds = 0  # >= 2: judge trials by patient-grouped CV over train + validation (0: validation)
 target = "<30"  # readmission target: "<30" (within 30 days) or "any"
 target_recall = None  # choose the threshold reaching this validation recall (None: max F1)
 mlflow_experiment_name = "HealthPredict_Training"  # MLflow experiment of the search
@@ -53,6 +54,7 @@ result = train(
     n_workers=n_workers,
     study_storage=study_storage,
     seed=seed,
+    cv_folds=cv_folds,
     target=target,
     experiment_name=mlflow_experiment_name,
     target_recall=target_recall,

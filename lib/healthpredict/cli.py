@@ -329,6 +329,9 @@ def train_command(
     ),
     timeout_s: float = typer.Option(None, help="Stop starting trials after this many seconds."),
     seed: int = typer.Option(42, help="Seed of the sampler and the estimators."),
+    cv_folds: int = typer.Option(
+        0, min=0, help="Judge trials by patient-grouped CV with this many folds (0: validation)."
+    ),
     study_storage: str = typer.Option(
         None,
         help="Optuna storage: journal file path, sqlite:/// or postgresql URL (default: journal).",
@@ -342,8 +345,8 @@ def train_command(
     """Search, evaluate and register a model by running notebooks/02_train_hpo.py."""
     params = {"n_trials": n_trials, "families": list(families or ["logreg", "rf", "hgb"]),
               "n_workers": n_workers,
-              "timeout_s": timeout_s, "seed": seed, "study_storage": study_storage,
-              "target_recall": target_recall, "data_dir": data_dir}  # fmt: skip
+              "timeout_s": timeout_s, "seed": seed, "cv_folds": cv_folds,
+              "study_storage": study_storage, "target_recall": target_recall, "data_dir": data_dir}  # fmt: skip
     _run_stage("02_train_hpo", params, force)
 
 

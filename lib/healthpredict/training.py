@@ -2,7 +2,9 @@
 
 The search is Optuna TPE (seeded) over three families of one sklearn :class:`Pipeline` each
 (``preprocess`` = :func:`healthpredict.features.build_preprocessor`, ``model`` = estimator),
-maximising ROC AUC on the patient-grouped ``validation`` split. Tree families are fitted in
+maximising ROC AUC on the patient-grouped ``validation`` split, or with ``cv_folds`` >= 2 the mean
+over patient-grouped cross-validation folds of ``initial_train`` + ``validation`` (steadier on
+small data, ``cv_folds`` times the cost). Tree families are fitted in
 stages (``warm_start``) and report each stage, so a :class:`optuna.pruners.MedianPruner` can stop
 hopeless trials early.
 
@@ -327,19 +329,58 @@ def permutation_importance_raw(
 
 
 @dataclass
-class _Matrices:
-    """Train/validation matrices of one preprocessing variant (fitted on train only)."""
+class _Fold:
+    train: pd.DataFrame
+    val: pd.DataFrame
+    y_train: np.ndarray
+    y_val: np.ndarray
 
-    x_train: np.ndarray
-    x_val: np.ndarray
+
+def search_folds(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    *,
+    target: str,
+    cv_folds: int = 0,
+    seed: int = 42,
+) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """The (fit rows, scoring rows) pairs a trial is judged on.
+
+    ``cv_folds`` < 2: the validation split itself. Otherwise ``cv_folds``-fold cross-validation
+    over training and validation rows together, grouped by patient (a patient's encounters all
+    fall in one fold) and shuffled by ``seed``: every row is scored once, which steadies the
+    choice between close trials on small data. The test split is never touched either way.
+
+    Raises:
+        ValueError: A scoring part without both classes (ROC AUC is undefined).
+    """
+    from sklearn.model_selection import GroupKFold
+
+    if cv_folds < 2:
+        pairs = [(train, val)]
+    else:
+        pool = pd.concat([train, val], ignore_index=True)
+        splitter = GroupKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
+        pairs = [
+            (pool.iloc[fit_idx], pool.iloc[score_idx])
+            for fit_idx, score_idx in splitter.split(pool, groups=pool["patient_nbr"])
+        ]
+    for i, (_, scored) in enumerate(pairs):
+        if len(np.unique(make_target(scored, target))) < 2:
+            what = "the validation split" if cv_folds < 2 else f"cross-validation fold {i + 1}"
+            raise ValueError(
+                f"{what} has only one class for target {target!r} ({len(scored)} rows): "
+                "ROC AUC is undefined; prepare more data"
+            )
+    return pairs
 
 
 class Objective:
-    """Optuna objective: validation ROC AUC of one sampled pipeline.
+    """Optuna objective: ROC AUC of one sampled pipeline on the search folds (their mean).
 
-    The preprocessing depends only on whether numerics are scaled, not on the trial, so each
-    variant is fitted on the training rows once per process and reused by every trial; the data
-    itself is loaded once, before the search.
+    The folds are :func:`search_folds`. The preprocessing depends only on whether numerics are
+    scaled, not on the trial, so each variant is fitted on each fold's rows once per process and
+    reused by every trial; the data itself is loaded once, before the search.
     """
 
     def __init__(
@@ -350,60 +391,69 @@ class Objective:
         target: str,
         families: Sequence[str],
         seed: int,
+        cv_folds: int = 0,
         n_jobs: int | None = None,
     ) -> None:
         for family in families:
             _check_family(family)
-        self.train, self.val = train, val
-        self.y_train, self.y_val = make_target(train, target), make_target(val, target)
-        if len(np.unique(self.y_val)) < 2:
-            raise ValueError(
-                f"the validation split has only one class for target {target!r} "
-                f"({len(val)} rows): ROC AUC is undefined; prepare more data"
-            )
+        self.folds = [
+            _Fold(fit, scored, make_target(fit, target), make_target(scored, target))
+            for fit, scored in search_folds(train, val, target=target, cv_folds=cv_folds, seed=seed)
+        ]
         self.families = list(families)
         self.seed = seed
         self.n_jobs = n_jobs
-        self._cache: dict[bool, _Matrices] = {}
+        self._cache: dict[bool, list[tuple[np.ndarray, np.ndarray]]] = {}
 
-    def matrices(self, family: str) -> _Matrices:
-        """Transformed train/validation rows for ``family``'s preprocessing variant."""
+    def matrices(self, family: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(fit matrix, scoring matrix) of every fold for ``family``'s preprocessing variant."""
         scale = family == "logreg"
         if scale not in self._cache:
-            pre = build_preprocessor(scale_numeric=scale).fit(self.train, self.y_train)
-            self._cache[scale] = _Matrices(pre.transform(self.train), pre.transform(self.val))
+            pairs = []
+            for fold in self.folds:
+                pre = build_preprocessor(scale_numeric=scale).fit(fold.train, fold.y_train)
+                pairs.append((pre.transform(fold.train), pre.transform(fold.val)))
+            self._cache[scale] = pairs
         return self._cache[scale]
 
+    def _score(self, models: list[Any], data: list[tuple[np.ndarray, np.ndarray]]) -> float:
+        aucs = [
+            skm.roc_auc_score(fold.y_val, model.predict_proba(x_val)[:, 1])
+            for fold, model, (_, x_val) in zip(self.folds, models, data, strict=True)
+        ]
+        return float(np.mean(aucs))
+
     def __call__(self, trial: optuna.Trial) -> float:
-        """Fit the trial's model (in stages for tree families) and return validation AUC."""
+        """Fit the trial's model on every fold (tree families in stages); return the mean AUC."""
         import optuna
 
         family = trial.suggest_categorical("family", self.families)
         params = suggest_params(trial, family)
         data = self.matrices(family)
         started = time.perf_counter()
-        model = make_estimator(family, params, seed=self.seed, n_jobs=self.n_jobs)
+        models = [make_estimator(family, params, seed=self.seed, n_jobs=self.n_jobs) for _ in data]
         if family == "logreg":
-            model.fit(data.x_train, self.y_train)
+            for model, fold, (x_fit, _) in zip(models, self.folds, data, strict=True):
+                model.fit(x_fit, fold.y_train)
         else:
             total_key = "n_estimators" if family == "rf" else "max_iter"
             total = params[total_key]
-            # warm_start adds trees/iterations; the result equals one fit with the full count.
-            model.set_params(warm_start=True)
             for size in [*range(STAGE, total, STAGE), total]:
-                model.set_params(**{total_key: size})
-                with warnings.catch_warnings():
-                    # sklearn warns about balanced class weights under warm_start in case the
-                    # rows change between fits; here every stage sees the same rows.
-                    warnings.filterwarnings("ignore", message="class_weight presets")
-                    model.fit(data.x_train, self.y_train)
-                score = skm.roc_auc_score(self.y_val, model.predict_proba(data.x_val)[:, 1])
+                # warm_start adds trees/iterations; the result equals one fit with the full count.
+                for model, fold, (x_fit, _) in zip(models, self.folds, data, strict=True):
+                    model.set_params(warm_start=True, **{total_key: size})
+                    with warnings.catch_warnings():
+                        # sklearn warns about balanced class weights under warm_start in case
+                        # the rows change between fits; here every stage sees the same rows.
+                        warnings.filterwarnings("ignore", message="class_weight presets")
+                        model.fit(x_fit, fold.y_train)
+                score = self._score(models, data)
                 trial.report(score, _STEP_OFFSET[family] + size)
                 if PRUNE_FROM <= size < total and trial.should_prune():
                     trial.set_user_attr("fit_s", time.perf_counter() - started)
-                    raise optuna.TrialPruned(f"{family} at {size}: val ROC AUC {score:.4f}")
+                    raise optuna.TrialPruned(f"{family} at {size}: search ROC AUC {score:.4f}")
         trial.set_user_attr("fit_s", time.perf_counter() - started)
-        return float(skm.roc_auc_score(self.y_val, model.predict_proba(data.x_val)[:, 1]))
+        return self._score(models, data)
 
 
 def default_study_storage() -> str:
@@ -489,6 +539,7 @@ def _optimize_worker(
     seed: int,
     worker: int,
     n_workers: int,
+    cv_folds: int,
 ) -> int:
     """Body of one worker process: load the shared study and optimise ``n_trials`` of it."""
     import optuna
@@ -501,7 +552,9 @@ def _optimize_worker(
         sampler=_sampler(seed + worker, n_trials * n_workers),
         pruner=_pruner(),
     )
-    objective = Objective(train, val, target=target, families=families, seed=seed)
+    objective = Objective(
+        train, val, target=target, families=families, seed=seed, cv_folds=cv_folds
+    )
     with single_threaded():
         study.optimize(objective, n_trials=n_trials, timeout=timeout_s, catch=(Exception,))
     return n_trials
@@ -522,6 +575,7 @@ def search(
     study_storage: str | None = None,
     study_name: str,
     seed: int = 42,
+    cv_folds: int = 0,
     enqueue: Iterable[dict[str, Any]] = (),
     on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
     progress: bool = True,
@@ -539,6 +593,8 @@ def search(
         study_storage: Optuna storage (see :func:`open_study_storage`).
         study_name: A fresh name (creating an existing study is an error, by design).
         seed: Sampler and estimator seed.
+        cv_folds: Score trials by patient-grouped cross-validation over ``train`` + ``val``
+            with this many folds (< 2: on ``val``); see :func:`search_folds`.
         enqueue: Trial params (see :func:`trial_params_for`) to evaluate first (warm start).
         on_trial: Called in this process with every finished trial (MLflow logging).
         progress: Show a tqdm bar over trials on stderr.
@@ -553,6 +609,8 @@ def search(
         raise ValueError(f"n_trials and n_workers must be >= 1, got {n_trials}, {n_workers}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     families = list(families)
+    # Checked here, before any study or worker exists, so bad folds fail fast and clearly.
+    search_folds(train, val, target=target, cv_folds=cv_folds, seed=seed)
     study = optuna.create_study(
         study_name=study_name,
         storage=open_study_storage(study_storage),
@@ -563,6 +621,7 @@ def search(
     )
     study.set_user_attr("families", families)
     study.set_user_attr("seed", seed)
+    study.set_user_attr("cv_folds", cv_folds)
     for params in enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     seen: set[int] = set()
@@ -589,7 +648,9 @@ def search(
 
     try:
         if n_workers == 1:
-            objective = Objective(train, val, target=target, families=families, seed=seed)
+            objective = Objective(
+                train, val, target=target, families=families, seed=seed, cv_folds=cv_folds
+            )
             with single_threaded():
                 study.optimize(
                     objective,
@@ -611,6 +672,7 @@ def search(
                 n_workers=n_workers,
                 study_storage=study_storage,
                 seed=seed,
+                cv_folds=cv_folds,
             )
     finally:
         bar.close()
@@ -635,6 +697,7 @@ def _optimize_in_processes(
     n_workers,
     study_storage,
     seed,
+    cv_folds,
 ) -> None:
     import multiprocessing as mp
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -657,6 +720,7 @@ def _optimize_in_processes(
                 seed,
                 i,
                 n_workers,
+                cv_folds,
             )
             for i, share in enumerate(shares)
             if share > 0
@@ -920,6 +984,7 @@ def train(
     n_workers: int = 1,
     study_storage: str | None = None,
     seed: int = 42,
+    cv_folds: int = 0,
     target: str | None = None,
     experiment_name: str = DEFAULT_EXPERIMENT,
     target_recall: float | None = None,
@@ -944,6 +1009,8 @@ def train(
         study_storage: Optuna storage: None (journal file under ``<storage>/optuna``), a path,
             ``sqlite:///...`` or a PostgreSQL URL.
         seed: Seed of sampler and estimators.
+        cv_folds: Judge trials by patient-grouped cross-validation over ``initial_train`` +
+            ``validation`` with this many folds (0: on ``validation``); see :func:`search_folds`.
         target: ``<30`` or ``any`` (default: the target the data was prepared for).
         experiment_name: MLflow experiment.
         target_recall: Choose the threshold reaching this validation recall (default: max F1).
@@ -975,6 +1042,7 @@ def train(
                 "n_workers": n_workers,
                 "study_storage": redact(study_storage) or "journal(default)",
                 "seed": seed,
+                "cv_folds": cv_folds,
                 "target": target,
                 "target_recall": target_recall,
                 "rows.initial_train": len(train_df),
@@ -993,6 +1061,7 @@ def train(
             study_storage=study_storage,
             study_name=study_name,
             seed=seed,
+            cv_folds=cv_folds,
             on_trial=TrialLogger(run_id, exp_id),
             progress=progress,
         )

@@ -46,7 +46,7 @@ def dags(airflow_db, dag_env):
 
 @pytest.fixture(scope="module")
 def trained(dags, dag_env):
-    """One training DAG run that prepares 4,000 synthetic encounters and trains (2 trials)."""
+    """One training DAG run: prepares 4,000 synthetic encounters, trains (2 trials, 2-fold CV)."""
     return dags(
         TRAINING,
         prepare_data=True,
@@ -54,6 +54,7 @@ def trained(dags, dag_env):
         n_synthetic=4000,
         initial_fraction=0.5,
         n_trials=2,
+        cv_folds=2,
         families=["logreg"],
     )
 
@@ -122,7 +123,8 @@ def test_training_dag_prepares_trains_and_registers(trained):
         assert executed["metadata"]["papermill"]["input_path"] == prov["notebook_path"]
         derived = storage.read_json(folder / f"{notebook}.input.ipynb")
         assert derived["metadata"]["kernelspec"]["name"] == "healthpredict"
-    assert run_json(run_dirs("02_train_hpo")[0])["parameters"]["n_trials"] == 2
+    parameters = run_json(run_dirs("02_train_hpo")[0])["parameters"]
+    assert parameters["n_trials"] == 2 and parameters["cv_folds"] == 2
 
 
 def test_no_drift_batch_logs_and_advances_once(dags, stream):

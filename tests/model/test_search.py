@@ -9,6 +9,11 @@ def splits(data_dir):
     return frames["initial_train"], frames["validation"]
 
 
+def logreg_search(train, val, **kwargs):
+    """A quiet search over logistic regression only (the fastest family)."""
+    return training.search(train, val, families=["logreg"], progress=False, **kwargs)
+
+
 def test_two_workers_on_one_study_complete_all_trials(splits, hp_env):
     train, val = splits
     seen = []
@@ -32,15 +37,7 @@ def test_two_workers_on_one_study_complete_all_trials(splits, hp_env):
 def test_enqueued_trial_runs_first(splits, hp_env):
     train, val = splits
     warm = training.trial_params_for("logreg", {"C": 0.05, "class_weight": "balanced"})
-    study = training.search(
-        train,
-        val,
-        families=["logreg"],
-        n_trials=2,
-        study_name="warm",
-        enqueue=[warm],
-        progress=False,
-    )
+    study = logreg_search(train, val, n_trials=2, study_name="warm", enqueue=[warm])
     assert study.trials[0].params == warm
 
 
@@ -68,3 +65,46 @@ def test_same_seed_same_result(data_dir):
     assert second.threshold == pytest.approx(first.threshold, abs=1e-9)
     # The second model of the name is a challenger; the first stays champion.
     assert first.promoted and not second.promoted
+
+
+def test_grouped_cross_validation_folds_score_every_row_once(splits):
+    train, val = splits
+    pairs = training.search_folds(train, val, target="<30", cv_folds=3, seed=5)
+    assert len(pairs) == 3
+    scored_ids = [eid for _, scored in pairs for eid in scored["encounter_id"]]
+    all_ids = set(train["encounter_id"]) | set(val["encounter_id"])
+    assert sorted(scored_ids) == sorted(all_ids)  # each row scored exactly once
+    for fit, scored in pairs:
+        assert set(fit["encounter_id"]) | set(scored["encounter_id"]) == all_ids
+        assert not set(fit["patient_nbr"]) & set(scored["patient_nbr"])
+    assert [len(p[1]) for p in pairs] == [
+        len(p[1]) for p in training.search_folds(train, val, target="<30", cv_folds=3, seed=5)
+    ]
+    ((fit, scored),) = training.search_folds(train, val, target="<30", cv_folds=0)
+    assert fit is train and scored is val
+
+
+def test_cross_validated_trial_scores_the_mean_of_its_folds(splits):
+    from sklearn.metrics import roc_auc_score
+
+    from healthpredict.features import make_target
+
+    train, val = splits
+    params = {"C": 0.1, "class_weight": None}
+    warm = training.trial_params_for("logreg", params)
+    study = logreg_search(
+        train, val, n_trials=1, study_name="cv", cv_folds=3, seed=2, enqueue=[warm]
+    )
+    expected = []
+    for fit, scored in training.search_folds(train, val, target="<30", cv_folds=3, seed=2):
+        model = training.make_pipeline("logreg", params, seed=2).fit(fit, make_target(fit))
+        expected.append(roc_auc_score(make_target(scored), model.predict_proba(scored)[:, 1]))
+    assert study.user_attrs["cv_folds"] == 3
+    assert study.best_value == pytest.approx(sum(expected) / 3, abs=1e-9)
+
+
+def test_a_fold_without_positives_is_refused_before_the_search(splits):
+    train, val = splits
+    no_positives = val.assign(readmitted="NO")
+    with pytest.raises(ValueError, match="validation split has only one class"):
+        logreg_search(train, no_positives, n_trials=1, study_name="x")
