@@ -85,7 +85,7 @@ samples: setup
 bench-train: setup
 	$(BIN)/python benchmarks/bench_train.py
 
-# What the data allows: fixed models and feature ideas over several splits (~5 min).
+# What the data allows: fixed models and feature ideas over ten splits (~3 min).
 bench-train-ceiling: setup
 	$(BIN)/python benchmarks/bench_train_ceiling.py
 

@@ -4,6 +4,11 @@
 served record or a monitored batch keeps every row. ``engineer_features`` derives the
 interpretable model inputs. ``build_preprocessor`` is the first step of every model pipeline,
 so the logged model takes raw encounter fields.
+
+The 3-digit ICD-9 categories of the diagnoses (``CODE_FEATURES``, ~700 values) are too many to
+one-hot: they are target-encoded inside the pipeline (cross-fitted on the training rows). They
+add 0.004 ± 0.008 test ROC AUC over ten real splits (``make bench-train-ceiling``). Drift is
+watched on the clinical groups instead (``NUMERIC_FEATURES`` + ``CATEGORICAL_FEATURES``).
 """
 
 from __future__ import annotations
@@ -11,8 +16,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+from sklearn.preprocessing import (
+    FunctionTransformer,
+    OneHotEncoder,
+    StandardScaler,
+    TargetEncoder,
+)
 
 from healthpredict.data.schema import AGE_BRACKETS, MEDICATIONS, RAW_COLUMNS, TARGET
 
@@ -31,7 +42,8 @@ CATEGORICAL_FEATURES = (
     "payer_code", "medical_specialty", "diag_1_group", "diag_2_group", "diag_3_group",
     "max_glu_serum", "A1Cresult", "change", "diabetesMed", *KEY_MEDICATIONS,
 )  # fmt: skip
-MODEL_FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
+CODE_FEATURES = ("diag_1_code", "diag_2_code", "diag_3_code")
+MODEL_FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES + CODE_FEATURES
 
 DIAG_GROUPS = (
     "circulatory", "respiratory", "digestive", "diabetes", "injury", "musculoskeletal",
@@ -83,6 +95,12 @@ def diag_group(codes: pd.Series) -> pd.Series:
     return group
 
 
+def diag_category(codes: pd.Series) -> pd.Series:
+    """3-digit ICD-9 category of each code ("250.83" -> "250", "V57.1" -> "V57"), or "Missing"."""
+    text = codes.astype("string").str.strip().str.split(".").str[0]
+    return text.astype(object).where(text.notna() & (text != ""), MISSING)
+
+
 def engineer_features(df: pd.DataFrame) -> pd.DataFrame:
     """Derive the model inputs (``MODEL_FEATURES``) from a cleaned raw frame.
 
@@ -106,6 +124,8 @@ def engineer_features(df: pd.DataFrame) -> pd.DataFrame:
             out[col] = df[col].astype("int64").astype(str)
         else:
             out[col] = df[col].astype(str)
+    for col in CODE_FEATURES:
+        out[col] = diag_category(df[col.removesuffix("_code")])
     out = out[list(MODEL_FEATURES)]
     if TARGET in df.columns:
         out[TARGET] = df[TARGET].to_numpy()
@@ -134,11 +154,17 @@ def prepare_features(df: pd.DataFrame) -> pd.DataFrame:
 def build_preprocessor(*, scale_numeric: bool = True, min_frequency: int = 20) -> Pipeline:
     """The transformer every model pipeline starts with: raw encounter fields -> numeric matrix.
 
+    Fit it with ``fit_transform`` (as ``Pipeline.fit`` does) to get the training matrix: the
+    target encoding of ``CODE_FEATURES`` is then cross-fitted, so no training row sees its own
+    label; ``transform`` applies the encoding fitted on all training rows.
+
     Args:
         scale_numeric: Standardise numeric features (linear models need it; trees ignore it).
         min_frequency: Categories rarer than this in training are pooled as "infrequent",
             and unseen ones at scoring time fall into that bucket instead of failing.
     """
+    # Fixed folds: the same data and seed must give the same model (reproducibility test).
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
     encode = ColumnTransformer(
         [
             ("num", StandardScaler() if scale_numeric else "passthrough", list(NUMERIC_FEATURES)),
@@ -151,6 +177,7 @@ def build_preprocessor(*, scale_numeric: bool = True, min_frequency: int = 20) -
                 ),
                 list(CATEGORICAL_FEATURES),
             ),
+            ("codes", TargetEncoder(target_type="binary", cv=folds), list(CODE_FEATURES)),
         ],
         verbose_feature_names_out=False,
     )

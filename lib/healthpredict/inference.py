@@ -32,7 +32,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler, TargetEncoder
 from threadpoolctl import threadpool_limits
 
 from healthpredict import features
@@ -55,8 +55,9 @@ _MED_KEYS = tuple(m.replace("-", "_") for m in MEDICATIONS)
 _VISIT_KEYS = ("number_outpatient", "number_emergency", "number_inpatient")
 _ID_CATEGORIES = ("admission_type_id", "discharge_disposition_id", "admission_source_id")
 _MODEL_INPUTS = tuple(c for c in FEATURE_COLUMNS if c not in ID_COLUMNS)
-# Bounded by the ICD-9 pattern of the raw schema (~150k codes); the cap guards other inputs.
-_DIAG_CACHE: dict[Any, str] = {}
+# code -> (clinical group, 3-digit category). Bounded by the ICD-9 pattern of the raw schema
+# (~150k codes); the cap guards other inputs.
+_DIAG_CACHE: dict[Any, tuple[str, str]] = {}
 _DIAG_CACHE_MAX = 200_000
 
 
@@ -67,19 +68,23 @@ class UnsupportedModelError(ValueError):
 # --------------------------------------------------------------------------- features
 
 
-def _diag_groups(codes: list[Any]) -> list[str]:
-    """ICD-9 groups of ``codes`` by :func:`healthpredict.features.diag_group`, memoised.
+def _diag_features(codes: list[Any], which: int) -> list[str]:
+    """ICD-9 group (``which=0``) or 3-digit category (1) of ``codes``, memoised.
 
-    The rule stays in one place (features); only new codes pay the pandas call, once per batch.
+    The rules stay in one place (:func:`healthpredict.features.diag_group` and
+    :func:`~healthpredict.features.diag_category`); only new codes pay the pandas calls, once
+    per batch.
     """
     cache = _DIAG_CACHE
     new = [c for c in set(codes) if c not in cache]
-    fresh: dict[Any, str] = {}
+    fresh: dict[Any, tuple[str, str]] = {}
     if new:
-        fresh = dict(zip(new, features.diag_group(pd.Series(new, dtype=object)), strict=True))
+        series = pd.Series(new, dtype=object)
+        derived = zip(features.diag_group(series), features.diag_category(series), strict=True)
+        fresh = dict(zip(new, derived, strict=True))
         if len(cache) + len(fresh) <= _DIAG_CACHE_MAX:
             cache.update(fresh)
-    return [fresh[c] if c in fresh else cache[c] for c in codes]
+    return [(fresh[c] if c in fresh else cache[c])[which] for c in codes]
 
 
 def _text(value: Any) -> str:
@@ -106,8 +111,9 @@ def _numeric_column(records: Sequence[Record], name: str) -> list[float]:
 def _category_column(records: Sequence[Record], name: str) -> list[str]:
     """One categorical model feature over all records, as ``engineer_features`` computes it."""
     if name.endswith("_group"):
-        code = name.removesuffix("_group")
-        return _diag_groups([r.get(code) for r in records])
+        return _diag_features([r.get(name.removesuffix("_group")) for r in records], 0)
+    if name in features.CODE_FEATURES:  # not any "_code": payer_code is a plain category
+        return _diag_features([r.get(name.removesuffix("_code")) for r in records], 1)
     if name in _ID_CATEGORIES:
         return [str(int(r[name])) for r in records]
     return [_text(r.get(name)) for r in records]
@@ -126,6 +132,14 @@ class _OneHot:
     unknown: int  # output column of unseen categories (-1: all zeros)
 
 
+@dataclass(frozen=True)
+class _Encoded:
+    name: str
+    column: int  # absolute output column
+    values: dict[str, float]  # category -> encoded value
+    unknown: float  # value of unseen categories
+
+
 class FeatureEncoder:
     """The fitted ``ColumnTransformer`` (after ``prepare_features``) as plain numpy."""
 
@@ -137,6 +151,7 @@ class FeatureEncoder:
         mean: np.ndarray,
         scale: np.ndarray,
         onehots: Sequence[_OneHot],
+        encoded: Sequence[_Encoded] = (),
     ) -> None:
         self.n_out = n_out
         self.numeric = tuple(numeric)
@@ -144,6 +159,7 @@ class FeatureEncoder:
         self.mean = mean
         self.scale = scale
         self.onehots = tuple(onehots)
+        self.encoded = tuple(encoded)
 
     def encode(self, records: Sequence[Record]) -> np.ndarray:
         """Encode records into the matrix the estimator was fitted on (float64, C order)."""
@@ -166,6 +182,9 @@ class FeatureEncoder:
             hot = cols >= 0
             rows = np.broadcast_to(np.arange(n, dtype=np.intp), cols.shape)
             out[rows[hot], cols[hot]] = 1.0
+        for enc in self.encoded:
+            values = _category_column(records, enc.name)
+            out[:, enc.column] = [enc.values.get(v, enc.unknown) for v in values]
         return out
 
 
@@ -219,6 +238,30 @@ def _probe_onehot(enc: OneHotEncoder, cols: list[str], offset: int) -> list[_One
     return out
 
 
+def _probe_target_encoder(enc: TargetEncoder, cols: list[str], offset: int) -> list[_Encoded]:
+    """Category -> encoded value of a fitted binary target encoder, read from its ``transform``."""
+    if getattr(enc, "target_type_", None) != "binary":
+        raise UnsupportedModelError(f"TargetEncoder of a {enc.target_type_!r} target")
+    cats = [list(c) for c in enc.categories_]
+    if not all(isinstance(v, str) for c in cats for v in c):
+        raise UnsupportedModelError("TargetEncoder categories that are not strings")
+    unseen = "\x00healthpredict-unseen\x00"
+    rows = max(len(c) for c in cats) + 1
+    probe = pd.DataFrame(
+        {
+            col: [c[i % len(c)] for i in range(rows - 1)] + [unseen]
+            for col, c in zip(cols, cats, strict=True)
+        }
+    )
+    matrix = np.asarray(enc.transform(probe), dtype=np.float64)
+    if matrix.shape != (rows, len(cols)):
+        raise UnsupportedModelError(f"TargetEncoder output of shape {matrix.shape}")
+    return [
+        _Encoded(col, offset + j, {c[i]: float(matrix[i, j]) for i in range(len(c))}, matrix[-1, j])
+        for j, (col, c) in enumerate(zip(cols, cats, strict=True))
+    ]
+
+
 def _is_identity(trans: Any) -> bool:
     # A fitted ColumnTransformer stores "passthrough" as a FunctionTransformer without func.
     return trans == "passthrough" or (
@@ -249,6 +292,7 @@ def compile_encoder(steps: Sequence[Any]) -> FeatureEncoder:
     means: list[float] = []
     scales: list[float] = []
     onehots: list[_OneHot] = []
+    encoded: list[_Encoded] = []
     for name, trans, cols in ct.transformers_:
         cols = list(cols) if not isinstance(cols, str) else [cols]
         if trans == "drop" or not cols:
@@ -264,6 +308,8 @@ def compile_encoder(steps: Sequence[Any]) -> FeatureEncoder:
             scales.extend(trans.scale_ if is_scaler and trans.with_std else [1.0] * len(cols))
         elif isinstance(trans, OneHotEncoder):
             onehots.extend(_probe_onehot(trans, cols, start))
+        elif isinstance(trans, TargetEncoder):
+            encoded.extend(_probe_target_encoder(trans, cols, start))
         else:
             raise UnsupportedModelError(f"transformer {name!r} is {type(trans).__name__}")
     return FeatureEncoder(
@@ -273,6 +319,7 @@ def compile_encoder(steps: Sequence[Any]) -> FeatureEncoder:
         np.array(means, dtype=np.float64),
         np.array(scales, dtype=np.float64),
         onehots,
+        encoded,
     )
 
 

@@ -411,8 +411,11 @@ class Objective:
         if scale not in self._cache:
             pairs = []
             for fold in self.folds:
-                pre = build_preprocessor(scale_numeric=scale).fit(fold.train, fold.y_train)
-                pairs.append((pre.transform(fold.train), pre.transform(fold.val)))
+                pre = build_preprocessor(scale_numeric=scale)
+                # fit_transform, as Pipeline.fit: the target encoding of the fit rows is
+                # cross-fitted, so trials see what the final pipeline's model will see.
+                x_fit = pre.fit_transform(fold.train, fold.y_train)
+                pairs.append((x_fit, pre.transform(fold.val)))
             self._cache[scale] = pairs
         return self._cache[scale]
 

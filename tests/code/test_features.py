@@ -9,9 +9,11 @@ import pytest
 from healthpredict.data import synthetic
 from healthpredict.data.schema import TARGET
 from healthpredict.features import (
+    CODE_FEATURES,
     MODEL_FEATURES,
     build_preprocessor,
     clean_data,
+    diag_category,
     diag_group,
     engineer_features,
     make_target,
@@ -72,8 +74,28 @@ def test_targets(raw):
 
 
 def test_preprocessor_handles_unseen_categories(raw):
-    pre = build_preprocessor().fit(raw.iloc[:1000])
+    pre = build_preprocessor().fit(raw.iloc[:1000], make_target(raw.iloc[:1000]))
     test = raw.iloc[1000:].copy()
     test["medical_specialty"] = "BrandNewSpecialty"
     out = pre.transform(test)
     assert out.shape[0] == len(test) and np.isfinite(out).all()
+
+
+def test_diag_category_keeps_the_3_digit_icd9_category():
+    codes = pd.Series(["250.83", "V57.1", "428", None, np.nan, "E888.9", " 41 ", ""], dtype=object)
+    assert diag_category(codes).tolist() == [
+        "250", "V57", "428", "Missing", "Missing", "E888", "41", "Missing",
+    ]  # fmt: skip
+
+
+def test_icd9_categories_are_target_encoded_with_cross_fitting(raw):
+    fit, y = raw.iloc[:1000], make_target(raw.iloc[:1000])
+    pre = build_preprocessor()
+    cross_fitted = pre.fit_transform(fit, y)
+    names = list(pre[-1].get_feature_names_out())
+    cols = [names.index(c) for c in CODE_FEATURES]
+    # Training rows get out-of-fold encodings; transform uses the encoding of all rows.
+    assert not np.allclose(cross_fitted[:, cols], pre.transform(fit)[:, cols])
+    encoder = pre[-1].named_transformers_["codes"]
+    unseen = raw.iloc[1000:1001].assign(diag_1="Z99.9")
+    assert pre.transform(unseen)[0, cols[0]] == pytest.approx(encoder.target_mean_)

@@ -171,3 +171,11 @@ def test_self_check_rejects_a_divergent_compilation(synthetic_models, monkeypatc
     predictor = inference.compile_pipeline(synthetic_models["logreg"])
     assert predictor.path == "pipeline"
     assert predictor.reason.startswith("self-check failed")
+
+
+def test_icd9_target_encoding_is_compiled(synthetic_models):
+    from healthpredict.features import CODE_FEATURES
+
+    for pipe in synthetic_models.values():
+        predictor = inference.compile_pipeline(pipe)
+        assert [e.name for e in predictor.encoder.encoded] == list(CODE_FEATURES)
