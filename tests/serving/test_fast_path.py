@@ -179,3 +179,11 @@ def test_icd9_target_encoding_is_compiled(synthetic_models):
     for pipe in synthetic_models.values():
         predictor = inference.compile_pipeline(pipe)
         assert [e.name for e in predictor.encoder.encoded] == list(CODE_FEATURES)
+
+
+def test_pipeline_without_the_icd9_encoding_compiles(synthetic):
+    """Models registered before the ICD-9 categories existed had no ``codes`` transformer."""
+    X, y = _xy(synthetic["train"])
+    pipe = make_pipeline("hgb", FAMILIES["hgb"]).set_params(preprocess__encode__codes="drop")
+    predictor = assert_identical(pipe.fit(X, y), synthetic["score"])
+    assert predictor.encoder.encoded == ()
