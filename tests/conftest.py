@@ -22,6 +22,7 @@ def real_zip() -> Path:
 
 def isolate_settings(patch: pytest.MonkeyPatch, base: Path) -> None:
     """Point every setting at ``base`` (storage, MLflow, rendered runs), synthetic data."""
+    from healthpredict import tracking
     from healthpredict.config import get_settings
 
     patch.setenv("HP_STORAGE", str(base / "var"))
@@ -29,6 +30,8 @@ def isolate_settings(patch: pytest.MonkeyPatch, base: Path) -> None:
     patch.delenv("MLFLOW_TRACKING_URI", raising=False)
     patch.setenv("HP_RENDERED_DIR", str(base / "rendered"))
     patch.setenv("HP_UCI_SOURCE", "synthetic")
+    # The next MLflow use sets up this store, not the one an earlier test configured.
+    patch.setattr(tracking, "_configured_uri", None)
     get_settings.cache_clear()
 
 

@@ -78,6 +78,9 @@ def champion_uri(name: str | None = None) -> str:
 def _client():
     from mlflow import MlflowClient
 
+    from healthpredict import tracking
+
+    tracking.ensure_mlflow()
     return MlflowClient()
 
 

@@ -41,6 +41,9 @@ def _absolute_sqlite(uri: str) -> str:
     return f"{_SQLITE_PREFIX}{path}"
 
 
+_configured_uri: str | None = None  # what setup_mlflow set in this process
+
+
 def setup_mlflow(tracking_uri: str | None = None) -> str:
     """Point MLflow (tracking and registry) at the configured store.
 
@@ -67,7 +70,18 @@ def setup_mlflow(tracking_uri: str | None = None) -> str:
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    global _configured_uri
+    _configured_uri = uri
     return uri
+
+
+def ensure_mlflow() -> str:
+    """The store :func:`setup_mlflow` pointed MLflow at, set up now if it has not been.
+
+    Without it, a process whose first MLflow call is a registry lookup would use MLflow's own
+    default (``./mlflow.db``), not the configured store.
+    """
+    return _configured_uri or setup_mlflow()
 
 
 def artifact_location(name: str) -> str | None:

@@ -77,3 +77,34 @@ def test_log_model_needs_an_active_run(fitted):
             data_source="synthetic",
             params={},
         )
+
+
+def test_a_fresh_process_whose_first_mlflow_call_is_the_registry_uses_the_configured_store(
+    fitted, hp_env
+):
+    """`healthpredict demo` promoted through MLflow's default ./mlflow.db before this fix."""
+    import os
+    import subprocess
+    import sys
+
+    pipeline, frame = fitted
+    tracking.setup_mlflow()
+    tracking.use_experiment("registry-test")
+    _log(pipeline, frame, 0.61)
+    _log(pipeline, frame, 0.62)
+    elsewhere = hp_env / "elsewhere"
+    elsewhere.mkdir()
+    code = (
+        "from healthpredict import registry; registry.promote('HealthPredict', '2'); "
+        "print(registry.alias_version('HealthPredict', 'champion'))"
+    )
+    # As from a shell: only the HP_* settings (set_tracking_uri exported MLFLOW_* in this process).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=elsewhere, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2"
+    assert registry.alias_version("HealthPredict", "champion") == "2"
+    assert not (elsewhere / "mlflow.db").exists()
