@@ -195,6 +195,22 @@ def _flatten(pipeline: Pipeline) -> list[Any]:
     return steps
 
 
+def _probe_frame(cols: list[str], cats: list[list[str]]) -> pd.DataFrame:
+    """Probe rows for a fitted encoder: every category of each column, then one unseen value.
+
+    Row ``i`` holds category ``i`` of each column (cycled for shorter columns); the last row an
+    unseen value in every column.
+    """
+    unseen = "\x00healthpredict-unseen\x00"
+    rows = max(len(c) for c in cats) + 1
+    return pd.DataFrame(
+        {
+            col: [c[i % len(c)] for i in range(rows - 1)] + [unseen]
+            for col, c in zip(cols, cats, strict=True)
+        }
+    )
+
+
 def _probe_onehot(enc: OneHotEncoder, cols: list[str], offset: int) -> list[_OneHot]:
     """Category -> output column of a fitted encoder, read from its own ``transform``."""
     if enc.drop is not None or enc.handle_unknown not in ("ignore", "infrequent_if_exist", "warn"):
@@ -204,14 +220,8 @@ def _probe_onehot(enc: OneHotEncoder, cols: list[str], offset: int) -> list[_One
     cats = [list(c) for c in enc.categories_]
     if not all(isinstance(v, str) for c in cats for v in c):
         raise UnsupportedModelError("OneHotEncoder categories that are not strings")
-    unseen = "\x00healthpredict-unseen\x00"
-    rows = max(len(c) for c in cats) + 1
-    probe = pd.DataFrame(
-        {
-            col: [c[i % len(c)] for i in range(rows - 1)] + [unseen]
-            for col, c in zip(cols, cats, strict=True)
-        }
-    )
+    probe = _probe_frame(cols, cats)
+    rows = len(probe)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "unknown categories" is the point of the last row
         matrix = enc.transform(probe)
@@ -245,19 +255,17 @@ def _probe_target_encoder(enc: TargetEncoder, cols: list[str], offset: int) -> l
     cats = [list(c) for c in enc.categories_]
     if not all(isinstance(v, str) for c in cats for v in c):
         raise UnsupportedModelError("TargetEncoder categories that are not strings")
-    unseen = "\x00healthpredict-unseen\x00"
-    rows = max(len(c) for c in cats) + 1
-    probe = pd.DataFrame(
-        {
-            col: [c[i % len(c)] for i in range(rows - 1)] + [unseen]
-            for col, c in zip(cols, cats, strict=True)
-        }
-    )
+    probe = _probe_frame(cols, cats)
     matrix = np.asarray(enc.transform(probe), dtype=np.float64)
-    if matrix.shape != (rows, len(cols)):
+    if matrix.shape != (len(probe), len(cols)):
         raise UnsupportedModelError(f"TargetEncoder output of shape {matrix.shape}")
     return [
-        _Encoded(col, offset + j, {c[i]: float(matrix[i, j]) for i in range(len(c))}, matrix[-1, j])
+        _Encoded(
+            col,
+            offset + j,
+            {c[i]: float(matrix[i, j]) for i in range(len(c))},
+            float(matrix[-1, j]),
+        )
         for j, (col, c) in enumerate(zip(cols, cats, strict=True))
     ]
 
