@@ -103,7 +103,7 @@ display(pd.Series(result.best_params, name="value", dtype=object).to_frame())
 # ## Held-out test split
 # Seen once, after every choice was made on validation. The interval is a percentile bootstrap
 # over the test encounters: a few thousand rows with ~11 % positives pin ROC AUC down to only
-# about ±0.02, so smaller differences between models are noise.
+# about ±0.03, so smaller differences between models are noise.
 
 # %%
 test = result.test_metrics
