@@ -105,6 +105,20 @@ def test_random_malformed_frames_raise_only_schema_errors(good, data):
         validate_raw(frame)
     except RawSchemaError as exc:
         assert exc.problems and str(exc)
+    else:  # accepted: then it has every raw column, once, and integer columns cast cleanly
+        assert {c.name for c in RAW_COLUMNS} - {TARGET} <= set(frame.columns)
+        for col in RAW_COLUMNS:
+            if col.kind in ("id", "int") and col.name in frame:
+                pd.to_numeric(frame[col.name].dropna()).astype("int64")
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, "inf"])
+def test_non_finite_integer_codes_are_schema_errors(good, bad):
+    frame = good.copy()
+    frame["admission_type_id"] = frame["admission_type_id"].astype(object)
+    frame.iloc[0, frame.columns.get_loc("admission_type_id")] = bad
+    with pytest.raises(RawSchemaError, match="admission_type_id"):
+        validate_raw(frame)
 
 
 def test_duplicate_column_names_are_reported(good):

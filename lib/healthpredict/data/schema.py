@@ -121,8 +121,10 @@ def _examples(values: Iterable, limit: int = 5) -> str:
 def _as_int(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Integer view of a column and a mask of the non-missing values that are not integers."""
     num = pd.to_numeric(series, errors="coerce")
-    bad = series.notna() & (num.isna() | (num.notna() & (num != np.floor(num.fillna(0)))))
-    return num, bad
+    # inf is numeric but no integer: left in, a later integer cast would raise pandas' own error.
+    finite = np.isfinite(num.astype(float))
+    bad = series.notna() & (~finite | (num != np.floor(num.where(finite, 0))))
+    return num.where(finite), bad
 
 
 def validate_raw(
