@@ -8,9 +8,9 @@ period, patients the model and the reference never saw). Per batch size:
 
 * false-alarm rate: share of random no-drift batches from the pool reported DRIFT_DETECTED;
 * detection rate: the same batches after each covariate, label and concept scenario of
-  :mod:`healthpredict.data.drift_scenarios`, at its moderate and strong strength.
+  :mod:`tests.support.drift_scenarios`, at its moderate and strong strength.
 
-Batches are judged with the fast vectorised scores and :func:`healthpredict.drift.decide` (the
+Batches are judged with the fast vectorised scores and :func:`healthpredict.monitoring.drift.decide` (the
 calibration and decision ``monitor`` uses), with and without labels; a few batches are checked
 against full Evidently reports. With the real data, the chronological ``future_data`` stream is
 also monitored batch by batch (production defaults: held-out rows = validation + test).
@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.support (drift scenarios) is test support, not shipped
 SHARED_ZIP = ROOT.parent / "shared" / "data" / "dataset_diabetes.zip"
 KINDS = ("covariate", "label", "concept")
 GOAL_FALSE_ALARM, GOAL_DETECTION, GOAL_SECONDS = 0.05, 0.95, 15.0
@@ -72,19 +73,19 @@ class Setup:
     scorer: object = None  # drift.ReferenceScorer of ``reference``
 
     def __post_init__(self) -> None:
-        from healthpredict import drift
+        from healthpredict.monitoring import drift
 
         self.scorer = self.scorer or drift.ReferenceScorer(self.reference)
 
     def score(self, raw: pd.DataFrame) -> tuple[pd.Series, np.ndarray, np.ndarray | None]:
         """Column scores, probabilities and labels of a raw batch, engineering it only once."""
-        from healthpredict import drift
-        from healthpredict.features import (
+        from healthpredict.modeling.features import (
             MODEL_FEATURES,
             clean_data,
             engineer_features,
             make_target,
         )
+        from healthpredict.monitoring import drift
 
         eng = engineer_features(clean_data(raw))
         # The fitted pipeline is preprocess (engineer + encode) then model: reuse ``eng``.
@@ -99,10 +100,10 @@ def make_setup(raw: pd.DataFrame, seed: int, initial_fraction: float) -> Setup:
     """Split, train the logistic regression and precompute the pool's features and predictions."""
     from sklearn.metrics import roc_auc_score
 
-    from healthpredict import drift
     from healthpredict.data.split import SplitParams, split_frame
-    from healthpredict.features import clean_data, engineer_features, make_target
-    from healthpredict.training import choose_threshold, make_pipeline
+    from healthpredict.modeling.features import clean_data, engineer_features, make_target
+    from healthpredict.modeling.training import choose_threshold, make_pipeline
+    from healthpredict.monitoring import drift
 
     parts = split_frame(raw, SplitParams(initial_fraction=initial_fraction, seed=seed))
     train, held, pool = (
@@ -134,7 +135,7 @@ def judge(setup: Setup, th, scores: pd.Series, proba: np.ndarray, label) -> dict
     """Fast-path decision of one scored batch (``label`` None: as if it had no labels)."""
     from sklearn.metrics import roc_auc_score
 
-    from healthpredict import drift
+    from healthpredict.monitoring import drift
 
     drifted = [c for c in scores.index if scores[c] >= th.per_column[c]]
     pred_score = drift.column_distance(setup.held_proba, proba, drift.NUMERIC_METHOD)
@@ -170,8 +171,8 @@ def _signal_rates(items: list[dict]) -> dict[str, float]:
 
 def evaluate(name: str, raw: pd.DataFrame, args, log) -> dict:
     """False alarms and detection of one data set, over repeats and batch sizes."""
-    from healthpredict import drift
-    from healthpredict.data import drift_scenarios
+    from healthpredict.monitoring import drift
+    from tests.support import drift_scenarios
 
     scenarios = [s for s in drift_scenarios.SCENARIOS.values() if s.kind in KINDS]
     out: dict = {
@@ -282,9 +283,9 @@ def evaluate(name: str, raw: pd.DataFrame, args, log) -> dict:
 
 def evidently_check(s: Setup, th, size: int, rng) -> dict:
     """Full Evidently reports on two no-drift batches and one shifted batch vs the fast path."""
-    from healthpredict import drift
-    from healthpredict.data import drift_scenarios
-    from healthpredict.features import clean_data, engineer_features
+    from healthpredict.modeling.features import clean_data, engineer_features
+    from healthpredict.monitoring import drift
+    from tests.support import drift_scenarios
 
     worst, agree = 0.0, True
     for i in range(3):
@@ -305,10 +306,10 @@ def real_stream(raw: pd.DataFrame, args, log) -> dict:
     """Monitor the real chronological future stream in batches (production defaults)."""
     from sklearn.metrics import roc_auc_score
 
-    from healthpredict import drift
     from healthpredict.data.split import SplitParams, split_frame
-    from healthpredict.features import clean_data, engineer_features, make_target
-    from healthpredict.training import choose_threshold, make_pipeline
+    from healthpredict.modeling.features import clean_data, engineer_features, make_target
+    from healthpredict.modeling.training import choose_threshold, make_pipeline
+    from healthpredict.monitoring import drift
 
     parts = split_frame(raw, SplitParams(initial_fraction=args.initial_fraction))
     train = parts["initial_train"]
@@ -376,11 +377,13 @@ def time_notebook(source: str, args, log) -> dict:
     """Seconds per monitored 2,000-row batch through the notebook runner (HTML included)."""
     import mlflow
 
-    from healthpredict import notebooks, registry, storage, tracking
-    from healthpredict.config import get_settings
+    from healthpredict import runs
+    from healthpredict.core import storage
+    from healthpredict.core.settings import get_settings
     from healthpredict.data.split import SplitParams, load_split, prepare
-    from healthpredict.features import make_target
-    from healthpredict.training import choose_threshold, make_pipeline
+    from healthpredict.mlops import registry, tracking
+    from healthpredict.modeling.features import make_target
+    from healthpredict.modeling.training import choose_threshold, make_pipeline
 
     saved = {
         k: os.environ.get(k)
@@ -418,7 +421,7 @@ def time_notebook(source: str, args, log) -> dict:
             timings, cold = [], None
             for i in range(args.timing_runs + 1):
                 started = time.monotonic()
-                result = notebooks.run("03_drift_monitor", params, force=True, progress=False)
+                result = runs.run("03_drift_monitor", params, force=True, progress=False)
                 took = time.monotonic() - started
                 if i == 0:
                     cold = took
@@ -542,7 +545,7 @@ def tables(result: dict) -> str:
 
 DOC_HEAD = """# Drift calibration
 
-How `healthpredict.drift` decides DRIFT_DETECTED / NO_DRIFT, and how well it does.
+How `healthpredict.monitoring.drift` decides DRIFT_DETECTED / NO_DRIFT, and how well it does.
 
 ## Why calibrate
 
@@ -592,7 +595,7 @@ not move, and a share-of-columns trigger then fires on no-drift batches.
 `make bench-drift` (`benchmarks/bench_drift.py`). No-drift batches are random batches of the
 reference period's `test` split (patients neither the reference nor the model saw); each split
 of the initial period is repeated with 3 seeds. Scenario batches are the same batches after a
-scenario of `healthpredict.data.drift_scenarios` at its moderate and strong strength. Batches
+scenario of `tests.support.drift_scenarios` at its moderate and strong strength. Batches
 are judged with the vectorised scores and `decide()` (the figures match full Evidently reports,
 see below). Goal: false alarms <= 5% and moderate covariate shift detected >= 95%.
 

@@ -86,10 +86,10 @@ def register_model(tracking_uri: str, frame, source: str) -> str:
     """Fit the random forest on ``frame`` and register it as the champion; return the version."""
     import mlflow
 
-    from healthpredict import registry
-    from healthpredict.features import make_target
-    from healthpredict.tracking import setup_mlflow, use_experiment
-    from healthpredict.training import make_pipeline
+    from healthpredict.mlops import registry
+    from healthpredict.mlops.tracking import setup_mlflow, use_experiment
+    from healthpredict.modeling.features import make_target
+    from healthpredict.modeling.training import make_pipeline
 
     setup_mlflow(tracking_uri)
     use_experiment("bench-serve")
@@ -198,7 +198,7 @@ def main() -> int:
         tracking = f"sqlite:///{tmp / 'mlflow.db'}"
         os.environ.update(HP_STORAGE=str(tmp / "var"), HP_MLFLOW_TRACKING_URI=tracking)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-        from healthpredict.config import get_settings
+        from healthpredict.core.settings import get_settings
 
         get_settings.cache_clear()
         started = time.perf_counter()
@@ -208,7 +208,7 @@ def main() -> int:
               f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
 
         from healthpredict.data.schema import ALIASES
-        from healthpredict.inference import records_from_frame
+        from healthpredict.modeling.inference import records_from_frame
 
         score = training_rows(2_000)[0].drop(columns=["readmitted"])
         records = records_from_frame(score)

@@ -1,6 +1,6 @@
 """Benchmark of the training search on the real UCI data (not a test: it prints and records).
 
-Runs ``healthpredict.training.train`` with a fixed budget on the real file, in a temporary
+Runs ``healthpredict.modeling.training.train`` with a fixed budget on the real file, in a temporary
 storage and MLflow store, and writes ``var/bench/train.json`` with ``test_roc_auc`` (and its 95 %
 bootstrap interval ``test_roc_auc_ci95``), ``test_pr_auc``, ``wall_s`` and
 ``any_target_test_roc_auc``. The goal: test ROC AUC >= 0.70 for the ``<30`` target within 10
@@ -71,12 +71,12 @@ def main() -> int:
         os.environ["HP_STORAGE"] = str(Path(tmp, "var"))
         os.environ["HP_MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp, 'mlflow.db')}"
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-        from healthpredict.config import get_settings
+        from healthpredict.core.settings import get_settings
 
         get_settings.cache_clear()
         from healthpredict.data.split import SplitParams, prepare
-        from healthpredict.features import make_target
-        from healthpredict.training import classification_metrics, fit_final, train
+        from healthpredict.modeling.features import make_target
+        from healthpredict.modeling.training import classification_metrics, fit_final, train
 
         started = time.perf_counter()
         split = SplitParams(initial_fraction=args.initial_fraction, seed=args.seed)
@@ -94,7 +94,7 @@ def main() -> int:
         )
         wall = time.perf_counter() - started
         # Same family and parameters, refit for the "any readmission" label.
-        from healthpredict.training import load_training_splits
+        from healthpredict.modeling.training import load_training_splits
 
         _, frames = load_training_splits()
         fitted = fit_final(

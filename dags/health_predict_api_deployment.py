@@ -3,7 +3,7 @@
 The image is `<ecr_registry>/<image_name>:v<champion version>`; `kubectl apply -k` and
 `kubectl set image` roll it out on the `kube_context` cluster, `kubectl rollout status` waits
 for it, and the task `verify_model_info` fails unless `GET <api_url>/model-info` reports the
-champion's version. The commands come from `healthpredict.deploy.deployment_steps`; with
+champion's version. The commands come from `healthpredict.mlops.deploy.deployment_steps`; with
 `dry_run` they are only printed and recorded (XCom and `<storage>/deployments/<run_id>.json`),
 while the version check still runs.
 """
@@ -15,8 +15,9 @@ import os
 
 from airflow.sdk import DAG, Param, chain, task
 
-from healthpredict import deploy, orchestration
-from healthpredict.config import get_settings
+from healthpredict.core.settings import get_settings
+from healthpredict.mlops import deploy
+from healthpredict.pipelines import orchestration
 
 DAG_ID = "health_predict_api_deployment"
 _settings = get_settings()

@@ -18,9 +18,10 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param, task
 
-from healthpredict import orchestration
-from healthpredict.config import get_settings
-from healthpredict.storage import join
+from healthpredict.core import layout
+from healthpredict.core.settings import get_settings
+from healthpredict.core.storage import join
+from healthpredict.pipelines import orchestration
 
 DAG_ID = "health_predict_monitoring_retraining"
 TRAINING_DAG_ID = "health_predict_training_hpo"
@@ -39,12 +40,12 @@ with DAG(
     tags=["healthpredict", "monitoring"],
     params={
         "s3_full_future_data_path": Param(
-            join(_settings.processed_data, "future_data.csv"),
+            join(layout.processed_data(), "future_data.csv"),
             type="string",
             description="Raw CSV of the future stream (local path or s3:// URI).",
         ),
         "s3_reference_data_path": Param(
-            join(_settings.processed_data, "initial_train.csv"),
+            join(layout.processed_data(), "initial_train.csv"),
             type="string",
             description="Drift reference until a promotion sets the loop's own reference.",
         ),
@@ -108,7 +109,7 @@ with DAG(
 
     @task.branch
     def decide_on_retraining(ti=None, params=None):
-        """Branch on the notebook's drift_status scrap (healthpredict.loop.should_retrain)."""
+        """Branch on the notebook's drift_status scrap (healthpredict.pipelines.loop.should_retrain)."""
         decision = orchestration.decide(
             ti.xcom_pull(task_ids="get_production_model_uri")["monitor"],
             ti.xcom_pull(task_ids="get_iteration_state"),

@@ -15,8 +15,8 @@ import datetime as dt
 from airflow.providers.papermill.operators.papermill import PapermillOperator
 from airflow.sdk import DAG, Param, task
 
-from healthpredict import orchestration
-from healthpredict.config import get_settings
+from healthpredict.core.settings import get_settings
+from healthpredict.pipelines import orchestration
 
 DAG_ID = "health_predict_training_hpo"
 _settings = get_settings()

@@ -19,7 +19,7 @@
 # What the prepared encounters look like before any model sees them: who is readmitted within
 # 30 days, what is missing, how the risk differs between groups, and how the stream of future
 # encounters changes over time (the real data spans 1999–2008, and practice changed).
-# The tables come from `healthpredict.eda`; this notebook only shows them.
+# The tables come from `healthpredict.data.eda`; this notebook only shows them.
 
 # %% tags=["parameters"]
 data_dir = None  # folder or s3:// URI of the prepared splits; None = <storage>/processed_data
@@ -32,10 +32,15 @@ n_bins = 10  # number of equal-size bins of encounter order in the chronological
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from healthpredict import eda
+from healthpredict.data import eda
 from healthpredict.data.split import load_split, read_manifest
-from healthpredict.features import NUMERIC_FEATURES, clean_data, engineer_features, make_target
-from healthpredict.scraps import record
+from healthpredict.modeling.features import (
+    NUMERIC_FEATURES,
+    clean_data,
+    engineer_features,
+    make_target,
+)
+from healthpredict.runs.scraps import record
 
 manifest = read_manifest(data_dir)
 data_source, banner = eda.data_source_banner(manifest)

@@ -22,7 +22,7 @@
 # on `initial_train`, its decision threshold chosen on validation, and it is judged once on the
 # held-out test split. Every trial is a nested MLflow run; the model is registered (alias
 # `challenger`, and `champion` when the model had none). The logic lives in
-# `healthpredict.training`; this notebook shows it.
+# `healthpredict.modeling.training`; this notebook shows it.
 
 # %% tags=["parameters"]
 data_dir = None  # prepared data folder or s3:// URI (None: <storage>/processed_data)
@@ -42,9 +42,9 @@ model_name = None  # registered model name (None: the HP_MODEL_NAME setting)
 import pandas as pd
 from IPython.display import Markdown, display
 
-from healthpredict import plots
-from healthpredict.scraps import record
-from healthpredict.training import train
+from healthpredict.modeling import plots
+from healthpredict.modeling.training import train
+from healthpredict.runs.scraps import record
 
 result = train(
     data_dir,

@@ -29,7 +29,7 @@
 # gets without any drift depends on the batch size. The reference's own batch-to-batch variation
 # (1,000 random no-drift batches of this size) sets every threshold so that the decision raises a
 # false alarm on at most `false_alarm_rate` of no-drift batches. The work happens in
-# `healthpredict.drift.monitor`; this notebook shows its evidence.
+# `healthpredict.monitoring.drift.monitor`; this notebook shows its evidence.
 
 # %% tags=["parameters"]
 new_data_path = ""  # raw batch CSV to monitor (path or s3:// URI); labels optional
@@ -55,9 +55,9 @@ from IPython.display import Markdown, display
 # tqdm (imported by a dependency) complains that this headless kernel has no widgets.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-from healthpredict import plots
-from healthpredict.drift import monitor, plot_column_scores, plot_predictions
-from healthpredict.scraps import record
+from healthpredict.modeling import plots
+from healthpredict.monitoring.drift import monitor, plot_column_scores, plot_predictions
+from healthpredict.runs.scraps import record
 
 # Evidently, MLflow and scikit-learn bring ~3,000 modules; keeping their objects out of the
 # cyclic garbage collector saves seconds of collections, mostly at kernel exit.

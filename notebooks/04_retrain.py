@@ -22,7 +22,7 @@
 # parameters. Champion and challenger are then scored on the same rows (the fixed test split and
 # the new holdout), and the challenger is promoted only if it is better on the new holdout and
 # not worse than `tolerance` on the fixed test split. The logic lives in
-# `healthpredict.retrain`; this notebook shows it.
+# `healthpredict.modeling.retrain`; this notebook shows it.
 
 # %% tags=["parameters"]
 retraining_data_path = None  # labelled raw batch CSV(s): list of paths/s3:// URIs, or one string
@@ -38,9 +38,9 @@ holdout_output_path = None  # raw CSV for the new holdout; None: <storage>/monit
 # %%
 from IPython.display import Markdown, display
 
-from healthpredict import plots
-from healthpredict.retrain import retrain
-from healthpredict.scraps import record
+from healthpredict.modeling import plots
+from healthpredict.modeling.retrain import retrain
+from healthpredict.runs.scraps import record
 
 result = retrain(
     retraining_data_path,

@@ -22,8 +22,8 @@ def real_zip() -> Path:
 
 def isolate_settings(patch: pytest.MonkeyPatch, base: Path) -> None:
     """Point every setting at ``base`` (storage, MLflow, rendered runs), synthetic data."""
-    from healthpredict import tracking
-    from healthpredict.config import get_settings
+    from healthpredict.core.settings import get_settings
+    from healthpredict.mlops import tracking
 
     patch.setenv("HP_STORAGE", str(base / "var"))
     patch.setenv("HP_MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
@@ -44,7 +44,7 @@ def settings_isolation():
 @pytest.fixture
 def hp_env(tmp_path, monkeypatch):
     """Point every setting at a fresh temporary folder (storage, MLflow, rendered runs)."""
-    from healthpredict.config import get_settings
+    from healthpredict.core.settings import get_settings
 
     isolate_settings(monkeypatch, tmp_path)
     yield tmp_path
@@ -64,10 +64,10 @@ def synthetic_champion():
     def make(n_synthetic: int):
         import mlflow
 
-        from healthpredict import registry, tracking
         from healthpredict.data.split import SplitParams, load_split, prepare
-        from healthpredict.features import make_target
-        from healthpredict.training import choose_threshold, make_pipeline
+        from healthpredict.mlops import registry, tracking
+        from healthpredict.modeling.features import make_target
+        from healthpredict.modeling.training import choose_threshold, make_pipeline
 
         prepare("synthetic", params=SplitParams(initial_fraction=0.5), n_synthetic=n_synthetic)
         train, validation, test = (load_split(s) for s in ("initial_train", "validation", "test"))
@@ -143,7 +143,7 @@ def s3_bucket(moto_server, monkeypatch):
 
     import boto3
 
-    from healthpredict.config import get_settings
+    from healthpredict.core.settings import get_settings
 
     monkeypatch.setenv("HP_S3_ENDPOINT_URL", moto_server)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")

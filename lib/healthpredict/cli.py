@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from healthpredict.core import layout
+
 app = typer.Typer(
     help="Health Predict: notebook-driven readmission-risk pipeline.", no_args_is_help=True
 )
@@ -62,13 +64,12 @@ def data_prepare(
     n_synthetic: int = typer.Option(30_000, help="Rows to generate when the source is synthetic."),
 ) -> None:
     """Load, validate and split the encounters; write four CSVs and manifest.json."""
-    from healthpredict.config import get_settings
     from healthpredict.data.split import SplitParams, prepare
 
     params = SplitParams(initial_fraction, validation_fraction, test_fraction, target, seed)
     manifest = prepare(source, out_dir=out_dir, params=params, n_synthetic=n_synthetic)
     _print_manifest(manifest)
-    typer.echo(out_dir or get_settings().processed_data)
+    typer.echo(out_dir or layout.processed_data())
 
 
 @app.command("loop")
@@ -89,15 +90,17 @@ def loop_command(
     batch and the problem, its failed notebook run is in the rendered folder); 3: another runner
     holds the lease (nothing was done).
     """
-    from healthpredict import loop, notebooks, storage
+    from healthpredict import runs
+    from healthpredict.core import storage
     from healthpredict.data.split import load_split
-    from healthpredict.registry import ModelNotFoundError
-    from healthpredict.tracking import TrackingUnavailableError
+    from healthpredict.mlops.registry import ModelNotFoundError
+    from healthpredict.mlops.tracking import TrackingUnavailableError
+    from healthpredict.pipelines import loop
 
     # Failures with a message written for a person (bad batch, missing model, service down...);
     # anything else is a bug and keeps its traceback.
     expected = (
-        notebooks.NotebookError,
+        runs.NotebookError,
         storage.StorageError,
         ModelNotFoundError,
         TrackingUnavailableError,
@@ -135,7 +138,7 @@ def _print_error(exc: BaseException) -> None:
 def _run_loop_with_progress(total: int, **kwargs) -> list:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from healthpredict import loop
+    from healthpredict.pipelines import loop
 
     columns = (
         TextColumn("{task.description}"),
@@ -169,10 +172,10 @@ def demo(
     batch_size: int = typer.Option(2000, help="Rows per batch."),
 ) -> None:
     """The whole pipeline on embedded defaults: prepare, EDA, train, monitoring loop, gallery."""
-    from healthpredict import notebooks
-    from healthpredict.config import get_settings
+    from healthpredict import runs
+    from healthpredict.core.settings import get_settings
     from healthpredict.data.split import prepare
-    from healthpredict.gallery import build_gallery
+    from healthpredict.runs.gallery import build_gallery
 
     settings = get_settings()
     console.rule("1/4 prepare data")
@@ -180,10 +183,10 @@ def demo(
     _print_manifest(manifest)
     _start_demo_loop_afresh()
     console.rule("2/4 exploratory data analysis")
-    eda = notebooks.run("01_eda", {})
+    eda = runs.run("01_eda", {})
     console.print(f"EDA: {eda.run_dir}")
     console.rule("3/4 train with hyper-parameter search")
-    trained = notebooks.run("02_train_hpo", {"n_trials": n_trials})
+    trained = runs.run("02_train_hpo", {"n_trials": n_trials})
     scraps = trained.scraps
     console.print(
         f"champion candidate: {scraps['best_family']} test ROC AUC {scraps['test_roc_auc']:.3f}, "
@@ -191,14 +194,14 @@ def demo(
     )
     if not scraps["promoted"]:
         # A champion from an earlier run (perhaps on other data) must not monitor this one.
-        from healthpredict.registry import promote
+        from healthpredict.mlops.registry import promote
 
         promote(settings.model_name, scraps["model_version"])
         console.print(f"demo: version {scraps['model_version']} made champion for this run")
     console.rule(f"4/4 monitoring loop ({batches} batches of {batch_size})")
     outcomes = _run_loop_with_progress(batches, batch_size=batch_size, max_batches=batches)
     gallery = build_gallery()
-    from healthpredict.registry import champion_uri, get_model_info
+    from healthpredict.mlops.registry import champion_uri, get_model_info
 
     champion = get_model_info(champion_uri())
     console.rule("done")
@@ -215,8 +218,8 @@ def demo(
 
 def _start_demo_loop_afresh() -> None:
     """Set aside the loop state of an earlier run: its cursor meant other prepared data."""
-    from healthpredict import storage
-    from healthpredict.loop import monitoring_dir
+    from healthpredict.core import storage
+    from healthpredict.pipelines.loop import monitoring_dir
 
     state = storage.join(monitoring_dir(), "state.json")
     if storage.exists(state):
@@ -279,17 +282,17 @@ def run_command(
 
     Exit code 1: the run failed (its files are still written); 2: bad parameters or notebook.
     """
-    from healthpredict import notebooks
+    from healthpredict import runs
 
     notebook, parameters = _notebook_and_params([notebook, *ctx.args])
     try:
-        result = notebooks.run(
+        result = runs.run(
             notebook, parameters, run_dir, kernel_name=kernel, force=force, hide_code=not show_code
         )
-    except notebooks.NotebookRunError as exc:
+    except runs.NotebookRunError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    except (notebooks.ParameterError, notebooks.NotebookNotFoundError) as exc:
+    except (runs.ParameterError, runs.NotebookNotFoundError) as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     typer.echo(result.run_dir)
@@ -298,14 +301,14 @@ def run_command(
 
 def _execute(notebook: str, parameters: dict, force: bool):
     """Run a pipeline notebook through the runner; exit 1 when the run failed, 2 on bad input."""
-    from healthpredict import notebooks
+    from healthpredict import runs
 
     try:
-        return notebooks.run(notebook, parameters, force=force)
-    except notebooks.NotebookRunError as exc:
+        return runs.run(notebook, parameters, force=force)
+    except runs.NotebookRunError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    except notebooks.ParameterError as exc:
+    except runs.ParameterError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -393,8 +396,8 @@ def monitor_command(
     """
     from pathlib import Path
 
-    from healthpredict.config import get_settings
-    from healthpredict.storage import is_s3, join
+    from healthpredict.core.settings import get_settings
+    from healthpredict.core.storage import is_s3, join
 
     def absolute(uri: str | None) -> str | None:
         # The kernel runs in notebooks/: a relative path must mean what it meant here.
@@ -402,7 +405,7 @@ def monitor_command(
 
     settings = get_settings()
     # Named explicitly (not left to the notebook's default) so the run's input hashes cover it.
-    reference = reference or join(settings.processed_data, "initial_train.csv")
+    reference = reference or join(layout.processed_data(), "initial_train.csv")
     params = {"new_data_path": absolute(batch), "reference_data_path": absolute(reference),
               "mlflow_model_uri": model_uri or f"models:/{settings.model_name}@champion",
               "evidently_reports_path": absolute(reports_dir)}  # fmt: skip
@@ -418,7 +421,7 @@ def gallery_command(
     rendered_dir: str = typer.Option(None, help="Folder of the runs (default: HP_RENDERED_DIR)."),
 ) -> None:
     """Rebuild rendered/index.html (one row per notebook run) and print its path."""
-    from healthpredict.gallery import build_gallery
+    from healthpredict.runs.gallery import build_gallery
 
     typer.echo(build_gallery(rendered_dir))
 
@@ -431,7 +434,7 @@ def export_model_command(
     ),
 ) -> None:
     """Write a registered model plus model_info.json to a folder the serving image can bake in."""
-    from healthpredict.registry import champion_uri
+    from healthpredict.mlops.registry import champion_uri
     from healthpredict.serving.model_store import ModelLoadError, export_model
 
     try:

@@ -8,7 +8,7 @@ import pytest
 
 from healthpredict.data import synthetic
 from healthpredict.data.schema import TARGET
-from healthpredict.features import (
+from healthpredict.modeling.features import (
     CODE_FEATURES,
     MODEL_FEATURES,
     build_preprocessor,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from healthpredict import storage
+from healthpredict.core import storage
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -46,7 +46,7 @@ def dag_env(tmp_path_factory):
     Module-scoped (DAG runs build on each other), so it patches the environment itself; the
     whole environment is restored afterwards, including what task runs exported into it.
     """
-    from healthpredict.config import get_settings
+    from healthpredict.core.settings import get_settings
 
     tmp = tmp_path_factory.mktemp("dag_env")
     saved = dict(os.environ)

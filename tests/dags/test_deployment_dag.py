@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from healthpredict import deploy
+from healthpredict.mlops import deploy
 
 REGISTRY = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
 IMAGE = f"{REGISTRY}/healthpredict-api:v7"
@@ -86,10 +86,10 @@ def champion(dag_env):
     """A logistic-regression champion (version 1) on small synthetic data."""
     import mlflow
 
-    from healthpredict import registry, tracking
     from healthpredict.data.split import SplitParams, load_split, prepare
-    from healthpredict.features import make_target
-    from healthpredict.training import make_pipeline
+    from healthpredict.mlops import registry, tracking
+    from healthpredict.modeling.features import make_target
+    from healthpredict.modeling.training import make_pipeline
 
     prepare("synthetic", params=SplitParams(initial_fraction=0.5), n_synthetic=2000)
     train = load_split("initial_train")
@@ -119,7 +119,7 @@ def api(champion, dag_env):
     """The real serving app under uvicorn on 127.0.0.1, serving the champion it found."""
     from dagtools import LiveServer
 
-    from healthpredict.config import get_settings
+    from healthpredict.core.settings import get_settings
 
     repo = Path(__file__).resolve().parents[2]
     if not (repo / "serving" / "app.py").exists():
@@ -139,7 +139,8 @@ def test_dry_run_records_the_commands_and_verifies_the_live_api(airflow_db, api,
     pytest.importorskip("airflow", reason="the airflow extra is not installed")
     from dagtools import load_dags, task_states, xcom
 
-    from healthpredict import orchestration, storage
+    from healthpredict.core import storage
+    from healthpredict.pipelines import orchestration
 
     conf = {"dry_run": True, "api_url": api.url, "ecr_registry": REGISTRY, "verify_timeout": 20}
     run = load_dags()["health_predict_api_deployment"].test(run_conf=conf)
@@ -176,7 +177,9 @@ def test_a_stale_api_fails_the_verification(airflow_db, api, champion, dag_env):
     pytest.importorskip("airflow", reason="the airflow extra is not installed")
     from dagtools import load_dags, task_states
 
-    from healthpredict import orchestration, registry, storage
+    from healthpredict.core import storage
+    from healthpredict.mlops import registry
+    from healthpredict.pipelines import orchestration
 
     newer = champion()  # a second version, promoted; the running API still serves version 1
     registry.promote("HealthPredict", newer.version)

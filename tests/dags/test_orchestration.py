@@ -10,8 +10,9 @@ import nbformat
 import pandas as pd
 import pytest
 
-from healthpredict import loop, orchestration, storage
-from healthpredict.notebooks import NotebookRunError, ParameterError
+from healthpredict.core import storage
+from healthpredict.pipelines import loop, orchestration
+from healthpredict.runs import NotebookRunError, ParameterError
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 RECORDS = str(Path(__file__).resolve().parents[1] / "notebooks" / "fixtures" / "records.py")
@@ -66,7 +67,7 @@ def test_prepare_sets_run_dir_and_refuses_bad_parameters_before_writing(hp_env):
 
 def _executed(prepared, scraps: dict) -> None:
     """Write an 'executed' notebook holding scraps, as papermill would have."""
-    from healthpredict.scraps import SCRAP_MIMETYPE
+    from healthpredict.runs.scraps import SCRAP_MIMETYPE
 
     nb = nbformat.read(prepared["input_ipynb"], as_version=4)
     outputs = [

@@ -19,8 +19,10 @@ pytest.importorskip("airflow", reason="the airflow extra is not installed")
 
 from dagtools import dag_run, load_dags, task_states, xcom  # noqa: E402
 
-from healthpredict import loop, storage  # noqa: E402
-from healthpredict.config import get_settings  # noqa: E402
+from healthpredict.core import storage  # noqa: E402
+from healthpredict.core import layout
+from healthpredict.core.settings import get_settings  # noqa: E402
+from healthpredict.pipelines import loop
 
 pytestmark = pytest.mark.slow
 
@@ -65,13 +67,13 @@ def stream(trained, dag_env):
 
     Also a schema-broken copy (``A1Cresult`` dropped) for the failure test.
     """
-    from healthpredict.data import drift_scenarios
     from healthpredict.data.split import load_split
+    from tests.support import drift_scenarios
 
     future = load_split("future_data")
     drifted = drift_scenarios.apply("older_patients", future.iloc[500:750], strength=1.0)
     frame = pd.concat([future.iloc[250:500], drifted], ignore_index=True)
-    storage.write_csv(storage.join(get_settings().processed_data, "future_data.csv"), frame)
+    storage.write_csv(storage.join(layout.processed_data(), "future_data.csv"), frame)
     faulty = drift_scenarios.apply("drop_column", frame)
     faulty_uri = storage.write_csv(str(dag_env / "faulty_stream.csv"), faulty)
     return {"frame": frame, "faulty_uri": faulty_uri}
@@ -94,7 +96,7 @@ def sha256(path: Path) -> str:
 
 
 def test_training_dag_prepares_trains_and_registers(trained):
-    from healthpredict import registry
+    from healthpredict.mlops import registry
 
     assert trained.state == "success"
     assert task_states(trained) == {
@@ -216,7 +218,7 @@ def test_loop_makes_the_same_decisions_as_the_dag(dag_env, stream):
 
 
 def test_the_triggered_conf_runs_the_retraining_branch(dags, stream):
-    from healthpredict import orchestration
+    from healthpredict.pipelines import orchestration
 
     monitoring_run = loop.LoopState.load().history[1]["retrain"]["triggered_run_id"]
     _, conf = dag_run(TRAINING, monitoring_run)

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from healthpredict.data import drift_scenarios as ds
 from healthpredict.data.schema import AGE_BRACKETS, RawSchemaError, validate_raw
 from healthpredict.data.synthetic import generate, risk_probability
+from tests.support import drift_scenarios as ds
 
 VALID = [name for name, s in ds.SCENARIOS.items() if s.kind != "schema"]
 FAULTS = {

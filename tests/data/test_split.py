@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from healthpredict import storage
+from healthpredict.core import storage
 from healthpredict.data.schema import EXCLUDED_DISPOSITIONS
 from healthpredict.data.split import SPLITS, SplitParams, load_split, prepare, read_manifest
 from healthpredict.data.uci import CSV_SHA256

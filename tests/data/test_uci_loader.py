@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from healthpredict import storage
+from healthpredict.core import storage
 from healthpredict.data.uci import CSV_SHA256, UCIDataError, find_csv_in_zip, load_uci, read_raw_csv
 from tests.conftest import REAL_ZIP_UCI_LAYOUT
 

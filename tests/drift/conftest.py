@@ -18,7 +18,8 @@ def drift_env(tmp_path_factory, synthetic_champion, settings_isolation):
     Module-scoped (training and registering once per module), so it sets the environment itself
     instead of using the function-scoped ``hp_env``.
     """
-    from healthpredict.config import get_settings
+    from healthpredict.core import layout
+    from healthpredict.core.settings import get_settings
 
     tmp = tmp_path_factory.mktemp("drift")
     patch = pytest.MonkeyPatch()
@@ -26,7 +27,7 @@ def drift_env(tmp_path_factory, synthetic_champion, settings_isolation):
     try:
         # Half the encounters form the initial period: ~3,400 / 730 / 730 rows per split.
         made = synthetic_champion(N_SYNTHETIC)
-        data_dir = Path(get_settings().processed_data)
+        data_dir = Path(layout.processed_data())
         yield SimpleNamespace(
             tmp=tmp,
             data_dir=data_dir,

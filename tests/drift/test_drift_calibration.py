@@ -9,7 +9,7 @@ from scipy import stats
 from scipy.spatial import distance
 from sklearn.metrics import roc_auc_score
 
-from healthpredict import drift
+from healthpredict.monitoring import drift
 
 METHODS = {"x": "wasserstein", "k": "wasserstein", "c": "jensenshannon", "d": "jensenshannon"}
 
@@ -49,8 +49,9 @@ def test_distances_match_scipy():
 
 
 def test_fast_scores_match_evidently_report():
-    from healthpredict.data import drift_scenarios, synthetic
-    from healthpredict.features import clean_data, engineer_features
+    from healthpredict.data import synthetic
+    from healthpredict.modeling.features import clean_data, engineer_features
+    from tests.support import drift_scenarios
 
     raw = synthetic.generate(3000, seed=3)
     ref = engineer_features(clean_data(raw.iloc[:2400]))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from drift_helpers import write_batch
 
-from healthpredict.data import drift_scenarios
+from tests.support import drift_scenarios
 
 pytestmark = pytest.mark.slow
 STATUSES = {"DRIFT_DETECTED", "NO_DRIFT"}
@@ -29,7 +29,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def _monitoring_runs():
     from mlflow import MlflowClient
 
-    from healthpredict import tracking
+    from healthpredict.mlops import tracking
 
     tracking.setup_mlflow()
     exp = MlflowClient().get_experiment_by_name("HealthPredict_Monitoring")

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 from drift_helpers import write_batch
 
-from healthpredict import drift, registry, tracking
-from healthpredict.data import drift_scenarios
 from healthpredict.data.schema import RawSchemaError
+from healthpredict.mlops import registry, tracking
+from healthpredict.monitoring import drift
+from tests.support import drift_scenarios
 
 
 def _runs(experiment: str = drift.DEFAULT_EXPERIMENT):
@@ -76,7 +77,7 @@ def test_no_drift_batch(clean_result, drift_env):
         assert Path(path).parent == reports
         _assert_html(path)
     scraps = result.scraps()
-    from healthpredict.notebooks.contracts import check_scraps
+    from healthpredict.runs.contracts import check_scraps
 
     assert check_scraps("03_drift_monitor", scraps) == []
     assert scraps["performance"]["batch_roc_auc"] == pytest.approx(
@@ -230,7 +231,7 @@ def test_failure_inside_the_run_marks_it_failed(drift_env, monkeypatch):
 def test_batch_and_reports_on_s3(drift_env, s3_bucket):
     from mlflow import MlflowClient
 
-    from healthpredict import storage
+    from healthpredict.core import storage
 
     uri = storage.write_csv(f"{s3_bucket}/batches/clean.csv", drift_env.clean_batch)
     result = drift.monitor(

@@ -22,8 +22,9 @@ def champion(tmp_path_factory, synthetic_champion, settings_isolation):
     Session-scoped, so it sets the environment itself and restores it before the tests run:
     they get their settings from ``env``, and later test modules must not inherit these.
     """
-    from healthpredict import drift
-    from healthpredict.config import get_settings
+    from healthpredict.core import layout
+    from healthpredict.core.settings import get_settings
+    from healthpredict.monitoring import drift
 
     base = tmp_path_factory.mktemp("faults-champion")
     patch = pytest.MonkeyPatch()
@@ -32,7 +33,7 @@ def champion(tmp_path_factory, synthetic_champion, settings_isolation):
         # Half the encounters form the initial period (~3,400 training rows); 5,000 future rows.
         made = synthetic_champion(N_SYNTHETIC)
         info = made.info
-        reference = str(Path(get_settings().processed_data) / "initial_train.csv")
+        reference = str(Path(layout.processed_data()) / "initial_train.csv")
         # The calibration of the loop's batch size, computed once and copied into every test.
         drift.prepare_reference(
             reference, drift.default_model_reference(reference), made.pipeline, info, BATCH_ROWS
@@ -46,7 +47,7 @@ def champion(tmp_path_factory, synthetic_champion, settings_isolation):
 @pytest.fixture
 def env(champion, tmp_path, monkeypatch):
     """Settings pointing at a fresh copy of the champion's world; ``env.cli_env`` for children."""
-    from healthpredict.config import get_settings
+    from healthpredict.core.settings import get_settings
     from healthpredict.data.split import load_split
 
     var = tmp_path / "var"

@@ -60,7 +60,7 @@ def mlflow_runs(experiment: str = "HealthPredict_Monitoring") -> list:
     """Runs of an experiment in the configured MLflow store (all statuses)."""
     from mlflow import MlflowClient
 
-    from healthpredict import tracking
+    from healthpredict.mlops import tracking
 
     tracking.setup_mlflow()
     client = MlflowClient()
@@ -72,7 +72,7 @@ def aliases(name: str = "HealthPredict") -> dict[str, str]:
     """Alias -> version of the registered model, and the number of versions under ``#``."""
     from mlflow import MlflowClient
 
-    from healthpredict import tracking
+    from healthpredict.mlops import tracking
 
     tracking.setup_mlflow()
     client = MlflowClient()

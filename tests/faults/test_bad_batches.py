@@ -17,10 +17,12 @@ import pandas as pd
 import pytest
 from fault_helpers import BATCH_ROWS, MONITOR, mlflow_runs, run_dirs, run_records, state_bytes
 
-from healthpredict import drift, loop, storage
+from healthpredict.core import storage
 from healthpredict.data.schema import RawSchemaError
 from healthpredict.data.uci import UCIDataError
-from healthpredict.notebooks import NotebookRunError
+from healthpredict.monitoring import drift
+from healthpredict.pipelines import loop
+from healthpredict.runs import NotebookRunError
 
 pytestmark = pytest.mark.faults
 
@@ -237,11 +239,12 @@ def test_truncated_batch_file_fails_the_notebook_run(env, monkeypatch):
 _BIG_BATCH = textwrap.dedent(
     """
     import json, resource, sys
-    from healthpredict import notebooks, storage
+    from healthpredict import runs
+    from healthpredict.core import storage
     from healthpredict.data import synthetic
 
     uri = storage.write_csv(sys.argv[1], synthetic.generate(200_000, seed=3))
-    result = notebooks.run("03_drift_monitor", {"new_data_path": uri}, progress=False)
+    result = runs.run("03_drift_monitor", {"new_data_path": uri}, progress=False)
     print(json.dumps({
         "status": result.status,
         "batch_rows": result.scraps["batch_rows"],

@@ -31,8 +31,10 @@ from fault_helpers import (
     wait_for,
 )
 
-from healthpredict import loop, storage, tracking
-from healthpredict.gallery import build_gallery
+from healthpredict.core import storage
+from healthpredict.mlops import tracking
+from healthpredict.pipelines import loop
+from healthpredict.runs.gallery import build_gallery
 
 pytestmark = pytest.mark.faults
 LEASE_SECONDS = 9  # renewed every 3 s while the runner lives

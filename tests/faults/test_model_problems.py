@@ -14,8 +14,12 @@ from pathlib import Path
 import pytest
 from fault_helpers import BATCH_ROWS, MONITOR, mlflow_runs, run_cli, run_records
 
-from healthpredict import drift, loop, notebooks, registry, storage, tracking
+from healthpredict import runs
+from healthpredict.core import storage
 from healthpredict.data.schema import schema_hash
+from healthpredict.mlops import registry, tracking
+from healthpredict.monitoring import drift
+from healthpredict.pipelines import loop
 
 pytestmark = pytest.mark.faults
 OLD_SCHEMA = "0123456789abcdef"
@@ -77,10 +81,8 @@ def test_monitor_refuses_a_model_of_another_schema_before_its_run(env):
 
 def test_monitor_notebook_with_a_missing_model_fails_at_its_first_cell(env):
     uri = _batch(env)
-    with pytest.raises(notebooks.NotebookRunError) as info:
-        notebooks.run(
-            MONITOR, {"new_data_path": uri, "mlflow_model_uri": "models:/HealthPredict@gone"}
-        )
+    with pytest.raises(runs.NotebookRunError) as info:
+        runs.run(MONITOR, {"new_data_path": uri, "mlflow_model_uri": "models:/HealthPredict@gone"})
     assert info.value.ename == "ModelNotFoundError"
     assert "registered model 'HealthPredict' has no alias 'gone'" in info.value.evalue
     (record,) = run_records(env.rendered, MONITOR)

@@ -31,10 +31,11 @@ from fault_helpers import (
     wait_for,
 )
 
-from healthpredict import loop, storage
-from healthpredict.config import get_settings
-from healthpredict.data import drift_scenarios
-from healthpredict.notebooks import NotebookRunError
+from healthpredict.core import layout, storage
+from healthpredict.core.settings import get_settings
+from healthpredict.pipelines import loop
+from healthpredict.runs import NotebookRunError
+from tests.support import drift_scenarios
 
 pytestmark = pytest.mark.faults
 
@@ -120,12 +121,10 @@ def s3(env, monkeypatch):
     get_settings.cache_clear()
     boto3.client("s3", endpoint_url=server.url).create_bucket(Bucket="hp-faults")
     for path in sorted(env.data_dir.iterdir()):
-        storage.write_bytes(
-            storage.join(get_settings().processed_data, path.name), path.read_bytes()
-        )
+        storage.write_bytes(storage.join(layout.processed_data(), path.name), path.read_bytes())
     drifted = drift_scenarios.apply("more_prior_inpatient", env.future.iloc[:BATCH_ROWS], 1.5)
     future = pd.concat([drifted, env.future.iloc[BATCH_ROWS:]], ignore_index=True)
-    storage.write_csv(storage.join(get_settings().processed_data, "future_data.csv"), future)
+    storage.write_csv(storage.join(layout.processed_data(), "future_data.csv"), future)
     try:
         yield server
     finally:

@@ -237,7 +237,7 @@ def test_airflow_runs_3_3_2_with_local_executor_and_the_project_mounted(compose,
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].startswith("http://airflow-apiserver:")
     assert "./dags:/opt/airflow/dags:ro" in common["volumes"]
     # The checkout (notebooks, lib, rendered/, serving/, k8s/) at the project root the
-    # package resolves (healthpredict.config.project_root), and the DAG param's registry.
+    # package resolves (healthpredict.core.settings.project_root), and the DAG param's registry.
     assert ".:/opt/healthpredict" in common["volumes"]
     assert env["PYTHONPATH"] == "/opt/healthpredict/lib"
     assert env["HP_ECR_REGISTRY"] == "${ECR_REGISTRY}"

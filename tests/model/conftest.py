@@ -44,7 +44,7 @@ def shuffled_labels():
 def _shuffled_labels(src: str, dst: Path, splits: tuple[str, ...], seed: int = 0) -> str:
     import numpy as np
 
-    from healthpredict import storage
+    from healthpredict.core import storage
     from healthpredict.data.split import load_split
 
     shutil.copytree(src, dst)

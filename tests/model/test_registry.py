@@ -1,13 +1,13 @@
 import pytest
 
-from healthpredict import registry, tracking
+from healthpredict.mlops import registry, tracking
 
 
 @pytest.fixture
 def fitted(data_dir):
     from healthpredict.data.split import load_split
-    from healthpredict.features import make_target
-    from healthpredict.training import make_pipeline
+    from healthpredict.modeling.features import make_target
+    from healthpredict.modeling.training import make_pipeline
 
     train = load_split("initial_train", data_dir)
     return make_pipeline("logreg", {"C": 1.0}, seed=0).fit(train, make_target(train)), train
@@ -95,7 +95,7 @@ def test_a_fresh_process_whose_first_mlflow_call_is_the_registry_uses_the_config
     elsewhere = hp_env / "elsewhere"
     elsewhere.mkdir()
     code = (
-        "from healthpredict import registry; registry.promote('HealthPredict', '2'); "
+        "from healthpredict.mlops import registry; registry.promote('HealthPredict', '2'); "
         "print(registry.alias_version('HealthPredict', 'champion'))"
     )
     # As from a shell: only the HP_* settings (set_tracking_uri exported MLFLOW_* in this process).

@@ -6,7 +6,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def batch(data_dir, hp_env):
     """First 1,500 future encounters as a labelled batch CSV."""
-    from healthpredict import storage
+    from healthpredict.core import storage
     from healthpredict.data.split import load_split
 
     uri = str(hp_env / "batches" / "batch_001.csv")
@@ -15,7 +15,7 @@ def batch(data_dir, hp_env):
 
 
 def _aliases():
-    from healthpredict import registry
+    from healthpredict.mlops import registry
 
     return {
         a: registry.alias_version("HealthPredict", a)
@@ -24,15 +24,15 @@ def _aliases():
 
 
 def _train(data_dir):
-    from healthpredict.training import train
+    from healthpredict.modeling.training import train
 
     return train(data_dir, families=["logreg"], n_trials=2, importance_repeats=0, progress=False)
 
 
 def test_worse_challenger_is_not_promoted(data_dir, batch, hp_env, shuffled_labels):
-    from healthpredict import storage
+    from healthpredict.core import storage
     from healthpredict.data.split import load_split
-    from healthpredict.retrain import retrain
+    from healthpredict.modeling.retrain import retrain
 
     champion = _train(data_dir)
     assert champion.promoted
@@ -52,7 +52,7 @@ def test_worse_challenger_is_not_promoted(data_dir, batch, hp_env, shuffled_labe
 
 
 def test_better_challenger_is_promoted(data_dir, batch, hp_env, shuffled_labels):
-    from healthpredict.retrain import retrain
+    from healthpredict.modeling.retrain import retrain
 
     # A champion trained on shuffled labels is easy to beat.
     bad_dir = shuffled_labels(data_dir, hp_env / "bad", ("initial_train",))

@@ -1,6 +1,6 @@
 import pytest
 
-from healthpredict import training
+from healthpredict.modeling import training
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_grouped_cross_validation_folds_score_every_row_once(splits):
 def test_cross_validated_trial_scores_the_mean_of_its_folds(splits):
     from sklearn.metrics import roc_auc_score
 
-    from healthpredict.features import make_target
+    from healthpredict.modeling.features import make_target
 
     train, val = splits
     params = {"C": 0.1, "class_weight": None}

@@ -8,10 +8,10 @@ def test_train_notebook_end_to_end(data_dir, hp_env):
     import mlflow
     from mlflow import MlflowClient
 
-    from healthpredict import registry, tracking
     from healthpredict.data.schema import FEATURE_COLUMNS
     from healthpredict.data.split import load_split
-    from healthpredict.notebooks import run
+    from healthpredict.mlops import registry, tracking
+    from healthpredict.runs import run
 
     result = run(
         "02_train_hpo",

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from healthpredict import training
+from healthpredict.modeling import training
 
 
 def test_trial_params_round_trip():
@@ -19,7 +19,7 @@ def test_unknown_family_is_named():
 @pytest.mark.parametrize("family", training.FAMILIES)
 def test_pipeline_takes_raw_fields(family, synthetic_prepared):
     from healthpredict.data.split import load_split
-    from healthpredict.features import make_target
+    from healthpredict.modeling.features import make_target
 
     train = load_split("initial_train", str(synthetic_prepared)).head(600)
     small = {"logreg": {"C": 1.0}, "rf": {"n_estimators": 10}, "hgb": {"max_iter": 10}}[family]
@@ -89,8 +89,8 @@ def test_redact_hides_password():
 
 
 def test_artifact_location_follows_storage(hp_env, monkeypatch):
-    from healthpredict import tracking
-    from healthpredict.config import get_settings
+    from healthpredict.core.settings import get_settings
+    from healthpredict.mlops import tracking
 
     local = tracking.artifact_location("HealthPredict_Training")
     assert local == (hp_env / "var" / "mlartifacts" / "HealthPredict_Training").as_uri()

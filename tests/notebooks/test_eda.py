@@ -1,4 +1,4 @@
-"""EDA tables (healthpredict.eda) and the 01_eda notebook on small synthetic data."""
+"""EDA tables (healthpredict.data.eda) and the 01_eda notebook on small synthetic data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from healthpredict import eda
+from healthpredict.core import layout
+from healthpredict.data import eda
 
 
 def test_missingness_counts_nan_and_markers():
@@ -68,11 +69,10 @@ def test_target_correlations_and_banner():
 
 @pytest.mark.slow
 def test_eda_notebook_runs_on_synthetic_data(hp_env):
-    from healthpredict.config import get_settings
     from healthpredict.data.split import prepare
-    from healthpredict.notebooks import run
+    from healthpredict.runs import run
 
-    data_dir = get_settings().processed_data
+    data_dir = layout.processed_data()
     manifest = prepare("synthetic", out_dir=data_dir, n_synthetic=2500)
     result = run("01_eda", {"data_dir": data_dir}, progress=False)
 

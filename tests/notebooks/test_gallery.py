@@ -13,10 +13,10 @@ from urllib.parse import unquote
 import pytest
 from typer.testing import CliRunner
 
-from healthpredict import storage
 from healthpredict.cli import app
-from healthpredict.gallery import build_gallery, chart_svg, series
-from healthpredict.notebooks import NotebookRunError, run
+from healthpredict.core import storage
+from healthpredict.runs import NotebookRunError, run
+from healthpredict.runs.gallery import build_gallery, chart_svg, series
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -51,7 +51,7 @@ def _fake_run(rendered: Path, stamp: str, notebook: str, scraps: dict, **extra) 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     """A rendered folder with two real runs (one failed) and a fabricated batch stream."""
-    from healthpredict.config import get_settings
+    from healthpredict.core.settings import get_settings
 
     root = tmp_path_factory.mktemp("gallery")
     out = root / "rendered"
@@ -122,7 +122,7 @@ def test_gallery_rows_and_content(rendered):
 
 def test_chart_series_follow_the_batch_stream(rendered):
     out, _ = rendered
-    from healthpredict.gallery import load_runs
+    from healthpredict.runs.gallery import load_runs
 
     points = series(load_runs(str(out)))
     assert [p[:2] for p in points["auc"]] == [(1, 0.67), (5, 0.7)]

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from healthpredict.notebooks.provenance import git_info
+from healthpredict.core.gitinfo import git_info
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="no git binary")
 

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from healthpredict.cli import app
-from healthpredict.notebooks import ParameterError, run
-from healthpredict.notebooks.contracts import REQUIRED_SCRAPS, check_scraps
-from healthpredict.notebooks.parameters import (
+from healthpredict.runs import ParameterError, run
+from healthpredict.runs.contracts import REQUIRED_SCRAPS, check_scraps
+from healthpredict.runs.parameters import (
     merge_parameters,
     parse_parameters,
     parse_parameters_source,

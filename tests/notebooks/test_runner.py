@@ -15,10 +15,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from healthpredict import storage
-from healthpredict.notebooks import NotebookRunError, run
-from healthpredict.notebooks.render import render_html
-from healthpredict.scraps import read_scraps
+from healthpredict.core import storage
+from healthpredict.runs import NotebookRunError, run
+from healthpredict.runs.render import render_html
+from healthpredict.runs.scraps import read_scraps
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RECORDS = FIXTURES / "records.py"
@@ -37,7 +37,7 @@ def sha(path: Path) -> str:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Settings pointing at one temporary folder for the whole module (kernel runs are costly)."""
-    from healthpredict.config import get_settings
+    from healthpredict.core.settings import get_settings
 
     root = tmp_path_factory.mktemp("runner")
     with pytest.MonkeyPatch.context() as mp:
@@ -259,7 +259,7 @@ def test_cli_failure_exits_1_with_cell_and_message(env):
 
 
 def test_run_to_s3(hp_env, s3_bucket):
-    from healthpredict.notebooks import RunResult
+    from healthpredict.runs import RunResult
 
     source = storage.join(s3_bucket, "inputs", "data.txt")
     storage.write_text(source, "from s3")

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from healthpredict import storage
-from healthpredict.scraps import (
+from healthpredict.core import storage
+from healthpredict.runs.scraps import (
     NULL_SCRAP_MIMETYPE,
     SCRAP_MIMETYPE,
     read_scraps,

@@ -13,9 +13,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_twice_monitors_its_own_model_from_the_first_batch(hp_env):
-    from healthpredict import loop
     from healthpredict.cli import app
-    from healthpredict.registry import champion_uri, get_model_info
+    from healthpredict.mlops.registry import champion_uri, get_model_info
+    from healthpredict.pipelines import loop
 
     args = ["demo", "--source", "synthetic", "--n-trials", "1", "--batches", "1"]
     first = CliRunner().invoke(app, [*args, "--batch-size", "500"])

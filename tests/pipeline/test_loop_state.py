@@ -9,8 +9,8 @@ import multiprocessing as mp
 import pandas as pd
 import pytest
 
-from healthpredict import storage
-from healthpredict.loop import (
+from healthpredict.core import storage
+from healthpredict.pipelines.loop import (
     BatchWindow,
     LoopLockedError,
     LoopState,

@@ -38,11 +38,11 @@ def register(tracking_uri: str, family: str, seed: int, n_rows: int = 2000) -> s
     """Fit ``family`` on synthetic rows, log and register it; champion only if none yet."""
     import mlflow
 
-    from healthpredict import registry
     from healthpredict.data.synthetic import generate
-    from healthpredict.features import make_target
-    from healthpredict.tracking import setup_mlflow, use_experiment
-    from healthpredict.training import make_pipeline
+    from healthpredict.mlops import registry
+    from healthpredict.mlops.tracking import setup_mlflow, use_experiment
+    from healthpredict.modeling.features import make_target
+    from healthpredict.modeling.training import make_pipeline
 
     setup_mlflow(tracking_uri)
     use_experiment("serving-tests")
@@ -70,9 +70,9 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from serving_helpers import MODEL_NAME, register
-from healthpredict.tracking import setup_mlflow
+from healthpredict.mlops.tracking import setup_mlflow
 from mlflow import MlflowClient
-from healthpredict.tracking import use_experiment
+from healthpredict.mlops.tracking import use_experiment
 uri, family, seed, alias, go = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
 setup_mlflow(uri)
 use_experiment("serving-tests")  # creates the database: nobody else must migrate it meanwhile
@@ -139,8 +139,8 @@ def write_model_dir(
 def baked_model(path: Path, family: str = "logreg", seed: int = 4, version: str = "1") -> Path:
     """Fit ``family`` on synthetic rows and write it as a MODEL_DIR (no MLflow involved)."""
     from healthpredict.data.synthetic import generate
-    from healthpredict.features import make_target
-    from healthpredict.training import make_pipeline
+    from healthpredict.modeling.features import make_target
+    from healthpredict.modeling.training import make_pipeline
 
     frame = generate(1500, seed=seed)
     X, y = frame.drop(columns=["readmitted"]), make_target(frame)

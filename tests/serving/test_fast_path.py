@@ -16,11 +16,11 @@ import pytest
 from sklearn.naive_bayes import GaussianNB
 from sklearn.pipeline import Pipeline
 
-from healthpredict import inference
 from healthpredict.data.schema import COLUMNS
 from healthpredict.data.synthetic import generate
-from healthpredict.features import build_preprocessor, make_target
-from healthpredict.training import make_pipeline
+from healthpredict.modeling import inference
+from healthpredict.modeling.features import build_preprocessor, make_target
+from healthpredict.modeling.training import make_pipeline
 
 REAL_ZIP = Path(__file__).resolve().parents[3] / "shared" / "data" / "dataset_diabetes.zip"
 TOL = 1e-9
@@ -174,7 +174,7 @@ def test_self_check_rejects_a_divergent_compilation(synthetic_models, monkeypatc
 
 
 def test_icd9_target_encoding_is_compiled(synthetic_models):
-    from healthpredict.features import CODE_FEATURES
+    from healthpredict.modeling.features import CODE_FEATURES
 
     for pipe in synthetic_models.values():
         predictor = inference.compile_pipeline(pipe)

@@ -9,11 +9,11 @@ import pytest
 from serving_helpers import write_model_dir
 
 from healthpredict.data.synthetic import generate
-from healthpredict.features import make_target
-from healthpredict.inference import records_from_frame
+from healthpredict.modeling.features import make_target
+from healthpredict.modeling.inference import records_from_frame
+from healthpredict.modeling.training import make_pipeline
 from healthpredict.serving.model_store import ModelHolder, ModelLoadError
 from healthpredict.serving.settings import ServingSettings
-from healthpredict.training import make_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from serving_helpers import ALIAS, TOKEN, Server, finish_register, request, start_register
 
 from healthpredict.data.synthetic import generate
-from healthpredict.inference import frame_from_records, records_from_frame
+from healthpredict.modeling.inference import frame_from_records, records_from_frame
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 USERINFO = "svc:" + "hunter2"  # credentials in a store URL, which reasons must not show
@@ -106,7 +106,7 @@ def test_store_gone_keeps_serving(live, records):
 @pytest.fixture
 def store_settings(monkeypatch):
     """Settings naming a registry with credentials and an S3 endpoint (read afresh)."""
-    from healthpredict.config import get_settings
+    from healthpredict.core.settings import get_settings
 
     monkeypatch.setenv("HP_MLFLOW_TRACKING_URI", f"http://{USERINFO}@127.0.0.1:9")
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")

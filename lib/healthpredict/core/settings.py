@@ -93,13 +93,6 @@ class Settings(BaseSettings):
             env["HP_S3_ENDPOINT_URL"] = self.s3_endpoint_url
         return env
 
-    @property
-    def processed_data(self) -> str:
-        """URI of the folder holding the prepared splits and their manifest."""
-        from healthpredict.storage import join
-
-        return join(self.storage, "processed_data")
-
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
@@ -109,5 +102,5 @@ def get_settings() -> Settings:
 
 def project_root() -> Path:
     """Folder of the checkout (holding ``notebooks/``), or the working directory when installed."""
-    here = Path(__file__).resolve().parents[2]
+    here = Path(__file__).resolve().parents[3]
     return here if (here / "notebooks").is_dir() else Path(os.getcwd())

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from healthpredict.config import get_settings
+from healthpredict.core.settings import get_settings
 
 
 class StorageError(OSError):

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
-from healthpredict import storage
-from healthpredict.config import get_settings
+from healthpredict.core import layout, storage
+from healthpredict.core.settings import get_settings
 from healthpredict.data.schema import EXCLUDED_DISPOSITIONS, TARGET, schema_hash, validate_raw
 from healthpredict.data.uci import (
     UCI_URL,
@@ -26,7 +26,7 @@ from healthpredict.data.uci import (
     load_uci,
     read_raw_csv,
 )
-from healthpredict.features import make_target
+from healthpredict.modeling.features import make_target
 
 SPLITS = ("initial_train", "validation", "test", "future_data")
 MANIFEST = "manifest.json"
@@ -135,7 +135,7 @@ def prepare(
         n_synthetic: Rows generated when the source is synthetic.
     """
     params = params or SplitParams()
-    out_dir = out_dir or get_settings().processed_data
+    out_dir = out_dir or layout.processed_data()
     loaded = resolve_source(source, n_synthetic=n_synthetic)
     validate_raw(loaded.frame, require_target=True, source=loaded.source)
     parts = split_frame(loaded.frame, params)
@@ -164,12 +164,12 @@ def prepare(
 
 def read_manifest(data_dir: str | None = None) -> dict:
     """The manifest of a prepared data folder (default ``<storage>/processed_data``)."""
-    return storage.read_json(storage.join(data_dir or get_settings().processed_data, MANIFEST))
+    return storage.read_json(storage.join(data_dir or layout.processed_data(), MANIFEST))
 
 
 def load_split(name: str, data_dir: str | None = None) -> pd.DataFrame:
     """Read one prepared split (``initial_train``, ``validation``, ``test``, ``future_data``)."""
     if name not in SPLITS:
         raise ValueError(f"unknown split {name!r}; choose one of {SPLITS}")
-    uri = storage.join(data_dir or get_settings().processed_data, f"{name}.csv")
+    uri = storage.join(data_dir or layout.processed_data(), f"{name}.csv")
     return read_raw_csv(uri)

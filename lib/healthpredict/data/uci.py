@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from healthpredict import storage
-from healthpredict.config import get_settings
+from healthpredict.core import storage
+from healthpredict.core.settings import get_settings
 from healthpredict.data.schema import RAW_COLUMNS
 
 UCI_URL = (

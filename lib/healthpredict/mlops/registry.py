@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from healthpredict.config import get_settings
+from healthpredict.core.settings import get_settings
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -78,7 +78,7 @@ def champion_uri(name: str | None = None) -> str:
 def _client():
     from mlflow import MlflowClient
 
-    from healthpredict import tracking
+    from healthpredict.mlops import tracking
 
     tracking.ensure_mlflow()
     return MlflowClient()
@@ -143,7 +143,7 @@ def _nullable_as_schema(signature):
 def _requirements() -> list[str]:
     """Pinned runtime requirements of a logged pipeline.
 
-    The pickled pipeline also refers to ``healthpredict.features`` by name, so whoever loads it
+    The pickled pipeline also refers to ``healthpredict.modeling.features`` by name, so whoever loads it
     needs the ``healthpredict`` package installed (the serving image and the notebooks do).
     """
     from importlib.metadata import PackageNotFoundError, version

@@ -9,8 +9,8 @@ import logging
 import os
 from pathlib import Path
 
-from healthpredict import storage
-from healthpredict.config import get_settings
+from healthpredict.core import storage
+from healthpredict.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 _SQLITE_PREFIX = "sqlite:///"

@@ -35,7 +35,6 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler, TargetEncoder
 from threadpoolctl import threadpool_limits
 
-from healthpredict import features
 from healthpredict.data.schema import (
     AGE_BRACKETS,
     COLUMNS,
@@ -43,6 +42,7 @@ from healthpredict.data.schema import (
     ID_COLUMNS,
     MEDICATIONS,
 )
+from healthpredict.modeling import features
 
 Record = Mapping[str, Any]
 
@@ -71,8 +71,8 @@ class UnsupportedModelError(ValueError):
 def _diag_features(codes: list[Any], which: int) -> list[str]:
     """ICD-9 group (``which=0``) or 3-digit category (1) of ``codes``, memoised.
 
-    The rules stay in one place (:func:`healthpredict.features.diag_group` and
-    :func:`~healthpredict.features.diag_category`); only new codes pay the pandas calls, once
+    The rules stay in one place (:func:`healthpredict.modeling.features.diag_group` and
+    :func:`~healthpredict.modeling.features.diag_category`); only new codes pay the pandas calls, once
     per batch.
     """
     cache = _DIAG_CACHE

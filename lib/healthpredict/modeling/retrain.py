@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
-from healthpredict import training
-from healthpredict.features import make_target
+from healthpredict.modeling import training
+from healthpredict.modeling.features import make_target
 
 DEFAULT_EXPERIMENT = "HealthPredict_Retraining"
 PROMOTED, REJECTED = "PROMOTED", "REJECTED"
@@ -216,7 +216,7 @@ def retrain(
             small and the champion's parameters are the warm start).
         timeout_s: Search time limit per worker.
         n_workers: Search worker processes.
-        study_storage: Optuna storage (see :func:`healthpredict.training.open_study_storage`).
+        study_storage: Optuna storage (see :func:`healthpredict.modeling.training.open_study_storage`).
         target_recall: Threshold rule (default: max F1 on validation).
         progress: Progress bar over trials.
         holdout_output_path: Where to write the new holdout as a raw CSV (default
@@ -230,10 +230,11 @@ def retrain(
     """
     import mlflow
 
-    from healthpredict import registry, storage, tracking
-    from healthpredict.config import get_settings
+    from healthpredict.core import storage
+    from healthpredict.core.settings import get_settings
     from healthpredict.data.split import drop_unreadmittable
-    from healthpredict.loop import monitoring_dir
+    from healthpredict.mlops import registry, tracking
+    from healthpredict.pipelines.loop import monitoring_dir
 
     started = time.perf_counter()
     model_name = model_name or get_settings().model_name

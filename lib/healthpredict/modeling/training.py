@@ -1,7 +1,7 @@
 """Model search, evaluation and registration: one ``train()`` for notebook, CLI and DAG.
 
 The search is Optuna TPE (seeded) over three families of one sklearn :class:`Pipeline` each
-(``preprocess`` = :func:`healthpredict.features.build_preprocessor`, ``model`` = estimator),
+(``preprocess`` = :func:`healthpredict.modeling.features.build_preprocessor`, ``model`` = estimator),
 maximising ROC AUC on the patient-grouped ``validation`` split, or with ``cv_folds`` >= 2 the mean
 over patient-grouped cross-validation folds of ``initial_train`` + ``validation`` (steadier on
 small data, ``cv_folds`` times the cost). Tree families are fitted in
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -41,15 +40,16 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from healthpredict import storage
-from healthpredict.config import get_settings
+from healthpredict.core import storage
+from healthpredict.core.gitinfo import git_commit
+from healthpredict.core.settings import get_settings
 from healthpredict.data.schema import FEATURE_COLUMNS, ID_COLUMNS
-from healthpredict.features import build_preprocessor, make_target
+from healthpredict.modeling.features import build_preprocessor, make_target
 
 if TYPE_CHECKING:
     import optuna
 
-    from healthpredict.registry import ModelInfo
+    from healthpredict.mlops.registry import ModelInfo
 
 FAMILIES = ("logreg", "rf", "hgb")
 DEFAULT_EXPERIMENT = "HealthPredict_Training"
@@ -96,7 +96,7 @@ def make_pipeline(
 ) -> Pipeline:
     """One sklearn pipeline from raw encounter fields to probabilities.
 
-    ``preprocess`` is :func:`healthpredict.features.build_preprocessor` (numeric features
+    ``preprocess`` is :func:`healthpredict.modeling.features.build_preprocessor` (numeric features
     standardised for logistic regression only), ``model`` the estimator.
     """
     return Pipeline(
@@ -814,32 +814,6 @@ class TrialLogger:
         self.client.set_terminated(run.info.run_id, status=status, end_time=end)
 
 
-def git_commit() -> str:
-    """Commit of the checkout (read from ``.git`` without running git), else ``unknown``.
-
-    ``HP_GIT_COMMIT`` / ``GIT_COMMIT`` win, for images built without ``.git``.
-    """
-    for var in ("HP_GIT_COMMIT", "GIT_COMMIT"):
-        if os.environ.get(var):
-            return os.environ[var]
-    from healthpredict.config import project_root
-
-    git = project_root() / ".git"
-    try:
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head
-        ref = head[5:]
-        if (git / ref).exists():
-            return (git / ref).read_text().strip()
-        for line in (git / "packed-refs").read_text().splitlines():
-            if line.endswith(" " + ref):
-                return line.split()[0]
-    except OSError:
-        pass
-    return "unknown"
-
-
 def log_metrics_prefixed(prefix: str, values: dict[str, float]) -> None:
     """Log the finite values of ``values`` as MLflow metrics named ``<prefix><key>``."""
     import mlflow
@@ -858,7 +832,7 @@ def _log_figures(
 ) -> None:
     import mlflow
 
-    from healthpredict import plots
+    from healthpredict.modeling import plots
 
     figures = {
         "roc_pr.png": plots.roc_pr_curves(y_true, proba),
@@ -1000,7 +974,7 @@ def train(
 
     One MLflow parent run per call (experiment ``experiment_name``) holds the search settings,
     the best parameters, validation and test metrics, trial table, importance and figures; each
-    trial is a nested run. The model is registered through :func:`healthpredict.registry.log_model`
+    trial is a nested run. The model is registered through :func:`healthpredict.mlops.registry.log_model`
     (alias ``challenger``; ``champion`` too when the model had none).
 
     Args:
@@ -1024,7 +998,7 @@ def train(
     """
     import mlflow
 
-    from healthpredict import registry, tracking
+    from healthpredict.mlops import registry, tracking
 
     started = time.perf_counter()
     manifest, frames = load_training_splits(data_dir)

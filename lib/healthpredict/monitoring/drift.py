@@ -47,11 +47,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from healthpredict import storage
-from healthpredict.config import get_settings
+from healthpredict.core import layout, storage
+from healthpredict.core.settings import get_settings
 from healthpredict.data.schema import TARGET, RawSchemaError, schema_hash, validate_raw
 from healthpredict.data.uci import read_raw_csv
-from healthpredict.features import (
+from healthpredict.modeling.features import (
     CATEGORICAL_FEATURES,
     NUMERIC_FEATURES,
     clean_data,
@@ -1223,13 +1223,13 @@ def check_model(model_uri: str) -> Any:
     Cheap (no model files are read): the loop calls it before any batch or kernel.
 
     Returns:
-        The version's :class:`~healthpredict.registry.ModelInfo`.
+        The version's :class:`~healthpredict.mlops.registry.ModelInfo`.
 
     Raises:
         registry.ModelNotFoundError: No such model, version or alias.
         ModelSchemaError: The model was trained on another raw schema.
     """
-    from healthpredict import registry
+    from healthpredict.mlops import registry
 
     info = registry.get_model_info(model_uri)
     current = schema_hash()
@@ -1303,7 +1303,7 @@ def monitor(
         registry.ModelNotFoundError: No such model, version or alias.
         ModelSchemaError: The model was trained on another raw schema.
     """
-    from healthpredict import tracking
+    from healthpredict.mlops import tracking
 
     clock = time.monotonic()
     seconds: dict[str, float] = {}
@@ -1317,7 +1317,7 @@ def monitor(
     settings = get_settings()
     new_data_path = _resolve_local(str(new_data_path))
     reference_data_path = _resolve_local(
-        str(reference_data_path or storage.join(settings.processed_data, "initial_train.csv"))
+        str(reference_data_path or storage.join(layout.processed_data(), "initial_train.csv"))
     )
     model_uri = model_uri or f"models:/{settings.model_name}@champion"
     reports_dir = _resolve_local(str(reports_dir or "reports"))

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from healthpredict import storage, tracking
-from healthpredict.config import get_settings
+from healthpredict.core import layout, storage
+from healthpredict.core.settings import get_settings
+from healthpredict.mlops import tracking
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class BatchWindow:
 
 
 def _min_rows() -> int:
-    from healthpredict.drift import MIN_BATCH_ROWS
+    from healthpredict.monitoring.drift import MIN_BATCH_ROWS
 
     return MIN_BATCH_ROWS
 
@@ -78,7 +79,7 @@ def next_window(
     """The next batch window, or None when the stream is exhausted.
 
     When batches are big enough to monitor, a tail of fewer than ``min_rows`` rows (default:
-    the drift monitor's :data:`~healthpredict.drift.MIN_BATCH_ROWS`), which the monitor would
+    the drift monitor's :data:`~healthpredict.monitoring.drift.MIN_BATCH_ROWS`), which the monitor would
     refuse, joins the window before it instead of stopping the loop at the end of the stream.
 
     Raises:
@@ -385,16 +386,16 @@ def monitor_parameters(state: LoopState, batch_uri: str, default_reference: str)
 
 def monitor_batch(params: dict):
     """Run the drift-monitor notebook with ``params``; returns the notebook run's result."""
-    from healthpredict import notebooks
+    from healthpredict import runs
 
-    return notebooks.run("03_drift_monitor", params)
+    return runs.run("03_drift_monitor", params)
 
 
 def retrain_on(batch_uris: list[str], **params):
     """Run the retrain notebook (search + promotion gate) on labelled batches."""
-    from healthpredict import notebooks
+    from healthpredict import runs
 
-    return notebooks.run("04_retrain", {"retraining_data_path": list(batch_uris), **params})
+    return runs.run("04_retrain", {"retraining_data_path": list(batch_uris), **params})
 
 
 def write_reference(batch_uris: list[str], name: str, root: str | None = None) -> str:
@@ -532,17 +533,17 @@ def run_loop(
         on_batch: Called with each :class:`BatchOutcome` (progress display).
 
     Raises:
-        ValueError: ``batch_size`` is below :data:`~healthpredict.drift.MIN_BATCH_ROWS`.
+        ValueError: ``batch_size`` is below :data:`~healthpredict.monitoring.drift.MIN_BATCH_ROWS`.
         LoopLockedError: Another runner holds the lease (nothing was done).
-        healthpredict.tracking.TrackingUnavailableError: MLflow cannot be reached, checked
+        healthpredict.mlops.tracking.TrackingUnavailableError: MLflow cannot be reached, checked
             with the model (:func:`preflight`) before any batch is written or kernel started.
-        healthpredict.notebooks.NotebookRunError: A batch's notebook run failed; its files are
+        healthpredict.runs.NotebookRunError: A batch's notebook run failed; its files are
             in the rendered folder, the state did not move and a note names the batch.
     """
     from healthpredict.data.split import load_split
-    from healthpredict.registry import champion_uri
+    from healthpredict.mlops.registry import champion_uri
 
-    data_dir = data_dir or get_settings().processed_data
+    data_dir = data_dir or layout.processed_data()
     model_uri = model_uri or champion_uri()
     outcomes: list[BatchOutcome] = []
     if batch_size < _min_rows():
@@ -588,14 +589,14 @@ def preflight(model_uri: str):
     """Check what every batch needs before any batch is written or kernel started.
 
     Returns:
-        The model's :class:`~healthpredict.registry.ModelInfo`.
+        The model's :class:`~healthpredict.mlops.registry.ModelInfo`.
 
     Raises:
-        healthpredict.tracking.TrackingUnavailableError: MLflow cannot be reached.
-        healthpredict.registry.ModelNotFoundError: The model or its alias does not exist.
-        healthpredict.drift.ModelSchemaError: The model was trained on another raw schema.
+        healthpredict.mlops.tracking.TrackingUnavailableError: MLflow cannot be reached.
+        healthpredict.mlops.registry.ModelNotFoundError: The model or its alias does not exist.
+        healthpredict.monitoring.drift.ModelSchemaError: The model was trained on another raw schema.
     """
-    from healthpredict.drift import check_model
+    from healthpredict.monitoring.drift import check_model
 
     tracking.check_reachable()
     return check_model(model_uri)

@@ -6,11 +6,11 @@ object it records the whole notebook as its input path. So a DAG first *prepares
 cell, the ``.py`` becomes ``<name>.input.ipynb`` with the project kernel in the run's own folder
 under ``rendered/``, and the real ``.py`` path, its sha256 and the input data hashes are kept.
 The operator's hooks (:func:`papermill_args`) export the settings to the kernel and, when it
-finished, write ``run.json`` and the HTML exactly like :func:`healthpredict.notebooks.run`, so
+finished, write ``run.json`` and the HTML exactly like :func:`healthpredict.runs.run`, so
 Airflow runs appear in the gallery; a run without its required scraps fails its task.
 
-Monitoring: the batch cursor is :class:`healthpredict.loop.LoopState` in storage, shared with
-``healthpredict loop``; the decisions are :mod:`healthpredict.loop`'s. The cursor moves only in
+Monitoring: the batch cursor is :class:`healthpredict.pipelines.loop.LoopState` in storage, shared with
+``healthpredict loop``; the decisions are :mod:`healthpredict.pipelines.loop`'s. The cursor moves only in
 :func:`advance_state`, after monitoring (and an awaited retraining) succeeded.
 
 Nothing here imports Airflow at module level: the package works without the ``airflow`` extra.
@@ -26,8 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from healthpredict import loop, storage
-from healthpredict.config import get_settings, project_root
+from healthpredict.core import layout, storage
+from healthpredict.core.settings import get_settings, project_root
+from healthpredict.pipelines import loop
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def run_dir_name(notebook: str, run_id: str, when: dt.datetime | None = None) ->
     """Folder name of a notebook run started by Airflow.
 
     ``<UTC time>-<notebook>-<run id>`` sorts with the folders of
-    :func:`healthpredict.notebooks.run` (``<UTC time>-<notebook>-<hex>``).
+    :func:`healthpredict.runs.run` (``<UTC time>-<notebook>-<hex>``).
     """
     when = when or _utc_now()
     return f"{when:%Y%m%dT%H%M%SZ}-{notebook}-{safe_name(run_id, 80)}"
@@ -63,7 +64,7 @@ def _registry():
 
     MLflow's own default would be ``./mlflow.db`` in whatever folder the task runs in.
     """
-    from healthpredict import registry, tracking
+    from healthpredict.mlops import registry, tracking
 
     tracking.setup_mlflow()
     return registry
@@ -104,14 +105,14 @@ def prepare_notebook_run(
         ``kernel_name``, ``airflow`` and ``prepared_at``.
 
     Raises:
-        healthpredict.notebooks.NotebookNotFoundError: No such notebook.
-        healthpredict.notebooks.ParameterError: Unknown parameter or wrong type.
+        healthpredict.runs.NotebookNotFoundError: No such notebook.
+        healthpredict.runs.ParameterError: Unknown parameter or wrong type.
     """
     import jupytext
     import nbformat
 
-    from healthpredict.notebooks import provenance, resolve_notebook
-    from healthpredict.notebooks.parameters import (
+    from healthpredict.runs import provenance, resolve_notebook
+    from healthpredict.runs.parameters import (
         RUN_DIR_PARAMETER,
         merge_parameters,
         parse_parameters,
@@ -163,7 +164,7 @@ def finish_notebook_run(
     """Write ``run.json`` and the HTML of an executed run; return its provenance.
 
     The status is ``failed`` when ``failure`` is given, when the executed notebook is missing,
-    or when a scrap required by :mod:`healthpredict.notebooks.contracts` is missing or invalid.
+    or when a scrap required by :mod:`healthpredict.runs.contracts` is missing or invalid.
 
     Args:
         prepared: What :func:`prepare_notebook_run` returned.
@@ -174,9 +175,9 @@ def finish_notebook_run(
     """
     import nbformat
 
-    from healthpredict.notebooks import contracts, provenance, render
-    from healthpredict.notebooks.runner import error_info
-    from healthpredict.scraps import scraps_from_notebook
+    from healthpredict.runs import contracts, provenance, render
+    from healthpredict.runs.runner import error_info
+    from healthpredict.runs.scraps import scraps_from_notebook
 
     name = prepared["notebook"]
     try:
@@ -240,7 +241,7 @@ def finish_notebook_run(
     storage.write_text(prov["html"], page)
     storage.write_json(prov["run_json"], prov)
     try:
-        from healthpredict.gallery import build_gallery
+        from healthpredict.runs.gallery import build_gallery
 
         build_gallery(_parent(run_dir))
     except Exception as exc:  # a broken gallery never fails a run
@@ -249,8 +250,8 @@ def finish_notebook_run(
 
 
 def raise_if_failed(prov: Mapping[str, Any]) -> None:
-    """Raise :class:`~healthpredict.notebooks.NotebookRunError` for a failed run's provenance."""
-    from healthpredict.notebooks import NotebookRunError, RunResult
+    """Raise :class:`~healthpredict.runs.NotebookRunError` for a failed run's provenance."""
+    from healthpredict.runs import NotebookRunError, RunResult
 
     if prov["status"] == "succeeded":
         return
@@ -268,10 +269,10 @@ def read_run_scraps(prepared: Mapping[str, Any]) -> dict[str, Any]:
     """Scraps of an executed run, checked against the notebook's contract.
 
     Raises:
-        healthpredict.notebooks.NotebookRunError: A required scrap is missing or invalid.
+        healthpredict.runs.NotebookRunError: A required scrap is missing or invalid.
     """
-    from healthpredict.notebooks import contracts
-    from healthpredict.scraps import read_scraps
+    from healthpredict.runs import contracts
+    from healthpredict.runs.scraps import read_scraps
 
     scraps = read_scraps(prepared["output_ipynb"])
     problems = contracts.check_scraps(prepared["notebook"], scraps)
@@ -310,7 +311,7 @@ def papermill_args(prepare_task_id: str, key: str | None = None) -> dict[str, An
         raise_if_failed(finish_notebook_run(_prepared_from(context, prepare_task_id, key)))
 
     def record_failure(context) -> None:
-        from healthpredict.notebooks import NotebookRunError
+        from healthpredict.runs import NotebookRunError
 
         failure = context.get("exception")
         if isinstance(failure, NotebookRunError):
@@ -342,7 +343,7 @@ def iteration_state(root: str | None = None) -> dict[str, Any]:
     """The loop's state, read under its lease (so a running ``healthpredict loop`` is refused).
 
     Raises:
-        healthpredict.loop.LoopLockedError: Another runner holds the lease.
+        healthpredict.pipelines.loop.LoopLockedError: Another runner holds the lease.
     """
     with loop.lease(root):
         state = loop.LoopState.load(root)
@@ -396,10 +397,10 @@ def prepare_monitoring(
     The champion alias is resolved to its version now, so the notebook and the record name the
     model that was actually monitored even if the alias moves meanwhile. The reference is the
     loop's (set after a promotion) or else ``reference_uri``, as in
-    :func:`healthpredict.loop.process_batch`.
+    :func:`healthpredict.pipelines.loop.process_batch`.
 
     Raises:
-        healthpredict.registry.ModelNotFoundError: No champion: train a model first.
+        healthpredict.mlops.registry.ModelNotFoundError: No champion: train a model first.
     """
     registry = _registry()
     info = registry.get_model_info(registry.champion_uri(model_name))
@@ -428,7 +429,7 @@ def decide(
     batch: Mapping[str, Any],
     retrain_window: int,
 ) -> dict[str, Any]:
-    """Read the monitor's scraps and decide, with :func:`healthpredict.loop.should_retrain`.
+    """Read the monitor's scraps and decide, with :func:`healthpredict.pipelines.loop.should_retrain`.
 
     Returns:
         ``drift_status``, ``drifted_share``, ``monitor_run_dir``, ``retrain`` (bool) and
@@ -506,7 +507,7 @@ def advance_state(
     dag_run_id: str | None = None,
     root: str | None = None,
 ) -> dict[str, Any]:
-    """Move the cursor past ``batch``, as :func:`healthpredict.loop.process_batch` does.
+    """Move the cursor past ``batch``, as :func:`healthpredict.pipelines.loop.process_batch` does.
 
     A promotion (known only when the retraining was awaited) makes the recent batches the new
     drift reference and empties the list; otherwise the batch joins the recent batches.
@@ -516,7 +517,7 @@ def advance_state(
 
     Raises:
         RuntimeError: The cursor is no longer at this batch (another runner moved it).
-        healthpredict.loop.LoopLockedError: Another runner holds the lease.
+        healthpredict.pipelines.loop.LoopLockedError: Another runner holds the lease.
     """
     with loop.lease(root):
         state = loop.LoopState.load(root)
@@ -570,7 +571,7 @@ def ensure_prepared_data(
     from healthpredict.data.split import SplitParams, read_manifest
     from healthpredict.data.split import prepare as prepare_splits
 
-    data_dir = get_settings().processed_data
+    data_dir = layout.processed_data()
     if prepare:
         params = SplitParams(initial_fraction=initial_fraction, target=target)
         manifest = prepare_splits(source, params=params, n_synthetic=n_synthetic)
@@ -593,8 +594,8 @@ def check_registration(prepared: Mapping[str, Any], model_name: str | None = Non
     """Check that the training run registered its model and that the champion is sound.
 
     Raises:
-        healthpredict.notebooks.NotebookRunError: Required scraps are missing.
-        healthpredict.registry.ModelNotFoundError: The version the run reported does not exist.
+        healthpredict.runs.NotebookRunError: Required scraps are missing.
+        healthpredict.mlops.registry.ModelNotFoundError: The version the run reported does not exist.
         RuntimeError: The run says it promoted its model, but the champion is another version.
     """
     registry = _registry()
@@ -630,7 +631,7 @@ def record_retraining(prepared: Mapping[str, Any], run_id: str) -> dict[str, Any
     """Read the retrain run's decision and leave it where the monitoring DAG looks for it.
 
     Raises:
-        healthpredict.notebooks.NotebookRunError: Required scraps are missing.
+        healthpredict.runs.NotebookRunError: Required scraps are missing.
     """
     scraps = read_run_scraps(prepared)
     outcome = {
@@ -656,7 +657,7 @@ def champion(model_name: str | None = None) -> dict[str, str]:
     """Version and pinned URI of the champion.
 
     Raises:
-        healthpredict.registry.ModelNotFoundError: The model has no champion.
+        healthpredict.mlops.registry.ModelNotFoundError: The model has no champion.
     """
     registry = _registry()
     info = registry.get_model_info(registry.champion_uri(model_name))
@@ -682,10 +683,10 @@ def deployment_step(step: str, version: str, params: Mapping[str, Any], run_id: 
     """Run (or, with ``params["dry_run"]``, only record) one step of the deployment.
 
     Raises:
-        healthpredict.deploy.DeploymentError: A command failed or is not installed.
+        healthpredict.mlops.deploy.DeploymentError: A command failed or is not installed.
         ValueError: The registry is not set (``ecr_registry`` param or ``HP_ECR_REGISTRY``).
     """
-    from healthpredict import deploy
+    from healthpredict.mlops import deploy
 
     registry = params["ecr_registry"]
     if not registry:

@@ -2,11 +2,11 @@
 
 ``run("01_eda", {"split": "validation"})`` checks the parameters, executes the notebook on the
 project kernel and writes ``<name>.ipynb``, ``<name>.html`` and ``run.json`` into a run folder
-(see :mod:`healthpredict.notebooks.runner`).
+(see :mod:`healthpredict.runs.runner`).
 """
 
-from healthpredict.notebooks.errors import NotebookError, NotebookRunError, ParameterError
-from healthpredict.notebooks.runner import NotebookNotFoundError, RunResult, resolve_notebook, run
+from healthpredict.runs.errors import NotebookError, NotebookRunError, ParameterError
+from healthpredict.runs.runner import NotebookNotFoundError, RunResult, resolve_notebook, run
 
 __all__ = [
     "NotebookError",

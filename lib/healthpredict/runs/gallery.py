@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from healthpredict import storage
+from healthpredict.core import storage
 
 GALLERY_NAME = "index.html"
 RUN_JSON = "run.json"
@@ -331,7 +331,7 @@ def build_gallery(rendered_dir: str | os.PathLike | None = None) -> str:
         Path or URI of the written ``index.html``.
     """
     if rendered_dir is None:
-        from healthpredict.config import get_settings
+        from healthpredict.core.settings import get_settings
 
         rendered_dir = get_settings().rendered_dir
     rendered = str(rendered_dir)

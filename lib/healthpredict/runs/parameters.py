@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from healthpredict.notebooks.errors import ParameterError
-from healthpredict.scraps import to_jsonable
+from healthpredict.runs.errors import ParameterError
+from healthpredict.runs.scraps import to_jsonable
 
 PARAMETERS_TAG = "parameters"
 # A notebook that declares this parameter is told the local folder its run writes into; the

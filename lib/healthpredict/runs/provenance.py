@@ -11,51 +11,20 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import sys
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from healthpredict import storage
-from healthpredict.notebooks.parameters import RUN_DIR_PARAMETER
+from healthpredict.core import layout, storage
+from healthpredict.runs.parameters import RUN_DIR_PARAMETER
 
 KEY_PACKAGES = (
     "pandas", "numpy", "scikit-learn", "mlflow", "evidently", "optuna", "papermill",
     "jupytext", "healthpredict",
 )  # fmt: skip
 INPUT_SUFFIXES = ("_path", "_paths", "_dir")
-
-
-def git_info(root: str | os.PathLike) -> dict[str, Any]:
-    """Commit and dirty flag of the checkout at ``root`` (changes under ``rendered/`` ignored).
-
-    Returns:
-        ``{"commit": sha or None, "dirty": bool or None}``; both None outside a git repository
-        (or before the first commit, or without a git binary).
-    """
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", "--no-optional-locks", "-C", str(root), *args],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout if done.returncode == 0 else None
-
-    commit = git("rev-parse", "--verify", "HEAD")
-    if commit is None:
-        return {"commit": None, "dirty": None}
-    # Run outputs are not code: regenerating the committed rendered/samples/ must not mark the
-    # very runs that regenerate it as made from a modified checkout.
-    status = git("status", "--porcelain", "--", ".", ":(exclude)rendered")
-    return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
 
 
 def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str | None]:
@@ -121,9 +90,8 @@ def _hash_location(uri: str) -> dict[str, str]:
 
 
 def _processed(*parts: str) -> str:
-    from healthpredict.config import get_settings
 
-    return storage.join(get_settings().processed_data, *parts)
+    return storage.join(layout.processed_data(), *parts)
 
 
 # Where notebooks read from when an input parameter is left at None.
@@ -138,8 +106,8 @@ def _resolve_model(uri: str) -> dict[str, str]:
 
     An alias moves; without this, a re-used run could describe a model that is no longer served.
     """
-    from healthpredict import tracking
-    from healthpredict.registry import get_model_info
+    from healthpredict.mlops import tracking
+    from healthpredict.mlops.registry import get_model_info
 
     try:
         # The runner's process may not have touched MLflow yet: without this it would look in a

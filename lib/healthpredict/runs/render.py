@@ -137,7 +137,7 @@ def _exporter():
 
 
 def _is_scrap(output: Mapping[str, Any]) -> bool:
-    from healthpredict.scraps import NULL_SCRAP_MIMETYPE
+    from healthpredict.runs.scraps import NULL_SCRAP_MIMETYPE
 
     prefixes = ("application/scrapbook.scrap.", NULL_SCRAP_MIMETYPE)
     return any(m.startswith(prefixes) for m in output.get("data") or {})

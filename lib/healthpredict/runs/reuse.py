@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from healthpredict import storage
+from healthpredict.core import storage
 
 INDEX_NAME = "index.json"
 RUN_JSON = "run.json"

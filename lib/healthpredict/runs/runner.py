@@ -24,16 +24,16 @@ from typing import Any
 
 from rich.console import Console
 
-from healthpredict import storage
-from healthpredict.config import get_settings, project_root
-from healthpredict.notebooks import contracts, provenance, render, reuse
-from healthpredict.notebooks.errors import NotebookError, NotebookRunError, ParameterError
-from healthpredict.notebooks.parameters import (
+from healthpredict.core import storage
+from healthpredict.core.settings import get_settings, project_root
+from healthpredict.runs import contracts, provenance, render, reuse
+from healthpredict.runs.errors import NotebookError, NotebookRunError, ParameterError
+from healthpredict.runs.parameters import (
     RUN_DIR_PARAMETER,
     merge_parameters,
     parse_parameters,
 )
-from healthpredict.scraps import scraps_from_notebook
+from healthpredict.runs.scraps import scraps_from_notebook
 
 log = logging.getLogger(__name__)
 # Progress and status go to stderr: the CLI's stdout carries only the run dir and the scraps.
@@ -52,7 +52,7 @@ class RunResult:
         run_dir: Folder or ``s3://`` prefix holding the run's files.
         notebook: Notebook name (file stem, e.g. ``"01_eda"``).
         status: ``"succeeded"`` or ``"failed"``.
-        scraps: Values the notebook recorded (see :mod:`healthpredict.scraps`).
+        scraps: Values the notebook recorded (see :mod:`healthpredict.runs.scraps`).
         provenance: Content of ``run.json``.
         html: URI of the HTML rendering.
         ipynb: URI of the executed notebook.
@@ -382,7 +382,7 @@ def _upload(work_dir: Path, final_dir: str) -> None:
 
 
 def _refresh_gallery(rendered: str) -> None:
-    from healthpredict.gallery import build_gallery
+    from healthpredict.runs.gallery import build_gallery
 
     try:
         build_gallery(rendered)

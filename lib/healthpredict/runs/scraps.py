@@ -135,6 +135,6 @@ def read_scraps(notebook: str | os.PathLike | Mapping[str, Any]) -> dict[str, An
     """
     if isinstance(notebook, Mapping):
         return scraps_from_notebook(notebook)
-    from healthpredict import storage
+    from healthpredict.core import storage
 
     return scraps_from_notebook(json.loads(storage.read_bytes(notebook)))

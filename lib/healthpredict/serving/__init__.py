@@ -2,5 +2,5 @@
 
 ``healthpredict.serving.api.create_app`` builds the app; ``serving/app.py`` at the top of the
 checkout is the thin entry point uvicorn runs. Scoring itself lives in
-:mod:`healthpredict.inference`.
+:mod:`healthpredict.modeling.inference`.
 """

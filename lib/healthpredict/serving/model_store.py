@@ -8,7 +8,7 @@ Two sources:
   written by :func:`export_model` (``healthpredict export-model``); loading it needs no MLflow.
 
 Either way the pickled sklearn pipeline is read directly (cloudpickle, as logged) and compiled by
-:func:`healthpredict.inference.compile_pipeline`. :class:`ModelHolder` keeps the model in
+:func:`healthpredict.modeling.inference.compile_pipeline`. :class:`ModelHolder` keeps the model in
 service: it loads in a background thread, retrying with exponential backoff while the store is
 unreachable, and :meth:`ModelHolder.reload` builds the new model completely before swapping one
 reference, so requests in flight finish on the old model and a failed reload changes nothing.
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from healthpredict.data.schema import schema_hash
-from healthpredict.inference import Predictor, compile_pipeline
+from healthpredict.modeling.inference import Predictor, compile_pipeline
 from healthpredict.serving.settings import ServingSettings
 
 log = logging.getLogger("healthpredict.serving")
@@ -140,7 +140,7 @@ def _unreachable_store(chain: list[BaseException]) -> str:
     """Which store failed, with the setting that names it: the S3 artifact store or the registry."""
     if any(type(e).__module__.split(".")[0] in ("botocore", "boto3", "s3transfer") for e in chain):
         return f"artifact store {_s3_endpoint()}"
-    from healthpredict.config import get_settings
+    from healthpredict.core.settings import get_settings
 
     return f"MLflow registry {get_settings().mlflow_tracking_uri} (MLFLOW_TRACKING_URI)"
 
@@ -151,7 +151,7 @@ def _describe_error(exc: BaseException) -> str:
     Network and database failures read ``model store unreachable: <which store and its
     setting>: <root cause> [<outermost error>]``; a missing model ``model not found: ...``.
     """
-    from healthpredict.registry import ModelNotFoundError
+    from healthpredict.mlops.registry import ModelNotFoundError
 
     if isinstance(exc, ModelLoadError):
         return _redact(exc.reason)
@@ -208,7 +208,7 @@ def load_pipeline_dir(path: str | Path) -> Any:
 
 
 def _registry_info(uri: str) -> dict[str, Any]:
-    from healthpredict import registry
+    from healthpredict.mlops import registry
 
     info = asdict(registry.get_model_info(uri))
     info.update(alias=_alias_of(uri), source=uri)
@@ -222,8 +222,8 @@ def _setup_mlflow() -> None:
         ModelLoadError: The sqlite file of ``MLFLOW_TRACKING_URI`` does not exist (MLflow would
             create an empty registry there and report the model as missing).
     """
-    from healthpredict import tracking
-    from healthpredict.config import get_settings
+    from healthpredict.core.settings import get_settings
+    from healthpredict.mlops import tracking
 
     uri = get_settings().mlflow_tracking_uri
     if uri.startswith("sqlite:///") and not uri.endswith(":memory:"):
@@ -305,7 +305,7 @@ def load_model(settings: ServingSettings) -> LoadedModel:
 
 def source_uri(settings: ServingSettings) -> str:
     """The registry URI to serve: ``MODEL_URI`` or the champion of the configured model."""
-    from healthpredict.registry import champion_uri
+    from healthpredict.mlops.registry import champion_uri
 
     return settings.model_uri or champion_uri()
 

@@ -14,7 +14,7 @@ API, its OpenAPI document and its error messages together:
 - the target ``readmitted`` is not an input.
 
 Validated records are dicts keyed by Python field names, missing values absent or None, as
-:mod:`healthpredict.inference` expects.
+:mod:`healthpredict.modeling.inference` expects.
 """
 
 from __future__ import annotations

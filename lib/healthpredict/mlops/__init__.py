@@ -1,0 +1,1 @@
+"""MLflow: tracking, the model registry, the recorded train/retrain/monitor runs, deployment."""

@@ -1,0 +1,1 @@
+"""Features, model families, search, evaluation and the compiled inference runtime."""

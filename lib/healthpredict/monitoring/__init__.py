@@ -1,0 +1,1 @@
+"""Drift statistics, references, reports and the monitoring loop's state."""

@@ -1,0 +1,1 @@
+"""Test and benchmark support: drift scenarios, synthetic champions."""
