@@ -10,7 +10,7 @@ period, patients the model and the reference never saw). Per batch size:
 * detection rate: the same batches after each covariate, label and concept scenario of
   :mod:`tests.support.drift_scenarios`, at its moderate and strong strength.
 
-Batches are judged with the fast vectorised scores and :func:`healthpredict.monitoring.drift.decide` (the
+Batches are judged with the fast vectorised scores and :func:`healthpredict.monitoring.decision.decide` (the
 calibration and decision ``monitor`` uses), with and without labels; a few batches are checked
 against full Evidently reports. With the real data, the chronological ``future_data`` stream is
 also monitored batch by batch (production defaults: held-out rows = validation + test).
@@ -70,12 +70,12 @@ class Setup:
     pool_label: np.ndarray
     pipeline: object
     threshold: float
-    scorer: object = None  # drift.ReferenceScorer of ``reference``
+    scorer: object = None  # statistics.ReferenceScorer of ``reference``
 
     def __post_init__(self) -> None:
-        from healthpredict.monitoring import drift
+        from healthpredict.monitoring import statistics
 
-        self.scorer = self.scorer or drift.ReferenceScorer(self.reference)
+        self.scorer = self.scorer or statistics.ReferenceScorer(self.reference)
 
     def score(self, raw: pd.DataFrame) -> tuple[pd.Series, np.ndarray, np.ndarray | None]:
         """Column scores, probabilities and labels of a raw batch, engineering it only once."""
@@ -85,7 +85,7 @@ class Setup:
             engineer_features,
             make_target,
         )
-        from healthpredict.monitoring import drift
+        from healthpredict.monitoring import statistics
 
         eng = engineer_features(clean_data(raw))
         # The fitted pipeline is preprocess (engineer + encode) then model: reuse ``eng``.
@@ -93,7 +93,7 @@ class Setup:
         matrix = encode.transform(eng[list(MODEL_FEATURES)])
         proba = self.pipeline.named_steps["model"].predict_proba(matrix)[:, 1]
         label = make_target(raw) if "readmitted" in raw.columns else None
-        return self.scorer.score(drift.cap_tails(eng, self.caps)), proba, label
+        return self.scorer.score(statistics.cap_tails(eng, self.caps)), proba, label
 
 
 def make_setup(raw: pd.DataFrame, seed: int, initial_fraction: float) -> Setup:
@@ -103,7 +103,7 @@ def make_setup(raw: pd.DataFrame, seed: int, initial_fraction: float) -> Setup:
     from healthpredict.data.split import SplitParams, split_frame
     from healthpredict.modeling.features import clean_data, engineer_features, make_target
     from healthpredict.modeling.training import choose_threshold, make_pipeline
-    from healthpredict.monitoring import drift
+    from healthpredict.monitoring import statistics
 
     parts = split_frame(raw, SplitParams(initial_fraction=initial_fraction, seed=seed))
     train, held, pool = (
@@ -113,9 +113,9 @@ def make_setup(raw: pd.DataFrame, seed: int, initial_fraction: float) -> Setup:
     held_proba = pipeline.predict_proba(held)[:, 1]
     held_label = make_target(held)
     reference = engineer_features(clean_data(train))
-    caps = drift.tail_caps(reference)
+    caps = statistics.tail_caps(reference)
     return Setup(
-        reference=drift.cap_tails(reference, caps),
+        reference=statistics.cap_tails(reference, caps),
         caps=caps,
         reference_groups=train["patient_nbr"].to_numpy(),
         held_groups=held["patient_nbr"].to_numpy(),
@@ -123,7 +123,7 @@ def make_setup(raw: pd.DataFrame, seed: int, initial_fraction: float) -> Setup:
         held_label=held_label,
         held_auc=float(roc_auc_score(held_label, held_proba)),
         pool_raw=pool,
-        pool_eng=drift.cap_tails(engineer_features(clean_data(pool)), caps),
+        pool_eng=statistics.cap_tails(engineer_features(clean_data(pool)), caps),
         pool_proba=pipeline.predict_proba(pool)[:, 1],
         pool_label=make_target(pool),
         pipeline=pipeline,
@@ -135,14 +135,15 @@ def judge(setup: Setup, th, scores: pd.Series, proba: np.ndarray, label) -> dict
     """Fast-path decision of one scored batch (``label`` None: as if it had no labels)."""
     from sklearn.metrics import roc_auc_score
 
-    from healthpredict.monitoring import drift
+    from healthpredict.core import constants
+    from healthpredict.monitoring import decision, statistics
 
     drifted = [c for c in scores.index if scores[c] >= th.per_column[c]]
-    pred_score = drift.column_distance(setup.held_proba, proba, drift.NUMERIC_METHOD)
+    pred_score = statistics.column_distance(setup.held_proba, proba, statistics.NUMERIC_METHOD)
     drop = None
     if label is not None and len(np.unique(label)) == 2:
         drop = setup.held_auc - float(roc_auc_score(label, proba))
-    status, reasons = drift.decide(
+    status, reasons = decision.decide(
         len(drifted) / len(scores),
         th.share_threshold,
         pred_score >= th.prediction_drift_threshold,
@@ -150,7 +151,7 @@ def judge(setup: Setup, th, scores: pd.Series, proba: np.ndarray, label) -> dict
         th.performance_tolerance,
     )
     return {
-        "drift": status == drift.DRIFT_DETECTED,
+        "drift": status == constants.DRIFT_DETECTED,
         "signals": [r.split(":")[0] for r in reasons],
         "drifted": drifted,
         "prediction_score": pred_score,
@@ -171,7 +172,7 @@ def _signal_rates(items: list[dict]) -> dict[str, float]:
 
 def evaluate(name: str, raw: pd.DataFrame, args, log) -> dict:
     """False alarms and detection of one data set, over repeats and batch sizes."""
-    from healthpredict.monitoring import drift
+    from healthpredict.monitoring import calibration
     from tests.support import drift_scenarios
 
     scenarios = [s for s in drift_scenarios.SCENARIOS.values() if s.kind in KINDS]
@@ -205,14 +206,12 @@ def evaluate(name: str, raw: pd.DataFrame, args, log) -> dict:
         thresholds = []
         for r, s in enumerate(setups):
             size = min(n, len(s.pool_raw))
-            cal = drift.calibrate(
+            cal = calibration.calibrate(
                 s.reference,
-                s.held_proba,
-                s.held_label,
+                calibration.ModelReference(s.held_proba, s.held_label, s.held_groups),
                 size,
                 n_null=args.n_null,
                 groups=s.reference_groups,
-                model_reference_groups=s.held_groups,
             )
             th_l = cal.thresholds(args.false_alarm_rate, labelled=True)
             th_u = cal.thresholds(args.false_alarm_rate)
@@ -284,7 +283,7 @@ def evaluate(name: str, raw: pd.DataFrame, args, log) -> dict:
 def evidently_check(s: Setup, th, size: int, rng) -> dict:
     """Full Evidently reports on two no-drift batches and one shifted batch vs the fast path."""
     from healthpredict.modeling.features import clean_data, engineer_features
-    from healthpredict.monitoring import drift
+    from healthpredict.monitoring import reports, statistics
     from tests.support import drift_scenarios
 
     worst, agree = 0.0, True
@@ -292,9 +291,9 @@ def evidently_check(s: Setup, th, size: int, rng) -> dict:
         batch = s.pool_raw.iloc[rng.choice(len(s.pool_raw), size, replace=False)]
         if i == 2:
             batch = drift_scenarios.apply("older_patients", batch.reset_index(drop=True), 0.5)
-        eng = drift.cap_tails(engineer_features(clean_data(batch)), s.caps)
-        _, table = drift.data_drift_report(s.reference, eng, th)
-        fast = drift.column_scores(s.reference, eng)
+        eng = statistics.cap_tails(engineer_features(clean_data(batch)), s.caps)
+        _, table = reports.data_drift_report(s.reference, eng, th)
+        fast = statistics.column_scores(s.reference, eng)
         table = table.set_index("column")
         worst = max(worst, float((table["score"] - fast[table.index]).abs().max()))
         fast_drifted = {c for c in fast.index if fast[c] >= th.per_column[c]}
@@ -309,7 +308,7 @@ def real_stream(raw: pd.DataFrame, args, log) -> dict:
     from healthpredict.data.split import SplitParams, split_frame
     from healthpredict.modeling.features import clean_data, engineer_features, make_target
     from healthpredict.modeling.training import choose_threshold, make_pipeline
-    from healthpredict.monitoring import drift
+    from healthpredict.monitoring import calibration, statistics
 
     parts = split_frame(raw, SplitParams(initial_fraction=args.initial_fraction))
     train = parts["initial_train"]
@@ -318,9 +317,9 @@ def real_stream(raw: pd.DataFrame, args, log) -> dict:
     pipeline = make_pipeline("logreg", {"C": 1.0}, seed=0).fit(train, make_target(train))
     held_proba, held_label = pipeline.predict_proba(held)[:, 1], make_target(held)
     reference = engineer_features(clean_data(train))
-    caps = drift.tail_caps(reference)
+    caps = statistics.tail_caps(reference)
     setup = Setup(
-        reference=drift.cap_tails(reference, caps),
+        reference=statistics.cap_tails(reference, caps),
         caps=caps,
         reference_groups=train["patient_nbr"].to_numpy(),
         held_groups=held["patient_nbr"].to_numpy(),
@@ -341,14 +340,12 @@ def real_stream(raw: pd.DataFrame, args, log) -> dict:
         batch = future.iloc[start : start + n]
         size = len(batch)
         if size not in calibrations:
-            cal = drift.calibrate(
+            cal = calibration.calibrate(
                 setup.reference,
-                held_proba,
-                held_label,
+                calibration.ModelReference(held_proba, held_label, setup.held_groups),
                 size,
                 n_null=args.n_null,
                 groups=setup.reference_groups,
-                model_reference_groups=setup.held_groups,
             )
             calibrations[size] = cal.thresholds(args.false_alarm_rate, labelled=True)
         th = calibrations[size]
@@ -545,7 +542,7 @@ def tables(result: dict) -> str:
 
 DOC_HEAD = """# Drift calibration
 
-How `healthpredict.monitoring.drift` decides DRIFT_DETECTED / NO_DRIFT, and how well it does.
+How `healthpredict.monitoring` decides DRIFT_DETECTED / NO_DRIFT, and how well it does.
 
 ## Why calibrate
 

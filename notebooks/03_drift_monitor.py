@@ -29,7 +29,7 @@
 # gets without any drift depends on the batch size. The reference's own batch-to-batch variation
 # (1,000 random no-drift batches of this size) sets every threshold so that the decision raises a
 # false alarm on at most `false_alarm_rate` of no-drift batches. The work happens in
-# `healthpredict.monitoring.drift.monitor`; this notebook shows its evidence.
+# `healthpredict.mlops.monitor.monitor`; this notebook shows its evidence.
 
 # %% tags=["parameters"]
 new_data_path = ""  # raw batch CSV to monitor (path or s3:// URI); labels optional
@@ -55,8 +55,9 @@ from IPython.display import Markdown, display
 # tqdm (imported by a dependency) complains that this headless kernel has no widgets.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
+from healthpredict.mlops.monitor import MonitorRequest, monitor
 from healthpredict.modeling import plots
-from healthpredict.monitoring.drift import monitor, plot_column_scores, plot_predictions
+from healthpredict.modeling.plots import plot_column_scores, plot_predictions
 from healthpredict.runs.scraps import record
 
 # Evidently, MLflow and scikit-learn bring ~3,000 modules; keeping their objects out of the
@@ -66,17 +67,19 @@ if not new_data_path:
     raise ValueError("new_data_path is required: the raw batch CSV to monitor")
 reports_dir = evidently_reports_path or str(Path(run_dir or ".") / "reports")
 result = monitor(
-    new_data_path,
-    reference_data_path,
-    mlflow_model_uri,
-    reports_dir,
-    model_reference_path=model_reference_path,
-    share_threshold=drift_share_threshold,
-    prediction_drift_threshold=prediction_drift_threshold,
-    performance_tolerance=performance_tolerance,
-    false_alarm_rate=false_alarm_rate,
-    n_null=n_null_batches,
-    experiment_name=mlflow_experiment_name,
+    MonitorRequest(
+        new_data_path,
+        reference_data_path,
+        mlflow_model_uri,
+        reports_dir,
+        model_reference_path=model_reference_path,
+        share_threshold=drift_share_threshold,
+        prediction_drift_threshold=prediction_drift_threshold,
+        performance_tolerance=performance_tolerance,
+        false_alarm_rate=false_alarm_rate,
+        n_null=n_null_batches,
+        experiment_name=mlflow_experiment_name,
+    )
 )
 for name, value in result.scraps().items():
     record(name, value)

@@ -9,7 +9,9 @@ from scipy import stats
 from scipy.spatial import distance
 from sklearn.metrics import roc_auc_score
 
-from healthpredict.monitoring import drift
+from healthpredict.core import constants
+from healthpredict.monitoring import calibration, decision, reports, statistics
+from healthpredict.monitoring.calibration import ModelReference
 
 METHODS = {"x": "wasserstein", "k": "wasserstein", "c": "jensenshannon", "d": "jensenshannon"}
 
@@ -31,21 +33,23 @@ def test_distances_match_scipy():
     ref, cur = _frame(3000, rng), _frame(700, rng, shift=0.2)
     for col in ("x", "k"):
         expected = stats.wasserstein_distance(ref[col], cur[col]) / np.std(ref[col])
-        assert drift.column_distance(ref[col], cur[col], "wasserstein") == pytest.approx(expected)
+        assert statistics.column_distance(ref[col], cur[col], "wasserstein") == pytest.approx(
+            expected
+        )
     keys = sorted(set(ref["c"]) | set(cur["c"]))
     p = ref["c"].value_counts().reindex(keys, fill_value=0).to_numpy()
     q = cur["c"].value_counts().reindex(keys, fill_value=0).to_numpy()
-    assert drift.column_distance(ref["c"], cur["c"], "jensenshannon") == pytest.approx(
+    assert statistics.column_distance(ref["c"], cur["c"], "jensenshannon") == pytest.approx(
         distance.jensenshannon(p / p.sum(), q / q.sum())
     )
     # A category only the batch has, missing values dropped, a constant reference (std floor).
-    assert drift.column_distance(["a", "a", None], ["a", "new"], "jensenshannon") > 0.4
-    assert drift.column_distance([2.0] * 50, [2.0] * 10 + [3.0], "wasserstein") == pytest.approx(
-        (1 / 11) / 0.001
-    )
-    assert np.isnan(drift.column_distance([], [1.0], "wasserstein"))
+    assert statistics.column_distance(["a", "a", None], ["a", "new"], "jensenshannon") > 0.4
+    assert statistics.column_distance(
+        [2.0] * 50, [2.0] * 10 + [3.0], "wasserstein"
+    ) == pytest.approx((1 / 11) / 0.001)
+    assert np.isnan(statistics.column_distance([], [1.0], "wasserstein"))
     with pytest.raises(ValueError, match="unknown drift method"):
-        drift.column_distance([1], [1], "psi")
+        statistics.column_distance([1], [1], "psi")
 
 
 def test_fast_scores_match_evidently_report():
@@ -58,14 +62,14 @@ def test_fast_scores_match_evidently_report():
     cur = engineer_features(
         clean_data(drift_scenarios.apply("older_patients", raw.iloc[2400:].reset_index(drop=True)))
     )
-    thresholds = drift.Thresholds(
-        {c: 0.05 + i / 1000 for i, c in enumerate(drift.DRIFT_COLUMNS)},
+    thresholds = calibration.Thresholds(
+        {c: 0.05 + i / 1000 for i, c in enumerate(statistics.DRIFT_COLUMNS)},
         0.1, 4, 0.1, None, 0.05, 0.025, {}, {},
     )  # fmt: skip
-    snapshot, table = drift.data_drift_report(ref, cur, thresholds)
+    snapshot, table = reports.data_drift_report(ref, cur, thresholds)
     table = table.set_index("column")
-    fast = drift.column_scores(ref, cur)
-    assert len(table) == len(drift.DRIFT_COLUMNS) == 33
+    fast = statistics.column_scores(ref, cur)
+    assert len(table) == len(statistics.DRIFT_COLUMNS) == 33
     assert np.allclose(table["score"], fast[table.index], rtol=1e-9, atol=1e-12)
     # Evidently received the per-column thresholds: they are what its metrics report.
     assert table["threshold"].to_dict() == pytest.approx(thresholds.per_column)
@@ -77,20 +81,20 @@ def test_fast_scores_match_evidently_report():
 def test_null_scores_equal_scores_of_explicit_splits():
     rng = np.random.default_rng(1)
     ref = _frame(900, rng)
-    idx = drift._null_indices(len(ref), 200, 5, seed=4)
+    idx = statistics.null_indices(len(ref), 200, 5, seed=4)
     for col, method in METHODS.items():
-        vectorised = drift._null_column_scores(ref[col], method, idx)
+        vectorised = statistics.null_column_scores(ref[col], method, idx)
         for b in range(5):
             rest = np.setdiff1d(np.arange(len(ref)), idx[b])
-            one = drift.column_distance(ref[col].iloc[rest], ref[col].iloc[idx[b]], method)
+            one = statistics.column_distance(ref[col].iloc[rest], ref[col].iloc[idx[b]], method)
             assert vectorised[b] == pytest.approx(one, rel=1e-9)
     proba = np.round(rng.random(900), 3)  # ties on purpose
     label = (rng.random(900) < proba).astype(int)
-    scores, drops = drift._null_prediction_scores(proba, label, idx)
+    scores, drops = statistics.null_prediction_scores(proba, label, idx)
     for b in range(5):
         rest = np.setdiff1d(np.arange(900), idx[b])
         assert scores[b] == pytest.approx(
-            drift.column_distance(proba[rest], proba[idx[b]], "wasserstein")
+            statistics.column_distance(proba[rest], proba[idx[b]], "wasserstein")
         )
         expected = roc_auc_score(label[rest], proba[rest]) - roc_auc_score(
             label[idx[b]], proba[idx[b]]
@@ -102,10 +106,10 @@ def test_null_scores_equal_scores_of_explicit_splits():
 def test_upper_cut_keeps_the_rate_even_for_discrete_scores(alpha):
     rng = np.random.default_rng(2)
     for null in (rng.random(1000), rng.integers(0, 4, 1000).astype(float), np.zeros(500)):
-        cut = drift._upper_cut(null, alpha)
+        cut = statistics.upper_cut(null, alpha)
         assert np.mean(null >= cut) <= alpha
         assert not np.any(np.isclose(null, cut))  # never on an attainable value
-    assert drift._upper_cut(np.array([np.nan]), 0.05) == np.inf
+    assert statistics.upper_cut(np.array([np.nan]), 0.05) == np.inf
 
 
 def _calibration(n_ref=4000, batch=400, seed=0):
@@ -113,8 +117,8 @@ def _calibration(n_ref=4000, batch=400, seed=0):
     ref = _frame(n_ref, rng)
     proba = rng.beta(1, 8, 1500)
     label = (rng.random(1500) < proba).astype(int)
-    cal = drift.calibrate(
-        ref, proba, label, batch, n_null=400, columns=list(METHODS), methods=METHODS
+    cal = calibration.calibrate(
+        ref, ModelReference(proba, label), batch, n_null=400, columns=list(METHODS), methods=METHODS
     )
     return cal, ref, proba, label
 
@@ -143,13 +147,13 @@ def test_thresholds_split_the_false_alarm_budget():
     with pytest.raises(ValueError, match="false_alarm_rate"):
         cal.thresholds(0.0)
     with pytest.raises(ValueError, match="n_null"):
-        drift.calibrate(_frame(100, np.random.default_rng(0)), np.ones(10), None, 10, n_null=50,
+        calibration.calibrate(_frame(100, np.random.default_rng(0)), ModelReference(np.ones(10)), 10, n_null=50,
                         columns=list(METHODS), methods=METHODS)  # fmt: skip
 
 
 def test_calibration_round_trips_through_bytes():
     cal, *_ = _calibration(n_ref=1000, batch=100)
-    back = drift.Calibration.from_bytes(cal.to_bytes())
+    back = calibration.Calibration.from_bytes(cal.to_bytes())
     assert back.from_cache and not cal.from_cache
     assert np.array_equal(back.feature_null, cal.feature_null) and back.columns == cal.columns
     assert back.batch_size == 100 and back.meta["n_null"] == 400
@@ -163,33 +167,33 @@ def test_false_alarms_on_independent_batches_stay_near_the_target():
     rng = np.random.default_rng(11)
     alarms, detections = [], []
     for _ in range(300):
-        scores = drift.column_scores(ref, _frame(400, rng), list(METHODS), METHODS)
+        scores = statistics.column_scores(ref, _frame(400, rng), list(METHODS), METHODS)
         new_proba = rng.beta(1, 8, 400)
-        pred = drift.column_distance(proba, new_proba, "wasserstein")
+        pred = statistics.column_distance(proba, new_proba, "wasserstein")
         share = np.mean([scores[c] >= th.per_column[c] for c in METHODS])
-        alarms.append(drift.decide(share, th.share_threshold, pred >= th.prediction_drift_threshold,
+        alarms.append(decision.decide(share, th.share_threshold, pred >= th.prediction_drift_threshold,
                                    None, None)[0])  # fmt: skip
     for _ in range(50):
-        scores = drift.column_scores(ref, _frame(400, rng, shift=0.3), list(METHODS), METHODS)
+        scores = statistics.column_scores(ref, _frame(400, rng, shift=0.3), list(METHODS), METHODS)
         share = np.mean([scores[c] >= th.per_column[c] for c in METHODS])
-        detections.append(drift.decide(share, th.share_threshold, False, None, None)[0])
-    false_alarm = np.mean(np.array(alarms) == drift.DRIFT_DETECTED)
+        detections.append(decision.decide(share, th.share_threshold, False, None, None)[0])
+    false_alarm = np.mean(np.array(alarms) == constants.DRIFT_DETECTED)
     assert false_alarm <= 0.16  # target 10%; 300 batches give a standard error of ~1.7%
-    assert np.mean(np.array(detections) == drift.DRIFT_DETECTED) >= 0.95
+    assert np.mean(np.array(detections) == constants.DRIFT_DETECTED) >= 0.95
 
 
 def test_subsample_scale_for_small_references():
-    assert drift._subsample(10_000, 2000) == (2000, pytest.approx(np.sqrt(0.0006 / 0.000625)))
-    m, scale = drift._subsample(3000, 2000)
+    assert statistics.subsample(10_000, 2000) == (2000, pytest.approx(np.sqrt(0.0006 / 0.000625)))
+    m, scale = statistics.subsample(3000, 2000)
     assert m == 1500 and scale == pytest.approx(np.sqrt((1 / 2000 + 1 / 3000) / (2 / 1500)))
     with pytest.raises(ValueError, match="at least 4"):
-        drift._subsample(3, 2)
+        statistics.subsample(3, 2)
 
 
 def test_grouped_null_batches_hold_out_whole_patients():
     rng = np.random.default_rng(3)
     groups = np.repeat(np.arange(300), rng.integers(1, 6, 300))
-    idx = drift._null_indices(len(groups), 100, 50, seed=1, groups=groups)
+    idx = statistics.null_indices(len(groups), 100, 50, seed=1, groups=groups)
     assert idx.shape == (50, 100)
     for row in idx:
         assert len(set(row)) == 100  # no row twice
@@ -198,19 +202,19 @@ def test_grouped_null_batches_hold_out_whole_patients():
         assert complete.sum() >= len(patients) - 1  # at most the last patient is cut
     # Different batches differ; the same seed repeats them.
     assert len({tuple(sorted(r)) for r in idx}) == 50
-    assert np.array_equal(idx, drift._null_indices(len(groups), 100, 50, seed=1, groups=groups))
+    assert np.array_equal(idx, statistics.null_indices(len(groups), 100, 50, seed=1, groups=groups))
 
 
 def test_tails_are_capped_at_reference_quantiles():
     ref = pd.DataFrame({"k": np.r_[np.zeros(990), np.arange(10) + 20.0], "c": ["a"] * 1000})
-    caps = drift.tail_caps(ref, {"k": "wasserstein", "c": "jensenshannon"}, quantile=0.005)
+    caps = statistics.tail_caps(ref, {"k": "wasserstein", "c": "jensenshannon"}, quantile=0.005)
     assert set(caps) == {"k"} and caps["k"][0] == 0.0 and 20 <= caps["k"][1] < 29
-    capped = drift.cap_tails(pd.DataFrame({"k": [-5.0, 3.0, 100.0], "c": "a"}), caps)
+    capped = statistics.cap_tails(pd.DataFrame({"k": [-5.0, 3.0, 100.0], "c": "a"}), caps)
     assert capped["k"].tolist() == [0.0, 3.0, caps["k"][1]] and capped["c"].tolist() == ["a"] * 3
     # One extreme patient moves the capped distance far less than the raw one.
     batch = pd.Series(np.r_[np.zeros(497), [60.0] * 3])
-    raw_d = drift.column_distance(ref["k"], batch, "wasserstein")
-    capped_d = drift.column_distance(
-        drift.cap_tails(ref, caps)["k"], batch.clip(*caps["k"]), "wasserstein"
+    raw_d = statistics.column_distance(ref["k"], batch, "wasserstein")
+    capped_d = statistics.column_distance(
+        statistics.cap_tails(ref, caps)["k"], batch.clip(*caps["k"]), "wasserstein"
     )
     assert capped_d < raw_d / 2

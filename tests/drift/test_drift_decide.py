@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from healthpredict.monitoring.drift import DRIFT_DETECTED, NO_DRIFT, decide
+from healthpredict.core.constants import DRIFT_DETECTED, NO_DRIFT
+from healthpredict.monitoring.decision import decide
 
 SHARES = {"below": 0.02, "at": 0.1, "above": 0.5}
 DROPS = {"none": None, "nan": math.nan, "below": 0.01, "at": 0.05, "above": 0.2}

@@ -9,13 +9,15 @@ import pandas as pd
 import pytest
 from drift_helpers import write_batch
 
+from healthpredict.core import constants
 from healthpredict.data.schema import RawSchemaError
 from healthpredict.mlops import registry, tracking
-from healthpredict.monitoring import drift
+from healthpredict.mlops.monitor import ModelSchemaError, MonitorRequest, monitor
+from healthpredict.monitoring import evidence, reference
 from tests.support import drift_scenarios
 
 
-def _runs(experiment: str = drift.DEFAULT_EXPERIMENT):
+def _runs(experiment: str = constants.MONITORING_EXPERIMENT):
     from mlflow import MlflowClient
 
     tracking.setup_mlflow()
@@ -46,15 +48,15 @@ def clean_result(drift_env):
     """The no-drift batch, monitored once (its held-out rows: the validation split only)."""
     uri = write_batch(drift_env, "clean", drift_env.clean_batch)
     reports = drift_env.tmp / "reports" / "clean"
-    result = drift.monitor(
-        uri, reports_dir=str(reports), model_reference_path=drift_env.validation_uri
+    result = monitor(
+        MonitorRequest(uri, reports_dir=str(reports), model_reference_path=drift_env.validation_uri)
     )
     return uri, reports, result
 
 
 def test_no_drift_batch(clean_result, drift_env):
     _, reports, result = clean_result
-    assert result.status == drift.NO_DRIFT and result.reasons == []
+    assert result.status == constants.NO_DRIFT and result.reasons == []
     assert result.n_columns == 33 and len(result.drift_table) == 33
     assert result.n_drifted_columns == 0 and result.drifted_columns == []
     assert not result.prediction_drift
@@ -91,7 +93,7 @@ def test_mlflow_run_holds_params_metrics_reports_and_status(clean_result):
     uri, _, result = clean_result
     run = MlflowClient().get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
-    assert run.info.experiment_id == tracking.experiment_id(drift.DEFAULT_EXPERIMENT)
+    assert run.info.experiment_id == tracking.experiment_id(constants.MONITORING_EXPERIMENT)
     params = run.data.params
     assert params["new_data_path"] == str(Path(uri).resolve())
     assert params["reference_data_path"].endswith("initial_train.csv")
@@ -121,8 +123,8 @@ def test_calibration_is_cached_and_reused(clean_result, drift_env, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the calibration was computed again")
 
-    monkeypatch.setattr(drift, "calibrate", fail)
-    prepared = drift.prepare_reference(
+    monkeypatch.setattr(reference, "calibrate", fail)
+    prepared = reference.prepare_reference(
         str(drift_env.data_dir / "initial_train.csv"),
         [drift_env.validation_uri],
         drift_env.pipeline,
@@ -135,8 +137,8 @@ def test_calibration_is_cached_and_reused(clean_result, drift_env, monkeypatch):
     assert {"predictions.parquet", "calibration-n500-b1000-s0-v2.npz",
             "calibration-n500-b1000-s0-v2.json"} <= names  # fmt: skip
     assert (cache.parents[1] / "features.parquet").exists()
-    again = drift.monitor(uri, reports_dir=str(drift_env.tmp / "reports" / "again"),
-                          model_reference_path=drift_env.validation_uri)  # fmt: skip
+    again = monitor(MonitorRequest(uri, reports_dir=str(drift_env.tmp / "reports" / "again"),
+                          model_reference_path=drift_env.validation_uri))  # fmt: skip
     assert again.calibration_from_cache and again.status == first.status
     assert again.drift_table.equals(first.drift_table)
 
@@ -145,8 +147,8 @@ def test_covariate_shift_is_detected(drift_env):
     shifted = drift_scenarios.apply("more_prior_inpatient", drift_env.clean_batch, strength=1.0)
     uri = write_batch(drift_env, "shifted", shifted)
     # Default held-out rows: validation + test next to the reference.
-    result = drift.monitor(uri, reports_dir=str(drift_env.tmp / "reports" / "shifted"))
-    assert result.status == drift.DRIFT_DETECTED
+    result = monitor(MonitorRequest(uri, reports_dir=str(drift_env.tmp / "reports" / "shifted")))
+    assert result.status == constants.DRIFT_DETECTED
     assert "number_inpatient" in result.drifted_columns
     assert result.reasons[0].startswith("data drift")
     assert result.model_reference_rows > 1000 and not result.model_reference_in_sample
@@ -155,9 +157,9 @@ def test_covariate_shift_is_detected(drift_env):
 def test_concept_drift_shows_as_a_performance_drop(drift_env):
     flipped = drift_scenarios.apply("concept_drift", drift_env.clean_batch, strength=1.0, seed=1)
     uri = write_batch(drift_env, "concept", flipped)
-    result = drift.monitor(uri, reports_dir=str(drift_env.tmp / "reports" / "concept"),
-                           model_reference_path=drift_env.validation_uri)  # fmt: skip
-    assert result.status == drift.DRIFT_DETECTED
+    result = monitor(MonitorRequest(uri, reports_dir=str(drift_env.tmp / "reports" / "concept"),
+                           model_reference_path=drift_env.validation_uri))  # fmt: skip
+    assert result.status == constants.DRIFT_DETECTED
     assert result.performance_drop > result.thresholds.performance_tolerance > 0
     assert any(r.startswith("performance: ROC AUC dropped") for r in result.reasons)
     # The features did not move: the drop is what gives it away.
@@ -168,8 +170,8 @@ def test_concept_drift_shows_as_a_performance_drop(drift_env):
 def test_unlabelled_batch_uses_the_prediction_path(drift_env):
     shifted = drift_scenarios.apply("more_prior_inpatient", drift_env.clean_batch, strength=1.0)
     uri = write_batch(drift_env, "unlabelled", shifted.drop(columns=["readmitted"]))
-    result = drift.monitor(uri, reports_dir=str(drift_env.tmp / "reports" / "unlabelled"),
-                           model_reference_path=drift_env.validation_uri)  # fmt: skip
+    result = monitor(MonitorRequest(uri, reports_dir=str(drift_env.tmp / "reports" / "unlabelled"),
+                           model_reference_path=drift_env.validation_uri))  # fmt: skip
     assert result.performance is None and result.performance_drop is None
     assert result.thresholds.performance_tolerance is None
     assert result.thresholds.alpha == pytest.approx(0.025)  # two signals share the 5%
@@ -187,7 +189,7 @@ def test_bad_schema_raises_before_any_run(drift_env):
     broken = drift_scenarios.apply("new_category", broken, strength=0.1)
     uri = write_batch(drift_env, "broken", broken)
     with pytest.raises(RawSchemaError) as info:
-        drift.monitor(uri, reports_dir=str(drift_env.tmp / "reports" / "broken"))
+        monitor(MonitorRequest(uri, reports_dir=str(drift_env.tmp / "reports" / "broken")))
     problems = "\n".join(info.value.problems)
     assert "A1Cresult" in problems and "Martian" in problems and len(info.value.problems) == 2
     assert {r.info.run_id for r in _runs()} == before
@@ -200,7 +202,7 @@ def test_missing_model_and_foreign_schema_fail_clearly(drift_env):
     uri = write_batch(drift_env, "for_models", drift_env.clean_batch)
     before = {r.info.run_id for r in _runs()}
     with pytest.raises(registry.ModelNotFoundError, match="'HealthPredict'.*'nope'"):
-        drift.monitor(uri, model_uri="models:/HealthPredict@nope")
+        monitor(MonitorRequest(uri, model_uri="models:/HealthPredict@nope"))
     tracking.use_experiment("HealthPredict_Training")
     with mlflow.start_run():
         other = registry.log_model(
@@ -208,8 +210,8 @@ def test_missing_model_and_foreign_schema_fail_clearly(drift_env):
             input_example=drift_env.clean_batch, data_source="synthetic", params={},
         )  # fmt: skip
     registry._client().set_model_version_tag(other.name, other.version, "schema_hash", "0" * 16)
-    with pytest.raises(drift.ModelSchemaError, match="0000000000000000"):
-        drift.monitor(uri, model_uri=other.model_uri)
+    with pytest.raises(ModelSchemaError, match="0000000000000000"):
+        monitor(MonitorRequest(uri, model_uri=other.model_uri))
     assert {r.info.run_id for r in _runs()} == before
 
 
@@ -219,11 +221,11 @@ def test_failure_inside_the_run_marks_it_failed(drift_env, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("report failed")
 
-    monkeypatch.setattr(drift, "data_drift_report", boom)
+    monkeypatch.setattr(evidence, "data_drift_report", boom)
     before = {r.info.run_id for r in _runs()}
     with pytest.raises(RuntimeError, match="report failed"):
-        drift.monitor(uri, reports_dir=str(drift_env.tmp / "reports" / "boom"),
-                      model_reference_path=drift_env.validation_uri)  # fmt: skip
+        monitor(MonitorRequest(uri, reports_dir=str(drift_env.tmp / "reports" / "boom"),
+                      model_reference_path=drift_env.validation_uri))  # fmt: skip
     new = [r for r in _runs() if r.info.run_id not in before]
     assert [r.info.status for r in new] == ["FAILED"]
 
@@ -234,8 +236,10 @@ def test_batch_and_reports_on_s3(drift_env, s3_bucket):
     from healthpredict.core import storage
 
     uri = storage.write_csv(f"{s3_bucket}/batches/clean.csv", drift_env.clean_batch)
-    result = drift.monitor(
-        uri, reports_dir=f"{s3_bucket}/reports", model_reference_path=drift_env.validation_uri
+    result = monitor(
+        MonitorRequest(
+            uri, reports_dir=f"{s3_bucket}/reports", model_reference_path=drift_env.validation_uri
+        )
     )
     assert result.report_paths == {
         n: f"{s3_bucket}/reports/{n}.html"

@@ -24,7 +24,7 @@ def champion(tmp_path_factory, synthetic_champion, settings_isolation):
     """
     from healthpredict.core import layout
     from healthpredict.core.settings import get_settings
-    from healthpredict.monitoring import drift
+    from healthpredict.monitoring.reference import default_model_reference, prepare_reference
 
     base = tmp_path_factory.mktemp("faults-champion")
     patch = pytest.MonkeyPatch()
@@ -35,8 +35,8 @@ def champion(tmp_path_factory, synthetic_champion, settings_isolation):
         info = made.info
         reference = str(Path(layout.processed_data()) / "initial_train.csv")
         # The calibration of the loop's batch size, computed once and copied into every test.
-        drift.prepare_reference(
-            reference, drift.default_model_reference(reference), made.pipeline, info, BATCH_ROWS
+        prepare_reference(
+            reference, default_model_reference(reference), made.pipeline, info, BATCH_ROWS
         )
     finally:
         patch.undo()

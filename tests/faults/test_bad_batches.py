@@ -1,7 +1,7 @@
 """Bad batches: each one is stopped with a message naming the problem, and nothing moves.
 
-Validation happens in the drift monitor's first code cell (``drift.monitor`` reads and checks
-the batch before any MLflow run or Evidently work), so most cases call ``drift.monitor`` in
+Validation happens in the drift monitor's first code cell (``healthpredict.mlops.monitor.monitor`` reads and checks
+the batch before any MLflow run or Evidently work), so most cases call ``monitor`` in
 this process; two go through the real loop and notebook kernel to prove what a failed batch
 leaves behind: a failed rendered run, an unmoved cursor and the batch file kept.
 """
@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from fault_helpers import BATCH_ROWS, MONITOR, mlflow_runs, run_dirs, run_records, state_bytes
 
-from healthpredict.core import storage
+from healthpredict.core import constants, storage
 from healthpredict.data.schema import RawSchemaError
 from healthpredict.data.uci import UCIDataError
-from healthpredict.monitoring import drift
+from healthpredict.mlops.monitor import BatchTooSmallError, MonitorRequest, monitor
 from healthpredict.pipelines import loop
 from healthpredict.runs import NotebookRunError
 
@@ -119,8 +119,8 @@ BAD_BATCHES = {
     ),
     "one_row": (
         _one_row,
-        drift.BatchTooSmallError,
-        ["too few rows", "has 1 row(s)", f"at least {drift.MIN_BATCH_ROWS}"],
+        BatchTooSmallError,
+        ["too few rows", "has 1 row(s)", f"at least {constants.MIN_BATCH_ROWS}"],
     ),
 }
 
@@ -131,7 +131,7 @@ def test_bad_batch_is_refused_before_any_work(env, case):
     uri = storage.write_bytes(env.tmp / "batches" / f"{case}.csv", make(env))
     reports = env.tmp / "reports" / case
     with pytest.raises(error) as info:
-        drift.monitor(uri, reports_dir=str(reports))
+        monitor(MonitorRequest(uri, reports_dir=str(reports)))
     message = str(info.value)
     assert uri in message  # names the file ...
     for phrase in phrases:  # ... and the problem
@@ -146,8 +146,8 @@ def test_labels_of_one_class_are_monitored_without_performance(env):
     frame = _clean(env, start=BATCH_ROWS)
     frame["readmitted"] = "NO"
     uri = storage.write_csv(env.tmp / "batches" / "one_class.csv", frame)
-    result = drift.monitor(uri, reports_dir=str(env.tmp / "reports" / "one_class"))
-    assert result.status in (drift.DRIFT_DETECTED, drift.NO_DRIFT)
+    result = monitor(MonitorRequest(uri, reports_dir=str(env.tmp / "reports" / "one_class")))
+    assert result.status in (constants.DRIFT_DETECTED, constants.NO_DRIFT)
     assert result.performance_drop is None and "performance" not in result.report_paths
     assert set(result.report_paths) == {"data_drift", "prediction_drift"}
     (run,) = mlflow_runs()
@@ -156,11 +156,13 @@ def test_labels_of_one_class_are_monitored_without_performance(env):
 
 def test_short_tail_of_the_stream_joins_the_last_batch():
     """The monitor refuses tiny batches, so the loop never cuts one at the end of the stream."""
-    tail = drift.MIN_BATCH_ROWS - 1
+    tail = constants.MIN_BATCH_ROWS - 1
     assert loop.next_window(4500, 5000 + tail, 500) == loop.BatchWindow(4500, 5000 + tail)
-    assert loop.next_window(4500, 5000 + drift.MIN_BATCH_ROWS, 500) == loop.BatchWindow(4500, 5000)
+    assert loop.next_window(4500, 5000 + constants.MIN_BATCH_ROWS, 500) == loop.BatchWindow(
+        4500, 5000
+    )
     assert loop.remaining_batches(5000 + tail, 0, 500) == 10
-    assert loop.remaining_batches(5000 + drift.MIN_BATCH_ROWS, 0, 500) == 11
+    assert loop.remaining_batches(5000 + constants.MIN_BATCH_ROWS, 0, 500) == 11
     with pytest.raises(ValueError, match="below the 30 rows the drift monitor needs"):
         loop.run_loop(batch_size=10)
 
@@ -268,7 +270,7 @@ def test_200k_row_batch_is_monitored_within_memory(env):
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["status"] == "succeeded" and figures["batch_rows"] == 200_000
-    assert figures["drift_status"] in (drift.DRIFT_DETECTED, drift.NO_DRIFT)
+    assert figures["drift_status"] in (constants.DRIFT_DETECTED, constants.NO_DRIFT)
     limit_kb = 4 * 1024 * 1024  # ru_maxrss is in KiB on Linux
     assert 0 < figures["runner_kb"] < limit_kb and 0 < figures["kernel_kb"] < limit_kb, figures
     # Measured, not vacuous: the kernel (the runner's child) held the batch and Evidently.

@@ -18,7 +18,7 @@ from healthpredict import runs
 from healthpredict.core import storage
 from healthpredict.data.schema import schema_hash
 from healthpredict.mlops import registry, tracking
-from healthpredict.monitoring import drift
+from healthpredict.mlops.monitor import ModelSchemaError, MonitorRequest, monitor
 from healthpredict.pipelines import loop
 
 pytestmark = pytest.mark.faults
@@ -59,7 +59,7 @@ def test_missing_champion_alias_stops_the_loop_before_any_work(env):
 def test_champion_of_another_schema_stops_the_loop_before_any_work(env):
     version = env.info.version
     _client().set_model_version_tag("HealthPredict", version, "schema_hash", OLD_SCHEMA)
-    with pytest.raises(drift.ModelSchemaError) as info:
+    with pytest.raises(ModelSchemaError) as info:
         loop.run_loop(batch_size=BATCH_ROWS, max_batches=1)
     message = str(info.value)
     assert f"model HealthPredict version {version} (models:/HealthPredict@champion)" in message
@@ -73,9 +73,9 @@ def test_monitor_refuses_a_model_of_another_schema_before_its_run(env):
     version = env.info.version
     _client().set_model_version_tag("HealthPredict", version, "schema_hash", OLD_SCHEMA)
     reports = env.tmp / "reports"
-    with pytest.raises(drift.ModelSchemaError, match=f"version {version}"):
-        drift.monitor(_batch(env), model_uri=f"models:/HealthPredict/{version}",
-                      reports_dir=str(reports))  # fmt: skip
+    with pytest.raises(ModelSchemaError, match=f"version {version}"):
+        monitor(MonitorRequest(_batch(env), model_uri=f"models:/HealthPredict/{version}",
+                      reports_dir=str(reports)))  # fmt: skip
     assert mlflow_runs() == [] and not reports.exists()
 
 

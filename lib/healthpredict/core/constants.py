@@ -26,6 +26,9 @@ REJECTED = "REJECTED"
 # Fewest rows a batch may have to be monitored: below it, drift distances are noise.
 MIN_BATCH_ROWS = 30
 
+# Column of a model's predicted probability in prediction frames (monitoring, its figures).
+PROBA_COLUMN = "prediction_proba"
+
 # The prepared splits, in time order, and the files they are stored in.
 SPLITS = ("initial_train", "validation", "test", "future_data")
 REFERENCE_SPLIT = "initial_train"

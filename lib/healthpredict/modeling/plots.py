@@ -1,4 +1,4 @@
-"""Evaluation figures for notebooks and MLflow; each function returns a matplotlib Figure."""
+"""Figures for notebooks and MLflow (evaluation and drift monitoring); each returns a Figure."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
+
+from healthpredict.core.constants import PROBA_COLUMN
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -111,3 +113,40 @@ def show(fig: Figure, dpi: int = 100) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     display(Image(data=buf.getvalue(), format="png"))
+
+
+def plot_column_scores(table: pd.DataFrame, top: int = 20) -> Figure:
+    """Bar chart of score / calibrated threshold per column (>= 1 is drift), top ``top`` columns.
+
+    Args:
+        table: The drift monitor's per-column table (``column``, ``score``, ``threshold``,
+            ``drifted``), most drifted first.
+        top: How many columns to show.
+    """
+    shown = table.head(top).iloc[::-1]
+    ratio = shown["score"] / shown["threshold"]
+    fig, ax = _figure(width=8, height=0.28 * len(shown) + 1.2)
+    colors = np.where(shown["drifted"], "#c44e52", "#4c72b0")
+    ax.barh(shown["column"], ratio, color=colors)
+    ax.axvline(1.0, color="black", lw=1, ls="--", label="calibrated threshold")
+    ax.set_xlabel("drift score / calibrated threshold (red: drifted)")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def plot_predictions(predictions: pd.DataFrame, threshold: float) -> Figure:
+    """Histograms of the predicted probabilities, reference vs batch, with the model threshold.
+
+    Args:
+        predictions: ``set`` (``reference`` or ``batch``) and ``prediction_proba`` of each row.
+        threshold: The model's decision threshold on the probability.
+    """
+    fig, ax = _figure(width=8, height=3.5)
+    bins = np.linspace(0, max(float(predictions[PROBA_COLUMN].max()), threshold) * 1.02, 40)
+    for name, color in (("reference", "#4c72b0"), ("batch", "#dd8452")):
+        values = predictions.loc[predictions["set"] == name, PROBA_COLUMN]
+        ax.hist(values, bins=bins, density=True, alpha=0.55, color=color, label=name)
+    ax.axvline(threshold, color="black", lw=1, ls="--", label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="predicted probability of readmission", ylabel="density")
+    ax.legend()
+    return fig

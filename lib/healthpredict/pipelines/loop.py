@@ -68,7 +68,7 @@ class BatchWindow:
 
 
 def _min_rows() -> int:
-    from healthpredict.monitoring.drift import MIN_BATCH_ROWS
+    from healthpredict.core.constants import MIN_BATCH_ROWS
 
     return MIN_BATCH_ROWS
 
@@ -79,7 +79,7 @@ def next_window(
     """The next batch window, or None when the stream is exhausted.
 
     When batches are big enough to monitor, a tail of fewer than ``min_rows`` rows (default:
-    the drift monitor's :data:`~healthpredict.monitoring.drift.MIN_BATCH_ROWS`), which the monitor would
+    the drift monitor's :data:`~healthpredict.core.constants.MIN_BATCH_ROWS`), which the monitor would
     refuse, joins the window before it instead of stopping the loop at the end of the stream.
 
     Raises:
@@ -533,7 +533,7 @@ def run_loop(
         on_batch: Called with each :class:`BatchOutcome` (progress display).
 
     Raises:
-        ValueError: ``batch_size`` is below :data:`~healthpredict.monitoring.drift.MIN_BATCH_ROWS`.
+        ValueError: ``batch_size`` is below :data:`~healthpredict.core.constants.MIN_BATCH_ROWS`.
         LoopLockedError: Another runner holds the lease (nothing was done).
         healthpredict.mlops.tracking.TrackingUnavailableError: MLflow cannot be reached, checked
             with the model (:func:`preflight`) before any batch is written or kernel started.
@@ -594,9 +594,9 @@ def preflight(model_uri: str):
     Raises:
         healthpredict.mlops.tracking.TrackingUnavailableError: MLflow cannot be reached.
         healthpredict.mlops.registry.ModelNotFoundError: The model or its alias does not exist.
-        healthpredict.monitoring.drift.ModelSchemaError: The model was trained on another raw schema.
+        healthpredict.mlops.monitor.ModelSchemaError: The model was trained on another raw schema.
     """
-    from healthpredict.monitoring.drift import check_model
+    from healthpredict.mlops.monitor import check_model
 
     tracking.check_reachable()
     return check_model(model_uri)

@@ -1,0 +1,453 @@
+"""The recorded monitoring run: one batch against the production model, logged to MLflow.
+
+:func:`monitor` reads and validates the batch, loads the model from the registry, prepares the
+reference (cached), builds the evidence and the decision with
+:mod:`healthpredict.monitoring`, saves the Evidently HTML and records params, metrics, reports
+and the ``drift_status`` tag in the monitoring experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from healthpredict.core import layout, storage
+from healthpredict.core.constants import (
+    MIN_BATCH_ROWS,
+    MONITORING_EXPERIMENT,
+    REFERENCE_SPLIT,
+    champion_uri,
+)
+from healthpredict.core.settings import get_settings
+from healthpredict.data.schema import schema_hash, validate_raw
+from healthpredict.data.uci import read_raw_csv
+from healthpredict.mlops import registry, tracking
+from healthpredict.monitoring.decision import MonitorResult, decide
+from healthpredict.monitoring.evidence import (
+    Evidence,
+    ScoredBatch,
+    compared_predictions,
+    gather_evidence,
+    score_batch,
+)
+from healthpredict.monitoring.reference import (
+    PreparedReference,
+    default_model_reference,
+    prepare_reference,
+    reference_info,
+)
+from healthpredict.monitoring.reports import save_html
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from sklearn.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+class ModelSchemaError(ValueError):
+    """The production model was trained on another raw schema than the current one."""
+
+
+class BatchTooSmallError(ValueError):
+    """The batch has fewer rows than the drift monitor needs (``constants.MIN_BATCH_ROWS``)."""
+
+
+@dataclass(frozen=True)
+class MonitorRequest:
+    """What to monitor and how: the arguments of :func:`monitor`.
+
+    Attributes:
+        new_data_path: Raw batch CSV (local or ``s3://``); labels are optional.
+        reference_data_path: Raw reference CSV; default ``<processed_data>/initial_train.csv``.
+        model_uri: Registry URI; default the champion (``models:/<model_name>@champion``).
+        reports_dir: Folder or ``s3://`` prefix for the HTML reports; default ``./reports``.
+        model_reference_path: Held-out raw CSV(s) for prediction drift and performance (a list
+            or comma-separated); default
+            :func:`~healthpredict.monitoring.reference.default_model_reference`.
+        share_threshold: Share of drifted columns meaning data drift; None = one column, with
+            per-column thresholds calibrated for it.
+        prediction_drift_threshold: Fixed prediction-drift threshold; None = calibrated.
+        performance_tolerance: Fixed ROC AUC tolerance; None = calibrated.
+        false_alarm_rate: Target false-alarm rate of the decision (calibration).
+        n_null: Null batches of the calibration.
+        seed: Seed of the calibration.
+        experiment_name: MLflow experiment of the monitoring runs.
+        min_rows: Fewest rows a batch may have (``constants.MIN_BATCH_ROWS``).
+    """
+
+    new_data_path: str
+    reference_data_path: str | None = None
+    model_uri: str | None = None
+    reports_dir: str | None = None
+    model_reference_path: str | Sequence[str] | None = None
+    share_threshold: float | None = None
+    prediction_drift_threshold: float | None = None
+    performance_tolerance: float | None = None
+    false_alarm_rate: float = 0.05
+    n_null: int = 1000
+    seed: int = 0
+    experiment_name: str = MONITORING_EXPERIMENT
+    min_rows: int = MIN_BATCH_ROWS
+
+
+@dataclass(frozen=True)
+class _Paths:
+    """A request's locations, resolved: absolute local paths, defaults filled in."""
+
+    new_data: str
+    reference: str
+    model_uri: str
+    reports_dir: str
+    held_out: list[str]
+
+
+class _Stopwatch:
+    """Wall time of each step of a monitoring run, in seconds."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._clock = time.monotonic()
+
+    def lap(self, step: str) -> None:
+        """Record the time since the previous lap as ``step``."""
+        now = time.monotonic()
+        self.seconds[step] = round(now - self._clock, 3)
+        self._clock = now
+
+
+def _resolve_local(uri: str) -> str:
+    return uri if storage.is_s3(uri) else str(Path(uri).expanduser().resolve())
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def _paths(request: MonitorRequest) -> _Paths:
+    reference = _resolve_local(
+        str(request.reference_data_path or layout.split_csv(REFERENCE_SPLIT))
+    )
+    held_out = [_resolve_local(u) for u in _as_list(request.model_reference_path)]
+    return _Paths(
+        new_data=_resolve_local(str(request.new_data_path)),
+        reference=reference,
+        model_uri=request.model_uri or champion_uri(get_settings().model_name),
+        reports_dir=_resolve_local(str(request.reports_dir or "reports")),
+        held_out=held_out or default_model_reference(reference),
+    )
+
+
+def check_model(model_uri: str) -> Any:
+    """The registry entry of the production model, checked against the current raw schema.
+
+    Cheap (no model files are read): the loop calls it before any batch or kernel.
+
+    Returns:
+        The version's :class:`~healthpredict.mlops.registry.ModelInfo`.
+
+    Raises:
+        registry.ModelNotFoundError: No such model, version or alias.
+        ModelSchemaError: The model was trained on another raw schema.
+    """
+    info = registry.get_model_info(model_uri)
+    current = schema_hash()
+    if info.schema_hash and info.schema_hash != current:
+        raise ModelSchemaError(
+            f"model {info.name} version {info.version} ({model_uri}) was trained on raw schema "
+            f"{info.schema_hash}, but the current schema is {current}: its inputs no longer match "
+            "the data. Retrain it on the current schema before monitoring."
+        )
+    return info
+
+
+def _load_model(model_uri: str) -> tuple[Pipeline, Any]:
+    # mlflow costs ~3 s to import: only once a batch passed validation
+    import mlflow.sklearn
+
+    info = check_model(model_uri)
+    # The version resolved once: the pipeline matches the info even if the alias moves meanwhile.
+    return mlflow.sklearn.load_model(info.model_uri), info
+
+
+def _read_batch(uri: str, min_rows: int) -> pd.DataFrame:
+    """The raw batch, validated: a bad one raises before any MLflow run exists."""
+    batch_raw = read_raw_csv(storage.read_bytes(uri), source=uri)
+    validate_raw(batch_raw, source=uri)  # before any MLflow run: nothing to mark
+    if len(batch_raw) < min_rows:
+        raise BatchTooSmallError(
+            f"too few rows: {uri} has {len(batch_raw)} row(s), the drift monitor needs "
+            f"at least {min_rows} (drift statistics on fewer rows are noise): monitor it "
+            "together with the next rows as one batch"
+        )
+    return batch_raw
+
+
+def monitor(request: MonitorRequest) -> MonitorResult:
+    """Monitor one batch against the reference and the production model; log it to MLflow.
+
+    Steps: read and validate the batch (a schema problem, or fewer than ``min_rows`` rows,
+    raises before any MLflow run exists);
+    load the model (a missing alias or a model trained on another schema raises before any
+    work); prepare the reference (cached); score the batch; build the Evidently reports with the
+    calibrated thresholds; decide; save the HTML reports; log params, metrics, reports and the
+    ``drift_status`` tag to the monitoring experiment. A failure after the run started ends the
+    run FAILED.
+
+    Args:
+        request: The batch, reference, model, report folder and decision settings.
+
+    Returns:
+        The decision and its evidence.
+
+    Raises:
+        UCIDataError: The batch file is empty, not UTF-8, truncated or not a CSV.
+        RawSchemaError: The batch does not match the raw schema (every problem listed).
+        BatchTooSmallError: The batch has fewer than ``min_rows`` rows.
+        registry.ModelNotFoundError: No such model, version or alias.
+        ModelSchemaError: The model was trained on another raw schema.
+    """
+    watch = _Stopwatch()
+    paths = _paths(request)
+    batch_raw = _read_batch(paths.new_data, request.min_rows)
+    watch.lap("read_validate")
+    tracking.setup_mlflow()
+    pipeline, info = _load_model(paths.model_uri)
+    watch.lap("load_model")
+
+    # mlflow costs ~3 s to import: only once a batch passed validation
+    import mlflow
+
+    exp_id = tracking.experiment_id(request.experiment_name)
+    run = mlflow.start_run(
+        experiment_id=exp_id,
+        run_name=f"monitor {Path(paths.new_data).name}",
+        tags=tracking.run_tags(),
+        # A caller's own run (a DAG task, a notebook) stays open: ours becomes its child.
+        nested=mlflow.active_run() is not None,
+    )
+    try:
+        result = _monitor_in_run(request, paths, batch_raw, pipeline, info, watch)
+        result.mlflow_run_id = run.info.run_id
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run()
+    return result
+
+
+def _monitor_in_run(
+    request: MonitorRequest,
+    paths: _Paths,
+    batch_raw: pd.DataFrame,
+    pipeline: Pipeline,
+    info: Any,
+    watch: _Stopwatch,
+) -> MonitorResult:
+    """The body of :func:`monitor` once its MLflow run is active."""
+    # mlflow costs ~3 s to import: only once a batch passed validation
+    import mlflow
+
+    prepared = prepare_reference(
+        paths.reference,
+        paths.held_out,
+        pipeline,
+        info,
+        len(batch_raw),
+        n_null=request.n_null,
+        seed=request.seed,
+    )
+    watch.lap("reference")
+    if prepared.in_sample:
+        log.warning(
+            "prediction drift and performance compare the batch with the reference rows "
+            "themselves (%s); if the model was trained on them its predictions there are "
+            "optimistic: pass model_reference_path with held-out rows",
+            paths.reference,
+        )
+
+    batch = score_batch(batch_raw, pipeline, info, prepared)
+    thresholds = prepared.calibration.thresholds(
+        request.false_alarm_rate,
+        labelled=batch.labelled,
+        share_threshold=request.share_threshold,
+        prediction_drift_threshold=request.prediction_drift_threshold,
+        performance_tolerance=request.performance_tolerance,
+    )
+    watch.lap("score")
+    evidence = gather_evidence(prepared, batch, thresholds)
+    watch.lap("reports")
+
+    verdict = decide(
+        evidence.drifted_share,
+        thresholds.share_threshold,
+        evidence.prediction_drift,
+        evidence.performance_drop,
+        thresholds.performance_tolerance,
+    )
+    report_paths = {
+        name: save_html(snap, storage.join(paths.reports_dir, f"{name}.html"))
+        for name, snap in evidence.snapshots.items()
+    }
+    watch.lap("save_html")
+
+    result = _result(paths, info, prepared, batch, evidence, verdict, report_paths, watch.seconds)
+    _log_run(result, evidence.snapshots, paths, prepared, request.seed)
+    watch.lap("mlflow")
+    mlflow.set_tag("seconds", json.dumps(watch.seconds))
+    return result
+
+
+def _result(
+    paths: _Paths,
+    info: Any,
+    prepared: PreparedReference,
+    batch: ScoredBatch,
+    evidence: Evidence,
+    verdict: tuple[str, list[str]],
+    report_paths: dict[str, str],
+    seconds: dict[str, float],
+) -> MonitorResult:
+    """The monitoring result (without its MLflow run id, known once the run ends)."""
+    status, reasons = verdict
+    source = reference_info(paths.reference)
+    data_source = source["data_source"] or {"uci": "real"}.get(info.data_source, info.data_source)
+    return MonitorResult(
+        status=status,
+        reasons=reasons,
+        drifted_share=evidence.drifted_share,
+        n_drifted_columns=len(evidence.drifted_columns),
+        n_columns=len(evidence.drift_table),
+        drifted_columns=evidence.drifted_columns,
+        drift_table=evidence.drift_table,
+        prediction_drift=evidence.prediction_drift,
+        prediction_drift_score=evidence.prediction_drift_score,
+        prediction_table=evidence.prediction_table,
+        performance=evidence.performance,
+        performance_drop=evidence.performance_drop,
+        thresholds=evidence.thresholds,
+        report_paths=report_paths,
+        model_name=info.name,
+        model_version=str(info.version),
+        model_uri=paths.model_uri,
+        mlflow_run_id=None,
+        data_source=data_source or "unknown",
+        banner=source["banner"],
+        batch_rows=len(batch.proba),
+        reference_rows=len(prepared.features),
+        model_reference_rows=len(prepared.model_reference),
+        model_reference_in_sample=prepared.in_sample,
+        calibration_from_cache=prepared.calibration.from_cache,
+        # The same dict as the stopwatch's: the MLflow step, timed after this, is included.
+        seconds=seconds,
+        predictions=compared_predictions(prepared.model_reference, batch),
+        decision_threshold=batch.threshold,
+    )
+
+
+def _log_run(
+    result: MonitorResult,
+    snapshots: dict[str, Any],
+    paths: _Paths,
+    prepared: PreparedReference,
+    seed: int,
+) -> None:
+    """Params, metrics, reports and tags of the monitoring run (the active MLflow run)."""
+    # mlflow costs ~3 s to import: only once a batch passed validation
+    import mlflow
+
+    t = result.thresholds
+    mlflow.log_params(
+        {
+            "new_data_path": paths.new_data,
+            "reference_data_path": paths.reference,
+            "model_reference_path": ",".join(paths.held_out)[:6000],
+            "model_uri": result.model_uri,
+            "model_name": result.model_name,
+            "model_version": result.model_version,
+            "batch_size": result.batch_rows,
+            "reference_rows": result.reference_rows,
+            "model_reference_rows": result.model_reference_rows,
+            "labelled": result.performance is not None,
+            "share_threshold": t.share_threshold,
+            "min_drifted_columns": t.min_drifted_columns,
+            "prediction_drift_threshold": t.prediction_drift_threshold,
+            "performance_tolerance": t.performance_tolerance,
+            "false_alarm_rate": t.false_alarm_rate,
+            "calibrated": json.dumps(t.calibrated, sort_keys=True),
+            "n_null": prepared.calibration.n_null,
+            "calibration_seed": seed,
+            "reference_sha256": prepared.reference_sha256,
+        }
+    )
+    mlflow.log_metrics(_metrics(result))
+    _log_artifacts(result, snapshots)
+    mlflow.set_tags(
+        {
+            "drift_status": result.status,
+            "data_source": result.data_source,
+            "model_version": result.model_version,
+            "drift_reasons": "; ".join(result.reasons)[:5000] or "none",
+        }
+    )
+
+
+def _metrics(result: MonitorResult) -> dict[str, float]:
+    """The run's metrics: the signals, the decision and, when labelled, the performance."""
+    t = result.thresholds
+    metrics = {
+        "data_drift_detected": float(result.drift_detected),
+        "feature_drift_detected": float(result.drifted_share >= t.share_threshold - 1e-12),
+        "drifted_share": result.drifted_share,
+        "n_drifted_columns": result.n_drifted_columns,
+        "prediction_drift_score": result.prediction_drift_score,
+        "prediction_drift_detected": float(result.prediction_drift),
+        "mean_probability": float(result.prediction_table.loc["mean_probability", "batch"]),
+        "predicted_positive_rate": float(
+            result.prediction_table.loc["predicted_positive_rate", "batch"]
+        ),
+        "expected_false_alarm_rate": t.expected_false_alarm_rate,
+    }
+    for key, value in result.performance_metrics().items():
+        if math.isfinite(value):
+            metrics[key] = value
+    if result.performance_drop is not None:
+        metrics["roc_auc_drop"] = result.performance_drop
+    return metrics
+
+
+def _log_artifacts(result: MonitorResult, snapshots: dict[str, Any]) -> None:
+    """The HTML reports, the drift table and a JSON summary, under ``drift_reports/``."""
+    # mlflow costs ~3 s to import: only once a batch passed validation
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, snap in snapshots.items():
+            src = Path(result.report_paths[name])
+            if storage.is_s3(result.report_paths[name]):
+                src = Path(tmp, f"{name}.html")
+                snap.save_html(str(src))
+            mlflow.log_artifact(str(src), artifact_path="drift_reports")
+        table_path = Path(tmp, "drift_table.csv")
+        result.drift_table.to_csv(table_path, index=False)
+        mlflow.log_artifact(str(table_path), artifact_path="drift_reports")
+        summary = {
+            **result.scraps(),
+            "reasons": result.reasons,
+            "thresholds": result.thresholds.to_dict(),
+        }
+        summary.pop("mlflow_run_id", None)
+        summary_path = Path(tmp, "monitor_summary.json")
+        summary_path.write_text(json.dumps(summary, indent=2, default=str))
+        mlflow.log_artifact(str(summary_path), artifact_path="drift_reports")
