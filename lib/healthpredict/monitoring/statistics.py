@@ -69,6 +69,7 @@ def _jensen_shannon_counts(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
 
 
 def _valid(values: Any) -> pd.Series:
+    """The values a distance is computed on: missing ones (and infinities) dropped."""
     s = pd.Series(values)
     if pd.api.types.is_numeric_dtype(s):
         s = s.replace([np.inf, -np.inf], np.nan)
