@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from healthpredict.core import layout, storage
-from healthpredict.runs.parameters import RUN_DIR_PARAMETER
+from healthpredict.core.stages import RUN_DIR_PARAMETER
 
 KEY_PACKAGES = (
     "pandas", "numpy", "scikit-learn", "mlflow", "evidently", "optuna", "papermill",
