@@ -11,9 +11,13 @@ from pathlib import Path
 import jupytext
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from healthpredict.cli import app
 from healthpredict.cli_options import option_name
+from healthpredict.core import layout
+from healthpredict.core.constants import MIN_BATCH_ROWS, REFERENCE_SPLIT, champion_uri
+from healthpredict.core.settings import get_settings
 from healthpredict.core.stages import (
     RUN_DIR_PARAMETER,
     STAGES,
@@ -112,3 +116,62 @@ def test_stage_check_merges_over_the_defaults_without_run_dir_in_the_listing():
     with pytest.raises(ParameterError) as info:
         validate_stage_parameters(MonitorParams, {"nope": 1})
     assert f"\n  {RUN_DIR_PARAMETER} =" not in str(info.value)
+
+
+class _Ran:
+    run_dir = "/runs/x"
+    scraps = {"drift_status": "NO_DRIFT"}
+
+
+@pytest.fixture
+def executed(monkeypatch):
+    """What the commands hand the runner, captured instead of running a notebook."""
+    calls: list[tuple[str, dict]] = []
+
+    def execute(notebook, parameters, force):
+        calls.append((notebook, parameters))
+        return _Ran()
+
+    monkeypatch.setattr("healthpredict.cli._execute", execute)
+    return calls
+
+
+def test_old_option_spellings_still_work(executed, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    done = runner.invoke(app, ["retrain", "--batch", "s3://b/1.csv", "--batch", "s3://b/2.csv"])
+    assert done.exit_code == 0, done.output
+    old = ["monitor", "--batch", "b.csv", "--reference", "r.csv", "--model-uri", "models:/M/3"]
+    done = runner.invoke(app, [*old, "--reports-dir", "reports"])
+    assert done.exit_code == 0, done.output
+    (retrain, given), (monitor, checked) = executed
+    assert retrain == "04_retrain" and given["retraining_data_path"] == [
+        "s3://b/1.csv",
+        "s3://b/2.csv",
+    ]
+    assert given == {
+        **_defaults(RetrainParams),
+        "retraining_data_path": given["retraining_data_path"],
+    }
+    assert monitor == "03_drift_monitor"
+    assert checked["new_data_path"] == str(tmp_path / "b.csv")  # the kernel runs elsewhere
+    assert checked["reference_data_path"] == str(tmp_path / "r.csv")
+    assert checked["evidently_reports_path"] == str(tmp_path / "reports")
+    assert checked["mlflow_model_uri"] == "models:/M/3" and RUN_DIR_PARAMETER not in checked
+
+
+def test_monitor_defaults_to_the_configured_champion_and_reference(executed, hp_env):
+    done = CliRunner().invoke(app, ["monitor", "--new-data-path", "s3://b/x.csv"])
+    assert done.exit_code == 0, done.output
+    ((_, given),) = executed
+    assert given["mlflow_model_uri"] == champion_uri(get_settings().model_name)
+    assert given["reference_data_path"] == layout.split_csv(REFERENCE_SPLIT)
+
+
+def test_commands_refuse_a_missing_batch_and_a_too_small_batch_size(executed):
+    runner = CliRunner()
+    assert runner.invoke(app, ["monitor"]).exit_code == 2
+    assert runner.invoke(app, ["retrain"]).exit_code == 2
+    assert runner.invoke(app, ["train", "--n-trials", "0"]).exit_code == 2
+    assert runner.invoke(app, ["loop", "--batch-size", str(MIN_BATCH_ROWS - 1)]).exit_code == 2
+    assert executed == []
