@@ -29,7 +29,7 @@ from healthpredict.core.stages import (
     TrainParams,
     user_fields,
 )
-from healthpredict.runs import ParameterError
+from healthpredict.runs import ParameterError, provenance
 from healthpredict.runs.parameters import parse_parameters, validate_stage_parameters
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -175,3 +175,12 @@ def test_commands_refuse_a_missing_batch_and_a_too_small_batch_size(executed):
     assert runner.invoke(app, ["train", "--n-trials", "0"]).exit_code == 2
     assert runner.invoke(app, ["loop", "--batch-size", str(MIN_BATCH_ROWS - 1)]).exit_code == 2
     assert executed == []
+
+
+def test_a_default_model_uri_is_pinned_like_an_explicit_one(monkeypatch, tmp_path):
+    """None means the configured champion: the re-use key must still follow the alias."""
+    monkeypatch.setattr(provenance, "_resolve_model", lambda uri: {uri: "models:/M/7 run r"})
+    hashes = provenance.input_hashes({"mlflow_model_uri": None}, tmp_path)
+    assert hashes == {
+        "mlflow_model_uri": {champion_uri(get_settings().model_name): "models:/M/7 run r"}
+    }
