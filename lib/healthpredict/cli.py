@@ -279,7 +279,9 @@ def run_command(
 ) -> None:
     """Execute a notebook with papermill; print its run folder, then its scraps as JSON.
 
-    Parameters: -p NAME VALUE, repeatable; VALUE is JSON when it parses (5 is an int).
+    Parameters: -p NAME VALUE, repeatable; VALUE is JSON when it parses (5 is an int). The
+    pipeline notebooks take their stage's parameters (healthpredict.core.stages): `healthpredict
+    train --help`, `retrain --help` and `monitor --help` list them with defaults.
 
     Exit code 1: the run failed (its files are still written); 2: bad parameters or notebook.
     """
