@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-from healthpredict.core import storage
+from healthpredict.core import gitinfo, storage
 from healthpredict.core.settings import get_settings, project_root
 from healthpredict.core.stages import RUN_DIR_PARAMETER
 from healthpredict.runs import contracts, provenance, render, reuse
@@ -322,7 +322,7 @@ def run(
         "given_parameters": given,
         "inputs": inputs,
         "cache_key": key,
-        "git": provenance.git_info(project_root()),
+        "git": gitinfo.git_info(project_root()),
         "environment": provenance.environment(),
         "kernel_name": kernel,
         "started_at": _iso(started),
