@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from healthpredict.core.stages import (
     RUN_DIR_PARAMETER,
@@ -259,9 +260,8 @@ def model_parameters(model: type[StageParams]) -> list[Parameter]:
 
 
 def _accepted_types(annotation: Any) -> str:
-    names = [_type_name(None) if k is type(None) else getattr(k, "__name__", str(k))
-             for k in value_types(annotation)]  # fmt: skip
-    return " or ".join(names)
+    kinds = value_types(annotation)
+    return " or ".join("None" if k is type(None) else getattr(k, "__name__", str(k)) for k in kinds)
 
 
 def validate_stage_parameters(
@@ -294,7 +294,7 @@ def validate_stage_parameters(
         merged = model.model_validate(values).model_dump(mode="json")
     except ValidationError as exc:
         merged = {}
-        rejected: dict[str, list[str]] = {}
+        rejected: dict[str, list[dict[str, Any]]] = {}
         for error in exc.errors():
             rejected.setdefault(str(error["loc"][0]), []).append(error)
         for name, errors in rejected.items():
@@ -309,7 +309,7 @@ def validate_stage_parameters(
     return merged
 
 
-def _rejection(name: str, field: Any, value: Any, errors: list) -> str:
+def _rejection(name: str, field: FieldInfo, value: Any, errors: list[dict[str, Any]]) -> str:
     """``parameter 'x' must be <what> (default d), got <type> <value>`` for pydantic's errors."""
     # A bound (ge=1) says more than the type list; type errors name each member of a union.
     bounds = [e["msg"] for e in errors if not e["type"].endswith("_type")]
