@@ -38,9 +38,11 @@ test-fast: setup
 faults: setup
 	$(BIN)/python -m pytest -m faults
 
+# ruff, then the layer contracts of pyproject.toml ([tool.importlinter]).
 lint: setup
 	$(BIN)/ruff check lib tests notebooks benchmarks dags serving
 	$(BIN)/ruff format --check lib tests notebooks benchmarks dags serving
+	$(BIN)/lint-imports --no-cache
 
 format: setup
 	$(BIN)/ruff check --fix lib tests notebooks benchmarks dags serving

@@ -19,8 +19,9 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import DAG, Param, task
 
 from healthpredict.core import layout
+from healthpredict.core.constants import REFERENCE_SPLIT, STREAM_SPLIT
 from healthpredict.core.settings import get_settings
-from healthpredict.core.storage import join
+from healthpredict.core.stages import LoopParams, MonitorParams, dag_params
 from healthpredict.pipelines import orchestration
 
 DAG_ID = "health_predict_monitoring_retraining"
@@ -40,25 +41,28 @@ with DAG(
     tags=["healthpredict", "monitoring"],
     params={
         "s3_full_future_data_path": Param(
-            join(layout.processed_data(), "future_data.csv"),
+            layout.split_csv(STREAM_SPLIT),
             type="string",
             description="Raw CSV of the future stream (local path or s3:// URI).",
         ),
         "s3_reference_data_path": Param(
-            join(layout.processed_data(), "initial_train.csv"),
+            layout.split_csv(REFERENCE_SPLIT),
             type="string",
             description="Drift reference until a promotion sets the loop's own reference.",
         ),
-        "batch_size": Param(2000, type="integer", minimum=1, description="Rows per batch."),
+        **{
+            name: Param(**spec)
+            for name, spec in dag_params(LoopParams, ["batch_size", "retrain_window"]).items()
+        },
         "mlflow_model_name": Param(_settings.model_name, type="string"),
-        "mlflow_experiment_name": Param("HealthPredict_Monitoring", type="string"),
+        **{
+            name: Param(**spec)
+            for name, spec in dag_params(MonitorParams, ["mlflow_experiment_name"]).items()
+        },
         "wait_for_retraining": Param(
             False,
             type="boolean",
             description="Wait for the retraining run, then deploy if it promoted a champion.",
-        ),
-        "retrain_window": Param(
-            5, type="integer", minimum=1, description="Recent batches a retraining learns from."
         ),
         "monitor_params": Param(
             {}, type="object", description="Extra 03_drift_monitor parameters (thresholds...)."

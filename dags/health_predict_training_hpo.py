@@ -16,6 +16,7 @@ from airflow.providers.papermill.operators.papermill import PapermillOperator
 from airflow.sdk import DAG, Param, task
 
 from healthpredict.core.settings import get_settings
+from healthpredict.core.stages import RetrainParams, TrainParams, dag_params
 from healthpredict.pipelines import orchestration
 
 DAG_ID = "health_predict_training_hpo"
@@ -40,24 +41,28 @@ with DAG(
         ),
         "n_synthetic": Param(30_000, type="integer", minimum=100),
         "initial_fraction": Param(0.2, type="number", exclusiveMinimum=0, exclusiveMaximum=1),
-        "n_trials": Param(30, type="integer", minimum=1, description="Optuna trials."),
-        "families": Param(["logreg", "rf", "hgb"], type="array", items={"type": "string"}),
-        "cv_folds": Param(
-            0,
-            type="integer",
-            minimum=0,
-            description="Grouped CV folds of the search (0: validation).",
-        ),
+        **{
+            name: Param(**spec)
+            for name, spec in dag_params(
+                TrainParams, ["n_trials", "families", "cv_folds", "mlflow_experiment_name"]
+            ).items()
+        },
         "is_retraining_run": Param(False, type="boolean"),
-        "retraining_data_path": Param(
-            None,
-            type=["null", "string", "array"],
-            description="Labelled batch URI(s) to retrain on (with is_retraining_run).",
-        ),
-        "retrain_n_trials": Param(8, type="integer", minimum=1),
+        # RetrainParams under the DAG's names: retraining_data_path is read with
+        # is_retraining_run, and one run's conf may carry settings of both stages.
+        **{
+            name: Param(**spec)
+            for name, spec in dag_params(
+                RetrainParams,
+                {
+                    "retraining_data_path": "retraining_data_path",
+                    "n_trials": "retrain_n_trials",
+                    "mlflow_experiment_name": "retrain_experiment_name",
+                },
+            ).items()
+        },
+        # model_name of both stages, and of the deployment this DAG's retraining may trigger.
         "mlflow_model_name": Param(_settings.model_name, type="string"),
-        "mlflow_experiment_name": Param("HealthPredict_Training", type="string"),
-        "retrain_experiment_name": Param("HealthPredict_Retraining", type="string"),
     },
 ) as dag:
 

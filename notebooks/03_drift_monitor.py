@@ -35,7 +35,7 @@
 new_data_path = ""  # raw batch CSV to monitor (path or s3:// URI); labels optional
 reference_data_path = None  # raw reference CSV; None: <processed_data>/initial_train.csv
 model_reference_path = None  # held-out CSV(s) for predictions; None: validation+test near it
-mlflow_model_uri = "models:/HealthPredict@champion"  # registry URI of the production model
+mlflow_model_uri = None  # registry URI of the production model; None: champion of HP_MODEL_NAME
 evidently_reports_path = None  # folder/s3:// URI of the HTML reports; None: <run dir>/reports
 mlflow_experiment_name = "HealthPredict_Monitoring"  # MLflow experiment of the monitoring runs
 drift_share_threshold = None  # share of drifted columns meaning data drift; None: one column
@@ -55,6 +55,8 @@ from IPython.display import Markdown, display
 # tqdm (imported by a dependency) complains that this headless kernel has no widgets.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
+from healthpredict.core.constants import champion_uri
+from healthpredict.core.settings import get_settings
 from healthpredict.mlops.monitor import MonitorRequest, monitor
 from healthpredict.modeling import plots
 from healthpredict.modeling.plots import plot_column_scores, plot_predictions
@@ -66,18 +68,19 @@ gc.freeze()
 if not new_data_path:
     raise ValueError("new_data_path is required: the raw batch CSV to monitor")
 reports_dir = evidently_reports_path or str(Path(run_dir or ".") / "reports")
+model_uri = mlflow_model_uri or champion_uri(get_settings().model_name)
 result = monitor(
     MonitorRequest(
         new_data_path,
         reference_data_path,
-        mlflow_model_uri,
+        model_uri,
         reports_dir,
         model_reference_path=model_reference_path,
-        share_threshold=drift_share_threshold,
+        drift_share_threshold=drift_share_threshold,
         prediction_drift_threshold=prediction_drift_threshold,
         performance_tolerance=performance_tolerance,
         false_alarm_rate=false_alarm_rate,
-        n_null=n_null_batches,
+        n_null_batches=n_null_batches,
         experiment_name=mlflow_experiment_name,
     )
 )

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated
+from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from healthpredict.cli_options import field_option, stage_options
 from healthpredict.core import layout
+from healthpredict.core.constants import REFERENCE_SPLIT, champion_uri
+from healthpredict.core.settings import get_settings
+from healthpredict.core.stages import LoopParams, MonitorParams, RetrainParams, TrainParams
+from healthpredict.core.storage import is_s3
 
 app = typer.Typer(
     help="Health Predict: notebook-driven readmission-risk pipeline.", no_args_is_help=True
@@ -74,15 +79,11 @@ def data_prepare(
 
 @app.command("loop")
 def loop_command(
-    batch_size: int = typer.Option(2000, help="Rows per monitored batch of the future stream."),
-    max_batches: int = typer.Option(None, help="Stop after this many batches (default: all)."),
-    retrain_window: int = typer.Option(5, help="How many recent batches a retrain learns from."),
-    data_dir: str = typer.Option(
-        None, help="Prepared data folder (default: <storage>/processed_data)."
-    ),
-    model_uri: str = typer.Option(
-        None, help="Production model (default: models:/<name>@champion)."
-    ),
+    batch_size: int = field_option(LoopParams, "batch_size"),
+    max_batches: int = field_option(LoopParams, "max_batches"),
+    retrain_window: int = field_option(LoopParams, "retrain_window"),
+    data_dir: str = field_option(LoopParams, "data_dir"),
+    model_uri: str = field_option(LoopParams, "model_uri"),
 ) -> None:
     """Monitor the future stream batch by batch; on drift retrain and gate; then continue.
 
@@ -169,7 +170,7 @@ def demo(
     batches: int = typer.Option(
         8, help="Batches of the future stream to monitor (bounded for time)."
     ),
-    batch_size: int = typer.Option(2000, help="Rows per batch."),
+    batch_size: int = field_option(LoopParams, "batch_size"),
 ) -> None:
     """The whole pipeline on embedded defaults: prepare, EDA, train, monitoring loop, gallery."""
     from healthpredict import runs
@@ -278,7 +279,9 @@ def run_command(
 ) -> None:
     """Execute a notebook with papermill; print its run folder, then its scraps as JSON.
 
-    Parameters: -p NAME VALUE, repeatable; VALUE is JSON when it parses (5 is an int).
+    Parameters: -p NAME VALUE, repeatable; VALUE is JSON when it parses (5 is an int). The
+    pipeline notebooks take their stage's parameters (healthpredict.core.stages): `healthpredict
+    train --help`, `retrain --help` and `monitor --help` list them with defaults.
 
     Exit code 1: the run failed (its files are still written); 2: bad parameters or notebook.
     """
@@ -320,96 +323,66 @@ def _run_stage(notebook: str, parameters: dict, force: bool) -> None:
     typer.echo(json.dumps(result.scraps, indent=2, default=str))
 
 
+FORCE = typer.Option(False, "--force", help="Execute even if an identical run exists.")
+
+
 @app.command("train")
-def train_command(
-    n_trials: int = typer.Option(30, min=1, help="Optuna trials in all."),
-    families: Annotated[
-        list[str] | None,
-        typer.Option("--families", help="Model family (logreg, rf, hgb); repeat. Default: all."),
-    ] = None,
-    n_workers: int = typer.Option(
-        1, min=1, help="Worker processes on one study (1 = reproducible)."
-    ),
-    timeout_s: float = typer.Option(None, help="Stop starting trials after this many seconds."),
-    seed: int = typer.Option(42, help="Seed of the sampler and the estimators."),
-    cv_folds: int = typer.Option(
-        0, min=0, help="Judge trials by patient-grouped CV with this many folds (0: validation)."
-    ),
-    study_storage: str = typer.Option(
-        None,
-        help="Optuna storage: journal file path, sqlite:/// or postgresql URL (default: journal).",
-    ),
-    target_recall: float = typer.Option(
-        None, help="Threshold reaching this recall (default: max F1)."
-    ),
-    data_dir: str = typer.Option(None, help="Prepared data folder or s3:// URI."),
-    force: bool = typer.Option(False, "--force", help="Execute even if an identical run exists."),
-) -> None:
+@stage_options(TrainParams)
+def train_command(params: TrainParams, force: bool = FORCE) -> None:
     """Search, evaluate and register a model by running notebooks/02_train_hpo.py."""
-    params = {"n_trials": n_trials, "families": list(families or ["logreg", "rf", "hgb"]),
-              "n_workers": n_workers,
-              "timeout_s": timeout_s, "seed": seed, "cv_folds": cv_folds,
-              "study_storage": study_storage, "target_recall": target_recall, "data_dir": data_dir}  # fmt: skip
-    _run_stage("02_train_hpo", params, force)
+    _run_stage(TrainParams.notebook, params.as_parameters(), force)
 
 
 @app.command("retrain")
-def retrain_command(
-    batch: Annotated[
-        list[str],
-        typer.Option("--batch", help="Labelled raw batch CSV (path or s3:// URI); repeat."),
-    ],
-    n_trials: int = typer.Option(8, min=1, help="Search trials, warm-started from the champion."),
-    holdout_fraction: float = typer.Option(
-        0.3, help="Share of new patients held out for the gate."
-    ),
-    tolerance: float = typer.Option(0.01, help="Allowed ROC AUC drop on the fixed test split."),
-    seed: int = typer.Option(42, help="Seed of the holdout split, sampler and estimators."),
-    data_dir: str = typer.Option(None, help="Prepared data folder or s3:// URI."),
-    force: bool = typer.Option(False, "--force", help="Execute even if an identical run exists."),
-) -> None:
-    """Retrain on new batches and promote through the gate by running notebooks/04_retrain.py."""
-    params = {"retraining_data_path": list(batch), "n_trials": n_trials,
-              "holdout_fraction": holdout_fraction, "tolerance": tolerance, "seed": seed,
-              "data_dir": data_dir}  # fmt: skip
-    _run_stage("04_retrain", params, force)
+@stage_options(
+    RetrainParams, aliases={"retraining_data_path": ["--batch"]}, required=["retraining_data_path"]
+)
+def retrain_command(params: RetrainParams, force: bool = FORCE) -> None:
+    """Retrain on new batches and promote through the gate by running notebooks/04_retrain.py.
+
+    Give each labelled raw batch CSV (path or s3:// URI) with --retraining-data-path (or
+    --batch), repeated.
+    """
+    _run_stage(RetrainParams.notebook, params.as_parameters(), force)
+
+
+def _absolute(uri: str | None) -> str | None:
+    """A local path made absolute: the kernel runs in notebooks/, not here."""
+    return uri if uri is None or is_s3(uri) else str(Path(uri).expanduser().resolve())
+
+
+MONITOR_ALIASES = {
+    "new_data_path": ["--batch"],
+    "reference_data_path": ["--reference"],
+    "mlflow_model_uri": ["--model-uri"],
+    "evidently_reports_path": ["--reports-dir"],
+}
 
 
 @app.command("monitor")
-def monitor_command(
-    batch: str = typer.Option(..., help="Raw batch CSV to monitor (path or s3:// URI)."),
-    reference: str = typer.Option(
-        None, help="Raw reference CSV (default: <storage>/processed_data/initial_train.csv)."
-    ),
-    model_uri: str = typer.Option(
-        None, help="Registry URI of the production model (default: models:/<name>@champion)."
-    ),
-    reports_dir: str = typer.Option(
-        None, help="Folder or s3:// URI for the Evidently reports (default: <run dir>/reports)."
-    ),
-    force: bool = typer.Option(False, "--force", help="Execute even if an identical run exists."),
-) -> None:
+@stage_options(MonitorParams, aliases=MONITOR_ALIASES, required=["new_data_path"])
+def monitor_command(params: MonitorParams, force: bool = FORCE) -> None:
     """Check a batch for drift with notebooks/03_drift_monitor.py; the last stdout line is the status.
 
     Prints DRIFT_DETECTED or NO_DRIFT last and exits 0 in both cases; exits non-zero only when
     the run failed (bad batch, missing model, ...).
     """
-    from pathlib import Path
-
-    from healthpredict.core.settings import get_settings
-    from healthpredict.core.storage import is_s3, join
-
-    def absolute(uri: str | None) -> str | None:
-        # The kernel runs in notebooks/: a relative path must mean what it meant here.
-        return uri if uri is None or is_s3(uri) else str(Path(uri).expanduser().resolve())
-
-    settings = get_settings()
-    # Named explicitly (not left to the notebook's default) so the run's input hashes cover it.
-    reference = reference or join(layout.processed_data(), "initial_train.csv")
-    params = {"new_data_path": absolute(batch), "reference_data_path": absolute(reference),
-              "mlflow_model_uri": model_uri or f"models:/{settings.model_name}@champion",
-              "evidently_reports_path": absolute(reports_dir)}  # fmt: skip
-    result = _execute("03_drift_monitor", params, force)
+    given = params.as_parameters()
+    held_out = params.model_reference_path
+    # The reference and the model are named explicitly (not left to the notebook's defaults)
+    # so the run's input hashes and its record cover them.
+    given |= {
+        "new_data_path": _absolute(params.new_data_path),
+        "reference_data_path": _absolute(
+            params.reference_data_path or layout.split_csv(REFERENCE_SPLIT)
+        ),
+        "model_reference_path": (
+            [_absolute(p) for p in held_out] if isinstance(held_out, list) else _absolute(held_out)
+        ),
+        "mlflow_model_uri": params.mlflow_model_uri or champion_uri(get_settings().model_name),
+        "evidently_reports_path": _absolute(params.evidently_reports_path),
+    }
+    result = _execute(MonitorParams.notebook, given, force)
     for reason in result.scraps.get("drift_reasons") or []:
         console.print(f"  {reason}", markup=False, highlight=False)
     typer.echo(result.run_dir)

@@ -19,8 +19,10 @@ pytest.importorskip("airflow", reason="the airflow extra is not installed")
 
 from dagtools import dag_run, load_dags, task_states, xcom  # noqa: E402
 
-from healthpredict.core import storage  # noqa: E402
-from healthpredict.core import layout
+from healthpredict.core import (
+    layout,
+    storage,  # noqa: E402
+)
 from healthpredict.core.settings import get_settings  # noqa: E402
 from healthpredict.pipelines import loop
 

@@ -72,12 +72,12 @@ class MonitorRequest:
         model_reference_path: Held-out raw CSV(s) for prediction drift and performance (a list
             or comma-separated); default
             :func:`~healthpredict.monitoring.reference.default_model_reference`.
-        share_threshold: Share of drifted columns meaning data drift; None = one column, with
+        drift_share_threshold: Share of drifted columns meaning data drift; None = one column, with
             per-column thresholds calibrated for it.
         prediction_drift_threshold: Fixed prediction-drift threshold; None = calibrated.
         performance_tolerance: Fixed ROC AUC tolerance; None = calibrated.
         false_alarm_rate: Target false-alarm rate of the decision (calibration).
-        n_null: Null batches of the calibration.
+        n_null_batches: Null batches of the calibration.
         seed: Seed of the calibration.
         experiment_name: MLflow experiment of the monitoring runs.
         min_rows: Fewest rows a batch may have (``constants.MIN_BATCH_ROWS``).
@@ -88,11 +88,11 @@ class MonitorRequest:
     model_uri: str | None = None
     reports_dir: str | None = None
     model_reference_path: str | Sequence[str] | None = None
-    share_threshold: float | None = None
+    drift_share_threshold: float | None = None
     prediction_drift_threshold: float | None = None
     performance_tolerance: float | None = None
     false_alarm_rate: float = 0.05
-    n_null: int = 1000
+    n_null_batches: int = 1000
     seed: int = 0
     experiment_name: str = MONITORING_EXPERIMENT
     min_rows: int = MIN_BATCH_ROWS
@@ -265,7 +265,7 @@ def _monitor_in_run(
         pipeline,
         info,
         len(batch_raw),
-        n_null=request.n_null,
+        n_null=request.n_null_batches,
         seed=request.seed,
     )
     watch.lap("reference")
@@ -281,7 +281,7 @@ def _monitor_in_run(
     thresholds = prepared.calibration.thresholds(
         request.false_alarm_rate,
         labelled=batch.labelled,
-        share_threshold=request.share_threshold,
+        share_threshold=request.drift_share_threshold,
         prediction_drift_threshold=request.prediction_drift_threshold,
         performance_tolerance=request.performance_tolerance,
     )

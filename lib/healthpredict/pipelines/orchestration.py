@@ -28,6 +28,7 @@ from typing import Any
 
 from healthpredict.core import layout, storage
 from healthpredict.core.settings import get_settings, project_root
+from healthpredict.core.stages import RUN_DIR_PARAMETER
 from healthpredict.pipelines import loop
 
 log = logging.getLogger(__name__)
@@ -112,18 +113,13 @@ def prepare_notebook_run(
     import nbformat
 
     from healthpredict.runs import provenance, resolve_notebook
-    from healthpredict.runs.parameters import (
-        RUN_DIR_PARAMETER,
-        merge_parameters,
-        parse_parameters,
-    )
+    from healthpredict.runs.parameters import check_parameters
 
     settings = get_settings()
     path = resolve_notebook(notebook)
     source = path.read_bytes()
     nb = jupytext.reads(source.decode("utf-8"), fmt="py:percent")
-    declared = parse_parameters(nb, where=str(path))
-    merged = merge_parameters(declared, dict(parameters or {}), where=str(path))
+    merged = check_parameters(nb, parameters, notebook=path.stem, where=str(path))
     rendered = rendered_dir or settings.rendered_dir
     if not storage.is_s3(rendered):
         rendered = str(Path(rendered).expanduser().resolve())

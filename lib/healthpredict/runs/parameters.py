@@ -1,8 +1,10 @@
-"""The parameters cell of a notebook: parse it and check given parameters before any kernel starts.
+"""The parameters of a notebook: check given ones before any kernel starts.
 
-A parameters cell holds simple assignments ``name = literal  # what it means``. Parsing it with
-:mod:`ast` (never executing it) lets a typo or a wrong type fail in milliseconds, with a message
-listing what the notebook accepts, instead of after a kernel has started.
+A pipeline notebook's parameters are declared by its stage model
+(:mod:`healthpredict.core.stages`); any other notebook (a test fixture, a user's own) by its
+parameters cell, simple assignments ``name = literal  # what it means`` parsed with :mod:`ast`
+(never executed). Either way a typo or a wrong type fails in milliseconds, with a message listing
+what the notebook accepts, instead of after a kernel has started.
 """
 
 from __future__ import annotations
@@ -14,13 +16,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+
+from healthpredict.core.stages import (
+    RUN_DIR_PARAMETER,
+    StageParams,
+    stage_model,
+    user_fields,
+    value_types,
+)
 from healthpredict.runs.errors import ParameterError
 from healthpredict.runs.scraps import to_jsonable
 
 PARAMETERS_TAG = "parameters"
-# A notebook that declares this parameter is told the local folder its run writes into; the
-# runner fills it in, so it is neither user input nor part of the re-use key.
-RUN_DIR_PARAMETER = "run_dir"
 
 
 @dataclass(frozen=True)
@@ -211,3 +220,103 @@ def merge_parameters(
             + describe_parameters([p for p in declared if p.name != RUN_DIR_PARAMETER])
         )
     return merged
+
+
+def check_parameters(
+    nb: Mapping[str, Any], given: Mapping[str, Any] | None, *, notebook: str, where: str
+) -> dict[str, Any]:
+    """Check given parameters and merge them over the defaults, before any kernel starts.
+
+    A pipeline notebook (one with a stage model) is checked against its model; any other
+    notebook against its parameters cell (:func:`merge_parameters`). The cell is parsed in both
+    cases: papermill needs it to inject the values after.
+
+    Args:
+        nb: The loaded notebook.
+        given: Values to override (None means all defaults).
+        notebook: The notebook's name (file stem), which selects the stage model.
+        where: Label used in error messages (e.g. the notebook path).
+
+    Returns:
+        Every declared parameter with its effective value, in declaration order.
+
+    Raises:
+        ParameterError: No parameters cell, unknown names or wrong values; the message lists
+            them all, followed by the valid parameters with their defaults and help texts.
+    """
+    declared = parse_parameters(nb, where=where)
+    model = stage_model(notebook)
+    if model is None:
+        return merge_parameters(declared, given, where=where)
+    return validate_stage_parameters(model, given, where=where)
+
+
+def model_parameters(model: type[StageParams]) -> list[Parameter]:
+    """A stage model's fields as :class:`Parameter` objects (help text as the comment)."""
+    return [
+        Parameter(name, field.get_default(call_default_factory=True), field.description or "", 0)
+        for name, field in user_fields(model).items()
+    ]
+
+
+def _accepted_types(annotation: Any) -> str:
+    kinds = value_types(annotation)
+    return " or ".join("None" if k is type(None) else getattr(k, "__name__", str(k)) for k in kinds)
+
+
+def validate_stage_parameters(
+    model: type[StageParams], given: Mapping[str, Any] | None, where: str = "notebook"
+) -> dict[str, Any]:
+    """Check given parameters with a stage model and merge them over its defaults.
+
+    Args:
+        model: The notebook's stage model.
+        given: Values to override (None means all defaults); made JSON-safe first.
+        where: Label used in error messages.
+
+    Returns:
+        Every field of the model with its effective value (JSON-safe), in declaration order.
+
+    Raises:
+        ParameterError: Unknown names or values the model rejects, all of them in one message.
+    """
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for name, value in (given or {}).items():
+        if name not in model.model_fields:
+            problems.append(f"unknown parameter {name!r}")
+            continue
+        try:
+            values[name] = to_jsonable(value)
+        except TypeError as exc:
+            problems.append(f"parameter {name!r}: {exc}")
+    try:
+        merged = model.model_validate(values).model_dump(mode="json")
+    except ValidationError as exc:
+        merged = {}
+        rejected: dict[str, list[dict[str, Any]]] = {}
+        for error in exc.errors():
+            rejected.setdefault(str(error["loc"][0]), []).append(error)
+        for name, errors in rejected.items():
+            problems.append(_rejection(name, model.model_fields[name], values[name], errors))
+    if problems:
+        raise ParameterError(
+            f"{where}: "
+            + "; ".join(problems)
+            + "\nvalid parameters:\n"
+            + describe_parameters(model_parameters(model))
+        )
+    return merged
+
+
+def _rejection(name: str, field: FieldInfo, value: Any, errors: list[dict[str, Any]]) -> str:
+    """``parameter 'x' must be <what> (default d), got <type> <value>`` for pydantic's errors."""
+    # A bound (ge=1) says more than the type list; type errors name each member of a union.
+    bounds = [e["msg"] for e in errors if not e["type"].endswith("_type")]
+    expected = (
+        bounds[0].removeprefix("Input should be ") if bounds else _accepted_types(field.annotation)
+    )
+    return (
+        f"parameter {name!r} must be {expected} (default {field.default!r}), "
+        f"got {_type_name(value)} {value!r}"
+    )

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from healthpredict.core import layout, storage
-from healthpredict.runs.parameters import RUN_DIR_PARAMETER
+from healthpredict.core.constants import REFERENCE_SPLIT, champion_uri
+from healthpredict.core.settings import get_settings
+from healthpredict.core.stages import RUN_DIR_PARAMETER
 
 KEY_PACKAGES = (
     "pandas", "numpy", "scikit-learn", "mlflow", "evidently", "optuna", "papermill",
@@ -89,16 +91,13 @@ def _hash_location(uri: str) -> dict[str, str]:
     return {}
 
 
-def _processed(*parts: str) -> str:
-
-    return storage.join(layout.processed_data(), *parts)
-
-
 # Where notebooks read from when an input parameter is left at None.
 _DEFAULT_INPUTS = {
-    "data_dir": _processed,
-    "reference_data_path": lambda: _processed("initial_train.csv"),
+    "data_dir": layout.processed_data,
+    "reference_data_path": lambda: layout.split_csv(REFERENCE_SPLIT),
 }
+# The model a notebook loads when its model parameter is left at None.
+_DEFAULT_MODELS = {"mlflow_model_uri": lambda: champion_uri(get_settings().model_name)}
 
 
 def _resolve_model(uri: str) -> dict[str, str]:
@@ -133,6 +132,8 @@ def input_hashes(parameters: Mapping[str, Any], base_dir: str | os.PathLike) -> 
     base = Path(base_dir)
     hashes: dict[str, Any] = {}
     for name, value in parameters.items():
+        if value is None and name in _DEFAULT_MODELS:
+            value = _DEFAULT_MODELS[name]()
         if name.endswith("model_uri") and isinstance(value, str) and value.startswith("models:/"):
             hashes[name] = _resolve_model(value)
             continue

@@ -24,15 +24,12 @@ from typing import Any
 
 from rich.console import Console
 
-from healthpredict.core import storage
+from healthpredict.core import gitinfo, storage
 from healthpredict.core.settings import get_settings, project_root
+from healthpredict.core.stages import RUN_DIR_PARAMETER
 from healthpredict.runs import contracts, provenance, render, reuse
 from healthpredict.runs.errors import NotebookError, NotebookRunError, ParameterError
-from healthpredict.runs.parameters import (
-    RUN_DIR_PARAMETER,
-    merge_parameters,
-    parse_parameters,
-)
+from healthpredict.runs.parameters import check_parameters
 from healthpredict.runs.scraps import scraps_from_notebook
 
 log = logging.getLogger(__name__)
@@ -244,14 +241,13 @@ def run(
     notebook_bytes = path.read_bytes()
     notebook_sha = storage.sha256_bytes(notebook_bytes)
     nb = jupytext.reads(notebook_bytes.decode("utf-8"), fmt="py:percent")
-    declared = parse_parameters(nb, where=str(path))
     given = dict(parameters or {})
     if RUN_DIR_PARAMETER in given:
         raise ParameterError(
             f"{path}: parameter {RUN_DIR_PARAMETER!r} is set by the runner; "
             "choose the folder with run(..., run_dir=...) / --run-dir"
         )
-    merged = merge_parameters(declared, given, where=str(path))
+    merged = check_parameters(nb, given, notebook=name, where=str(path))
     given = {name: merged[name] for name in given}  # the JSON-safe form, as executed
     inputs = provenance.input_hashes(merged, base_dir=path.parent)
     key = provenance.cache_key(notebook_sha, merged, inputs)
@@ -326,7 +322,7 @@ def run(
         "given_parameters": given,
         "inputs": inputs,
         "cache_key": key,
-        "git": provenance.git_info(project_root()),
+        "git": gitinfo.git_info(project_root()),
         "environment": provenance.environment(),
         "kernel_name": kernel,
         "started_at": _iso(started),
