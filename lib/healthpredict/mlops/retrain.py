@@ -274,6 +274,18 @@ def _register_challenger(
     )
 
 
+def _load_data(
+    new_data_uris: Sequence[str] | str, options: RetrainOptions, target: str
+) -> tuple[dict, RetrainData]:
+    """The manifest and the rows of the comparison: fixed splits plus the new batches."""
+    manifest, frames = load_training_splits(options.data_dir)
+    new = drop_unreadmittable(load_batches(new_data_uris))
+    data = retrain_data(
+        frames, new, target=target, holdout_fraction=options.holdout_fraction, seed=options.seed
+    )
+    return manifest, data
+
+
 def retrain(
     new_data_uris: Sequence[str] | str, options: RetrainOptions | None = None
 ) -> RetrainResult:
@@ -295,11 +307,7 @@ def retrain(
     tracking.setup_mlflow()
     champion = _Champion(*registry.load_pipeline(champion_uri(model_name)))
     target = champion.info.target or get_settings().target
-    manifest, frames = load_training_splits(options.data_dir)
-    new = drop_unreadmittable(load_batches(new_data_uris))
-    data = retrain_data(
-        frames, new, target=target, holdout_fraction=options.holdout_fraction, seed=options.seed
-    )
+    manifest, data = _load_data(new_data_uris, options, target)
     settings = _search_settings(options, champion.info)
     exp_id = tracking.use_experiment(options.experiment_name)
     with mlflow.start_run(

@@ -191,6 +191,32 @@ def _register(
     return info
 
 
+def _fit_and_test(
+    study: optuna.Study, frames: dict[str, pd.DataFrame], target: str, options: TrainOptions
+) -> tuple[FittedModel, HeldOutEvaluation]:
+    """Refit the best trial on ``initial_train`` (threshold on validation); judge it on test."""
+    family, params = split_trial_params(study.best_trial.params)
+    fitted = fit_final(
+        family,
+        params,
+        frames["initial_train"],
+        frames["validation"],
+        target=target,
+        seed=options.seed,
+        target_recall=options.target_recall,
+    )
+    held_out = evaluate_on_test(
+        fitted.pipeline,
+        frames["test"],
+        target=target,
+        threshold=fitted.threshold,
+        seed=options.seed,
+        importance_repeats=options.importance_repeats,
+        importance_rows=options.importance_rows,
+    )
+    return fitted, held_out
+
+
 def train(options: TrainOptions | None = None) -> TrainResult:
     """Search, refit, evaluate on the held-out test split and register the model.
 
@@ -207,7 +233,7 @@ def train(options: TrainOptions | None = None) -> TrainResult:
     target = (
         options.target or manifest.get("split_params", {}).get("target") or get_settings().target
     )
-    train_df, val_df, test_df = frames["initial_train"], frames["validation"], frames["test"]
+    train_df = frames["initial_train"]
     tracking.setup_mlflow()
     exp_id = tracking.use_experiment(options.experiment_name)
     with mlflow.start_run(run_name=f"hpo-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
@@ -217,31 +243,13 @@ def train(options: TrainOptions | None = None) -> TrainResult:
         _log_settings(options, target, frames)
         study = search(
             train_df,
-            val_df,
+            frames["validation"],
             study_name=study_name,
             target=target,
             settings=options.search_settings(),
             on_trial=TrialLogger(run_id, exp_id),
         )
-        family, params = split_trial_params(study.best_trial.params)
-        fitted = fit_final(
-            family,
-            params,
-            train_df,
-            val_df,
-            target=target,
-            seed=options.seed,
-            target_recall=options.target_recall,
-        )
-        held_out = evaluate_on_test(
-            fitted.pipeline,
-            test_df,
-            target=target,
-            threshold=fitted.threshold,
-            seed=options.seed,
-            importance_repeats=options.importance_repeats,
-            importance_rows=options.importance_rows,
-        )
+        fitted, held_out = _fit_and_test(study, frames, target, options)
         trials = trials_frame(study)
         _log_outcome(study, fitted, held_out, trials)
         info = _register(
@@ -258,8 +266,8 @@ def train(options: TrainOptions | None = None) -> TrainResult:
         data_source=str(manifest.get("data_source", "unknown")),
         banner=manifest.get("banner"),
         target=target,
-        best_family=family,
-        best_params=params,
+        best_family=fitted.family,
+        best_params=fitted.params,
         search_val_roc_auc=float(study.best_value),
         val_metrics=fitted.val_metrics,
         threshold=fitted.threshold,
