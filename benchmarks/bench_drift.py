@@ -101,8 +101,9 @@ def make_setup(raw: pd.DataFrame, seed: int, initial_fraction: float) -> Setup:
     from sklearn.metrics import roc_auc_score
 
     from healthpredict.data.split import SplitParams, split_frame
+    from healthpredict.modeling.evaluation import choose_threshold
     from healthpredict.modeling.features import clean_data, engineer_features, make_target
-    from healthpredict.modeling.training import choose_threshold, make_pipeline
+    from healthpredict.modeling.models import make_pipeline
     from healthpredict.monitoring import statistics
 
     parts = split_frame(raw, SplitParams(initial_fraction=initial_fraction, seed=seed))
@@ -306,8 +307,9 @@ def real_stream(raw: pd.DataFrame, args, log) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from healthpredict.data.split import SplitParams, split_frame
+    from healthpredict.modeling.evaluation import choose_threshold
     from healthpredict.modeling.features import clean_data, engineer_features, make_target
-    from healthpredict.modeling.training import choose_threshold, make_pipeline
+    from healthpredict.modeling.models import make_pipeline
     from healthpredict.monitoring import calibration, statistics
 
     parts = split_frame(raw, SplitParams(initial_fraction=args.initial_fraction))
@@ -379,8 +381,9 @@ def time_notebook(source: str, args, log) -> dict:
     from healthpredict.core.settings import get_settings
     from healthpredict.data.split import SplitParams, load_split, prepare
     from healthpredict.mlops import registry, tracking
+    from healthpredict.modeling.evaluation import choose_threshold
     from healthpredict.modeling.features import make_target
-    from healthpredict.modeling.training import choose_threshold, make_pipeline
+    from healthpredict.modeling.models import make_pipeline
 
     saved = {
         k: os.environ.get(k)

@@ -89,7 +89,7 @@ def register_model(tracking_uri: str, frame, source: str) -> str:
     from healthpredict.mlops import registry
     from healthpredict.mlops.tracking import setup_mlflow, use_experiment
     from healthpredict.modeling.features import make_target
-    from healthpredict.modeling.training import make_pipeline
+    from healthpredict.modeling.models import make_pipeline
 
     setup_mlflow(tracking_uri)
     use_experiment("bench-serve")

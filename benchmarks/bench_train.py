@@ -1,6 +1,6 @@
 """Benchmark of the training search on the real UCI data (not a test: it prints and records).
 
-Runs ``healthpredict.modeling.training.train`` with a fixed budget on the real file, in a temporary
+Runs ``healthpredict.mlops.train.train`` with a fixed budget on the real file, in a temporary
 storage and MLflow store, and writes ``var/bench/train.json`` with ``test_roc_auc`` (and its 95 %
 bootstrap interval ``test_roc_auc_ci95``), ``test_pr_auc``, ``wall_s`` and
 ``any_target_test_roc_auc``. The goal: test ROC AUC >= 0.70 for the ``<30`` target within 10
@@ -75,27 +75,29 @@ def main() -> int:
 
         get_settings.cache_clear()
         from healthpredict.data.split import SplitParams, prepare
+        from healthpredict.mlops.train import TrainOptions, train
+        from healthpredict.modeling.evaluation import classification_metrics
         from healthpredict.modeling.features import make_target
-        from healthpredict.modeling.training import classification_metrics, fit_final, train
+        from healthpredict.modeling.fitting import fit_final, load_training_splits
 
         started = time.perf_counter()
         split = SplitParams(initial_fraction=args.initial_fraction, seed=args.seed)
         manifest = prepare(source, params=split)
         prepared_s = time.perf_counter() - started
         result = train(
-            families=args.families.split(","),
-            n_trials=args.n_trials,
-            timeout_s=args.timeout_s,
-            n_workers=args.n_workers,
-            seed=args.seed,
-            cv_folds=args.cv_folds,
-            target="<30",
-            importance_repeats=2,
+            TrainOptions(
+                families=args.families.split(","),
+                n_trials=args.n_trials,
+                timeout_s=args.timeout_s,
+                n_workers=args.n_workers,
+                seed=args.seed,
+                cv_folds=args.cv_folds,
+                target="<30",
+                importance_repeats=2,
+            )
         )
         wall = time.perf_counter() - started
         # Same family and parameters, refit for the "any readmission" label.
-        from healthpredict.modeling.training import load_training_splits
-
         _, frames = load_training_splits()
         fitted = fit_final(
             result.best_family,

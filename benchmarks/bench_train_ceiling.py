@@ -38,7 +38,7 @@ from sklearn.metrics import roc_auc_score
 
 from healthpredict.data.split import SplitParams, resolve_source, split_frame
 from healthpredict.modeling.features import build_preprocessor, make_target
-from healthpredict.modeling.training import make_estimator
+from healthpredict.modeling.models import make_estimator
 
 # A sound untuned configuration (the search finds nothing reliably better on this data).
 HGB = {

@@ -22,7 +22,8 @@
 # on `initial_train`, its decision threshold chosen on validation, and it is judged once on the
 # held-out test split. Every trial is a nested MLflow run; the model is registered (alias
 # `challenger`, and `champion` when the model had none). The logic lives in
-# `healthpredict.modeling.training`; this notebook shows it.
+# `healthpredict.mlops.train` (search, evaluation and fitting in `healthpredict.modeling`);
+# this notebook shows it.
 
 # %% tags=["parameters"]
 data_dir = None  # prepared data folder or s3:// URI (None: <storage>/processed_data)
@@ -42,23 +43,25 @@ model_name = None  # registered model name (None: the HP_MODEL_NAME setting)
 import pandas as pd
 from IPython.display import Markdown, display
 
+from healthpredict.mlops.train import TrainOptions, train
 from healthpredict.modeling import plots
-from healthpredict.modeling.training import train
 from healthpredict.runs.scraps import record
 
 result = train(
-    data_dir,
-    families=families,
-    n_trials=n_trials,
-    timeout_s=timeout_s,
-    n_workers=n_workers,
-    study_storage=study_storage,
-    seed=seed,
-    cv_folds=cv_folds,
-    target=target,
-    experiment_name=mlflow_experiment_name,
-    target_recall=target_recall,
-    model_name=model_name,
+    TrainOptions(
+        data_dir=data_dir,
+        families=families,
+        n_trials=n_trials,
+        timeout_s=timeout_s,
+        n_workers=n_workers,
+        study_storage=study_storage,
+        seed=seed,
+        cv_folds=cv_folds,
+        target=target,
+        experiment_name=mlflow_experiment_name,
+        target_recall=target_recall,
+        model_name=model_name,
+    )
 )
 record("data_source", result.data_source)
 if result.data_source == "synthetic":

@@ -22,7 +22,8 @@
 # parameters. Champion and challenger are then scored on the same rows (the fixed test split and
 # the new holdout), and the challenger is promoted only if it is better on the new holdout and
 # not worse than `tolerance` on the fixed test split. The logic lives in
-# `healthpredict.modeling.retrain`; this notebook shows it.
+# `healthpredict.mlops.retrain` (the gate in `healthpredict.modeling.gate`); this notebook
+# shows it.
 
 # %% tags=["parameters"]
 retraining_data_path = None  # labelled raw batch CSV(s): list of paths/s3:// URIs, or one string
@@ -38,20 +39,22 @@ holdout_output_path = None  # raw CSV for the new holdout; None: <storage>/monit
 # %%
 from IPython.display import Markdown, display
 
+from healthpredict.mlops.retrain import RetrainOptions, retrain
 from healthpredict.modeling import plots
-from healthpredict.modeling.retrain import retrain
 from healthpredict.runs.scraps import record
 
 result = retrain(
     retraining_data_path,
-    data_dir=data_dir,
-    holdout_fraction=holdout_fraction,
-    n_trials=n_trials,
-    tolerance=tolerance,
-    seed=seed,
-    experiment_name=mlflow_experiment_name,
-    model_name=model_name,
-    holdout_output_path=holdout_output_path,
+    RetrainOptions(
+        data_dir=data_dir,
+        holdout_fraction=holdout_fraction,
+        n_trials=n_trials,
+        tolerance=tolerance,
+        seed=seed,
+        experiment_name=mlflow_experiment_name,
+        model_name=model_name,
+        holdout_output_path=holdout_output_path,
+    ),
 )
 record("data_source", result.data_source)
 if result.data_source == "synthetic":

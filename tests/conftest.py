@@ -66,8 +66,9 @@ def synthetic_champion():
 
         from healthpredict.data.split import SplitParams, load_split, prepare
         from healthpredict.mlops import registry, tracking
+        from healthpredict.modeling.evaluation import choose_threshold
         from healthpredict.modeling.features import make_target
-        from healthpredict.modeling.training import choose_threshold, make_pipeline
+        from healthpredict.modeling.models import make_pipeline
 
         prepare("synthetic", params=SplitParams(initial_fraction=0.5), n_synthetic=n_synthetic)
         train, validation, test = (load_split(s) for s in ("initial_train", "validation", "test"))

@@ -89,7 +89,7 @@ def champion(dag_env):
     from healthpredict.data.split import SplitParams, load_split, prepare
     from healthpredict.mlops import registry, tracking
     from healthpredict.modeling.features import make_target
-    from healthpredict.modeling.training import make_pipeline
+    from healthpredict.modeling.models import make_pipeline
 
     prepare("synthetic", params=SplitParams(initial_fraction=0.5), n_synthetic=2000)
     train = load_split("initial_train")

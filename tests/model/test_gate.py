@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from healthpredict.modeling.retrain import gate_decision
+from healthpredict.modeling.gate import gate_decision
 
 
 def metrics(test, holdout):

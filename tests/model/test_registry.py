@@ -7,7 +7,7 @@ from healthpredict.mlops import registry, tracking
 def fitted(data_dir):
     from healthpredict.data.split import load_split
     from healthpredict.modeling.features import make_target
-    from healthpredict.modeling.training import make_pipeline
+    from healthpredict.modeling.models import make_pipeline
 
     train = load_split("initial_train", data_dir)
     return make_pipeline("logreg", {"C": 1.0}, seed=0).fit(train, make_target(train)), train

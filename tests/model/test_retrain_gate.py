@@ -24,15 +24,19 @@ def _aliases():
 
 
 def _train(data_dir):
-    from healthpredict.modeling.training import train
+    from healthpredict.mlops.train import TrainOptions, train
 
-    return train(data_dir, families=["logreg"], n_trials=2, importance_repeats=0, progress=False)
+    return train(
+        TrainOptions(
+            data_dir, families=["logreg"], n_trials=2, importance_repeats=0, progress=False
+        )
+    )
 
 
 def test_worse_challenger_is_not_promoted(data_dir, batch, hp_env, shuffled_labels):
     from healthpredict.core import storage
     from healthpredict.data.split import load_split
-    from healthpredict.modeling.retrain import retrain
+    from healthpredict.mlops.retrain import RetrainOptions, retrain
 
     champion = _train(data_dir)
     assert champion.promoted
@@ -43,7 +47,7 @@ def test_worse_challenger_is_not_promoted(data_dir, batch, hp_env, shuffled_labe
     frame["readmitted"] = frame["readmitted"].sample(frac=1, random_state=0).to_numpy()
     storage.write_csv(bad_batch, frame)
 
-    result = retrain([bad_batch], data_dir=bad_dir, n_trials=2, progress=False)
+    result = retrain([bad_batch], RetrainOptions(data_dir=bad_dir, n_trials=2, progress=False))
     assert result.decision == "REJECTED" and not result.promoted
     assert result.challenger_version == "2" and result.champion_version == "1"
     assert result.challenger_metrics["test_roc_auc"] < result.champion_metrics["test_roc_auc"]
@@ -52,14 +56,14 @@ def test_worse_challenger_is_not_promoted(data_dir, batch, hp_env, shuffled_labe
 
 
 def test_better_challenger_is_promoted(data_dir, batch, hp_env, shuffled_labels):
-    from healthpredict.modeling.retrain import retrain
+    from healthpredict.mlops.retrain import RetrainOptions, retrain
 
     # A champion trained on shuffled labels is easy to beat.
     bad_dir = shuffled_labels(data_dir, hp_env / "bad", ("initial_train",))
     champion = _train(bad_dir)
     assert champion.promoted
 
-    result = retrain(batch, data_dir=data_dir, n_trials=2, progress=False)
+    result = retrain(batch, RetrainOptions(data_dir=data_dir, n_trials=2, progress=False))
     assert result.decision == "PROMOTED" and result.promoted, result.reason
     assert result.challenger_metrics["holdout_roc_auc"] > result.champion_metrics["holdout_roc_auc"]
     assert _aliases() == {"champion": "2", "challenger": None, "previous": "1"}

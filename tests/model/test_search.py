@@ -1,33 +1,43 @@
 import pytest
 
-from healthpredict.modeling import training
+from healthpredict.mlops.train import TrainOptions, train
+from healthpredict.modeling.fitting import load_training_splits
+from healthpredict.modeling.models import make_pipeline, trial_params_for
+from healthpredict.modeling.search import SearchSettings, search, search_folds
 
 
 @pytest.fixture
 def splits(data_dir):
-    _, frames = training.load_training_splits(data_dir)
+    _, frames = load_training_splits(data_dir)
     return frames["initial_train"], frames["validation"]
 
 
-def logreg_search(train, val, **kwargs):
+def logreg_search(train, val, *, study_name, **settings):
     """A quiet search over logistic regression only (the fastest family)."""
-    return training.search(train, val, families=["logreg"], progress=False, **kwargs)
+    return search(
+        train,
+        val,
+        study_name=study_name,
+        settings=SearchSettings(families=["logreg"], progress=False, **settings),
+    )
 
 
 def test_two_workers_on_one_study_complete_all_trials(splits, hp_env):
     train, val = splits
     seen = []
-    study = training.search(
+    study = search(
         train,
         val,
-        families=["logreg", "hgb"],
-        n_trials=4,
-        n_workers=2,
-        study_storage=str(hp_env / "optuna" / "journal.log"),
         study_name="two-workers",
-        seed=1,
+        settings=SearchSettings(
+            families=["logreg", "hgb"],
+            n_trials=4,
+            n_workers=2,
+            study_storage=str(hp_env / "optuna" / "journal.log"),
+            seed=1,
+            progress=False,
+        ),
         on_trial=lambda t: seen.append(t.number),
-        progress=False,
     )
     states = [t.state.name for t in study.trials]
     assert len(states) == 4 and set(states) <= {"COMPLETE", "PRUNED"}
@@ -36,20 +46,22 @@ def test_two_workers_on_one_study_complete_all_trials(splits, hp_env):
 
 def test_enqueued_trial_runs_first(splits, hp_env):
     train, val = splits
-    warm = training.trial_params_for("logreg", {"C": 0.05, "class_weight": "balanced"})
+    warm = trial_params_for("logreg", {"C": 0.05, "class_weight": "balanced"})
     study = logreg_search(train, val, n_trials=2, study_name="warm", enqueue=[warm])
     assert study.trials[0].params == warm
 
 
 def test_same_seed_same_result(data_dir):
     def run():
-        r = training.train(
-            data_dir,
-            families=["logreg", "rf", "hgb"],
-            n_trials=3,
-            seed=7,
-            importance_repeats=0,
-            progress=False,
+        r = train(
+            TrainOptions(
+                data_dir,
+                families=["logreg", "rf", "hgb"],
+                n_trials=3,
+                seed=7,
+                importance_repeats=0,
+                progress=False,
+            )
         )
         return r
 
@@ -69,7 +81,7 @@ def test_same_seed_same_result(data_dir):
 
 def test_grouped_cross_validation_folds_score_every_row_once(splits):
     train, val = splits
-    pairs = training.search_folds(train, val, target="<30", cv_folds=3, seed=5)
+    pairs = search_folds(train, val, target="<30", cv_folds=3, seed=5)
     assert len(pairs) == 3
     scored_ids = [eid for _, scored in pairs for eid in scored["encounter_id"]]
     all_ids = set(train["encounter_id"]) | set(val["encounter_id"])
@@ -78,9 +90,9 @@ def test_grouped_cross_validation_folds_score_every_row_once(splits):
         assert set(fit["encounter_id"]) | set(scored["encounter_id"]) == all_ids
         assert not set(fit["patient_nbr"]) & set(scored["patient_nbr"])
     assert [len(p[1]) for p in pairs] == [
-        len(p[1]) for p in training.search_folds(train, val, target="<30", cv_folds=3, seed=5)
+        len(p[1]) for p in search_folds(train, val, target="<30", cv_folds=3, seed=5)
     ]
-    ((fit, scored),) = training.search_folds(train, val, target="<30", cv_folds=0)
+    ((fit, scored),) = search_folds(train, val, target="<30", cv_folds=0)
     assert fit is train and scored is val
 
 
@@ -91,13 +103,13 @@ def test_cross_validated_trial_scores_the_mean_of_its_folds(splits):
 
     train, val = splits
     params = {"C": 0.1, "class_weight": None}
-    warm = training.trial_params_for("logreg", params)
+    warm = trial_params_for("logreg", params)
     study = logreg_search(
         train, val, n_trials=1, study_name="cv", cv_folds=3, seed=2, enqueue=[warm]
     )
     expected = []
-    for fit, scored in training.search_folds(train, val, target="<30", cv_folds=3, seed=2):
-        model = training.make_pipeline("logreg", params, seed=2).fit(fit, make_target(fit))
+    for fit, scored in search_folds(train, val, target="<30", cv_folds=3, seed=2):
+        model = make_pipeline("logreg", params, seed=2).fit(fit, make_target(fit))
         expected.append(roc_auc_score(make_target(scored), model.predict_proba(scored)[:, 1]))
     assert study.user_attrs["cv_folds"] == 3
     assert study.best_value == pytest.approx(sum(expected) / 3, abs=1e-9)

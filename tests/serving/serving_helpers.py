@@ -42,7 +42,7 @@ def register(tracking_uri: str, family: str, seed: int, n_rows: int = 2000) -> s
     from healthpredict.mlops import registry
     from healthpredict.mlops.tracking import setup_mlflow, use_experiment
     from healthpredict.modeling.features import make_target
-    from healthpredict.modeling.training import make_pipeline
+    from healthpredict.modeling.models import make_pipeline
 
     setup_mlflow(tracking_uri)
     use_experiment("serving-tests")
@@ -140,7 +140,7 @@ def baked_model(path: Path, family: str = "logreg", seed: int = 4, version: str 
     """Fit ``family`` on synthetic rows and write it as a MODEL_DIR (no MLflow involved)."""
     from healthpredict.data.synthetic import generate
     from healthpredict.modeling.features import make_target
-    from healthpredict.modeling.training import make_pipeline
+    from healthpredict.modeling.models import make_pipeline
 
     frame = generate(1500, seed=seed)
     X, y = frame.drop(columns=["readmitted"]), make_target(frame)

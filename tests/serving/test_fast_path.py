@@ -20,7 +20,7 @@ from healthpredict.data.schema import COLUMNS
 from healthpredict.data.synthetic import generate
 from healthpredict.modeling import inference
 from healthpredict.modeling.features import build_preprocessor, make_target
-from healthpredict.modeling.training import make_pipeline
+from healthpredict.modeling.models import make_pipeline
 
 REAL_ZIP = Path(__file__).resolve().parents[3] / "shared" / "data" / "dataset_diabetes.zip"
 TOL = 1e-9

@@ -1,0 +1,371 @@
+"""The recorded retraining on new labelled batches, with a promotion gate judged on shared data.
+
+The new encounters are split by patient into *new-train* and *new-holdout*; neither model ever
+trains on the holdout. The challenger is refitted on ``initial_train`` + new-train with a small
+search warm-started from the champion's parameters, then champion and challenger are scored on
+the SAME rows: the fixed ``test`` split and the new holdout.
+:func:`healthpredict.modeling.gate.gate_decision` (pure) decides; the alias moves only after
+everything else, logging included, succeeded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import pandas as pd
+
+from healthpredict.core import layout, storage
+from healthpredict.core.constants import RETRAINING_EXPERIMENT, champion_uri
+from healthpredict.core.settings import get_settings
+from healthpredict.data.split import drop_unreadmittable
+from healthpredict.mlops import registry, tracking
+from healthpredict.mlops.registry import ModelInfo
+from healthpredict.mlops.run_logging import TrialLogger, log_metrics_prefixed
+from healthpredict.modeling.evaluation import score
+from healthpredict.modeling.fitting import FittedModel, data_tags, fit_final, load_training_splits
+from healthpredict.modeling.gate import gate_decision, gate_verdict
+from healthpredict.modeling.models import FAMILIES, split_trial_params, trial_params_for
+from healthpredict.modeling.retrain_data import RetrainData, load_batches, retrain_data
+from healthpredict.modeling.search import SearchSettings, search, trials_frame
+
+if TYPE_CHECKING:
+    import optuna
+
+
+@dataclass(frozen=True)
+class RetrainOptions:
+    """Everything :func:`retrain` can be told besides the batches; the 04 notebook's defaults.
+
+    Attributes:
+        data_dir: Prepared data folder with ``initial_train``/``validation``/``test``.
+        holdout_fraction: Share of the new patients kept out of training for the gate.
+        n_trials: Search trials (the first re-evaluates the champion's parameters).
+        tolerance: Allowed ROC AUC drop on the fixed test split.
+        seed: Seed of the holdout split, sampler and estimators.
+        experiment_name: MLflow experiment of the retraining run.
+        model_name: Registered model (default ``settings.model_name``).
+        families: Families to search (default: the champion's family only, as the budget is
+            small and the champion's parameters are the warm start).
+        timeout_s: Search time limit per worker.
+        n_workers: Search worker processes.
+        study_storage: Optuna storage (see
+            :func:`healthpredict.modeling.search.open_study_storage`).
+        target_recall: Threshold rule (default: max F1 on validation).
+        progress: Progress bar over trials.
+        holdout_output_path: Where to write the new holdout as a raw CSV (default
+            ``<storage>/monitoring/reference/holdout_<run id>.csv``). After a promotion the drift
+            monitor compares predictions against these rows, which the new champion never saw.
+    """
+
+    data_dir: str | None = None
+    holdout_fraction: float = 0.3
+    n_trials: int = 8
+    tolerance: float = 0.01
+    seed: int = 42
+    experiment_name: str = RETRAINING_EXPERIMENT
+    model_name: str | None = None
+    families: Sequence[str] | None = None
+    timeout_s: float | None = None
+    n_workers: int = 1
+    study_storage: str | None = None
+    target_recall: float | None = None
+    progress: bool = True
+    holdout_output_path: str | None = None
+
+
+@dataclass
+class RetrainResult:
+    """Outcome of :func:`retrain`, as the 04 notebook shows and records it."""
+
+    decision: str
+    promoted: bool
+    reason: str
+    challenger_version: str
+    champion_version: str
+    challenger_metrics: dict[str, float]
+    champion_metrics: dict[str, float]
+    mlflow_run_id: str
+    data_source: str
+    banner: str | None
+    target: str
+    challenger_family: str
+    challenger_params: dict[str, Any]
+    rows: dict[str, int]
+    trials: pd.DataFrame
+    wall_s: float
+    model_name: str = ""
+    tolerance: float = 0.01
+    manifest: dict = field(repr=False, default_factory=dict)
+    holdout_path: str = ""  # raw CSV of the new holdout: the monitor's prediction reference
+
+    def comparison(self) -> pd.DataFrame:
+        """Side-by-side table: one row per metric, columns champion, challenger, difference."""
+        keys = [k for k in self.challenger_metrics if k in self.champion_metrics]
+        table = pd.DataFrame(
+            {
+                "champion": [self.champion_metrics[k] for k in keys],
+                "challenger": [self.challenger_metrics[k] for k in keys],
+            },
+            index=pd.Index(keys, name="metric"),
+        )
+        table["difference"] = table["challenger"] - table["champion"]
+        return table
+
+
+@dataclass
+class _Champion:
+    pipeline: Any
+    info: ModelInfo
+
+
+@dataclass
+class _Verdict:
+    """The gate's comparison of the two models on the same rows."""
+
+    challenger_metrics: dict[str, float]
+    champion_metrics: dict[str, float]
+    promote: bool
+    reason: str
+
+    @property
+    def decision(self) -> str:
+        """``PROMOTED`` or ``REJECTED``."""
+        return gate_verdict(self.promote)
+
+
+def _search_settings(options: RetrainOptions, champion: ModelInfo) -> SearchSettings:
+    """The challenger's search: the champion's family (unless told) warm-started at its params."""
+    champion_family = champion.params.get("family")
+    champion_params = {k: v for k, v in champion.params.items() if k != "family"}
+    families = list(options.families or ([champion_family] if champion_family else FAMILIES))
+    enqueue = (
+        [trial_params_for(champion_family, champion_params)] if champion_family in families else []
+    )
+    return SearchSettings(
+        families=families,
+        n_trials=options.n_trials,
+        timeout_s=options.timeout_s,
+        n_workers=options.n_workers,
+        study_storage=options.study_storage,
+        seed=options.seed,
+        enqueue=enqueue,
+        progress=options.progress,
+    )
+
+
+def _log_settings(
+    new_data_uris: Sequence[str] | str,
+    options: RetrainOptions,
+    settings: SearchSettings,
+    champion: ModelInfo,
+    data: RetrainData,
+    target: str,
+) -> None:
+    batches = [new_data_uris] if isinstance(new_data_uris, str) else list(new_data_uris)
+    mlflow.log_params(
+        {
+            "new_data_uris": ",".join(map(str, batches))[:6000],
+            "holdout_fraction": options.holdout_fraction,
+            "n_trials": options.n_trials,
+            "tolerance": options.tolerance,
+            "seed": options.seed,
+            "target": target,
+            "families": ",".join(settings.families),
+            "n_workers": options.n_workers,
+            "warm_start": ",".join(f"{k}={v}" for k, v in sorted(champion.params.items()))[:6000],
+            **{f"rows.{k}": v for k, v in data.rows.items()},
+        }
+    )
+
+
+def _judge(
+    fitted: FittedModel, champion: _Champion, data: RetrainData, target: str, tolerance: float
+) -> _Verdict:
+    """Score both models on the same rows, each at its own registered threshold; gate."""
+    challenger_metrics = {
+        **score(fitted.pipeline, data.test, target, fitted.threshold, "test_"),
+        **score(fitted.pipeline, data.holdout, target, fitted.threshold, "holdout_"),
+    }
+    threshold = champion.info.threshold
+    champion_metrics = {
+        **score(champion.pipeline, data.test, target, threshold, "test_"),
+        **score(champion.pipeline, data.holdout, target, threshold, "holdout_"),
+    }
+    promote, reason = gate_decision(challenger_metrics, champion_metrics, tolerance)
+    return _Verdict(challenger_metrics, champion_metrics, promote, reason)
+
+
+def _log_verdict(
+    verdict: _Verdict, trials: pd.DataFrame, info: ModelInfo, champion: ModelInfo, run_id: str
+) -> None:
+    log_metrics_prefixed("challenger.", verdict.challenger_metrics)
+    log_metrics_prefixed("champion.", verdict.champion_metrics)
+    mlflow.log_dict(
+        {
+            "challenger": verdict.challenger_metrics,
+            "champion": verdict.champion_metrics,
+            "decision": verdict.decision,
+            "reason": verdict.reason,
+        },
+        "gate.json",
+    )
+    mlflow.log_table(trials, "trials.json")
+    mlflow.set_tags(
+        {
+            "decision": verdict.decision,
+            "reason": verdict.reason[:5000],
+            "challenger_version": info.version,
+        }
+    )
+    for key, value in {
+        "gate.decision": verdict.decision,
+        "gate.reason": verdict.reason[:5000],
+        "gate.champion_version": champion.version,
+        "gate.retrain_run_id": run_id,
+    }.items():
+        mlflow.MlflowClient().set_model_version_tag(info.name, info.version, key, value)
+
+
+def _challenge(
+    study: optuna.Study,
+    champion: _Champion,
+    data: RetrainData,
+    target: str,
+    options: RetrainOptions,
+) -> tuple[FittedModel, _Verdict]:
+    """Refit the search's best trial and put it through the gate against the champion."""
+    family, params = split_trial_params(study.best_trial.params)
+    fitted = fit_final(
+        family,
+        params,
+        data.train,
+        data.val,
+        target=target,
+        seed=options.seed,
+        target_recall=options.target_recall,
+    )
+    return fitted, _judge(fitted, champion, data, target, options.tolerance)
+
+
+def _register_challenger(
+    fitted: FittedModel,
+    verdict: _Verdict,
+    target: str,
+    manifest: dict,
+    data: RetrainData,
+    name: str,
+) -> ModelInfo:
+    test_metrics = {
+        k[len("test_") :]: v for k, v in verdict.challenger_metrics.items() if k.startswith("test_")
+    }
+    return registry.log_model(
+        fitted.pipeline,
+        threshold=fitted.threshold,
+        target=target,
+        test_metrics=test_metrics,
+        input_example=data.train,
+        data_source=str(manifest.get("data_source", "unknown")),
+        params={"family": fitted.family, **fitted.params},
+        name=name,
+    )
+
+
+def _load_data(
+    new_data_uris: Sequence[str] | str, options: RetrainOptions, target: str
+) -> tuple[dict, RetrainData]:
+    """The manifest and the rows of the comparison: fixed splits plus the new batches."""
+    manifest, frames = load_training_splits(options.data_dir)
+    new = drop_unreadmittable(load_batches(new_data_uris))
+    data = retrain_data(
+        frames, new, target=target, holdout_fraction=options.holdout_fraction, seed=options.seed
+    )
+    return manifest, data
+
+
+def retrain(
+    new_data_uris: Sequence[str] | str, options: RetrainOptions | None = None
+) -> RetrainResult:
+    """Retrain on ``initial_train`` + new labelled batches and promote only through the gate.
+
+    Args:
+        new_data_uris: Labelled raw batch CSVs (paths or ``s3://`` URIs), or one of them.
+        options: Data folder, holdout share, search budget, tolerance, experiment and model name
+            (default: :class:`RetrainOptions` as is).
+
+    Raises:
+        ModelNotFoundError: There is no champion to challenge.
+        RawSchemaError: A batch does not match the raw schema.
+        RetrainDataError: The new data cannot support the comparison.
+    """
+    options = options or RetrainOptions()
+    started = time.perf_counter()
+    model_name = options.model_name or get_settings().model_name
+    tracking.setup_mlflow()
+    champion = _Champion(*registry.load_pipeline(champion_uri(model_name)))
+    target = champion.info.target or get_settings().target
+    manifest, data = _load_data(new_data_uris, options, target)
+    settings = _search_settings(options, champion.info)
+    exp_id = tracking.use_experiment(options.experiment_name)
+    with mlflow.start_run(
+        run_name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}", tags=tracking.run_tags()
+    ) as run:
+        run_id = run.info.run_id
+        mlflow.set_tags(
+            {
+                **data_tags(manifest),
+                "stage": "retrain",
+                "champion_version": champion.info.version,
+                "model_name": model_name,
+            }
+        )
+        _log_settings(new_data_uris, options, settings, champion.info, data, target)
+        study = search(
+            data.train,
+            data.val,
+            study_name=f"healthpredict-retrain-{run_id}",
+            target=target,
+            settings=settings,
+            on_trial=TrialLogger(run_id, exp_id),
+        )
+        fitted, verdict = _challenge(study, champion, data, target, options)
+        # Written before the model is registered: a storage outage here moves no alias at all.
+        holdout_path = storage.write_csv(
+            options.holdout_output_path or layout.reference_csv(f"holdout_{run_id}"),
+            data.holdout,
+        )
+        info = _register_challenger(fitted, verdict, target, manifest, data, model_name)
+        trials = trials_frame(study)
+        _log_verdict(verdict, trials, info, champion.info, run_id)
+        mlflow.set_tag("holdout_path", holdout_path)
+        if verdict.promote:
+            # Last step on purpose: an exception anywhere above leaves the champion in place.
+            registry.promote(model_name, info.version)
+        mlflow.set_tag("promoted", str(verdict.promote).lower())
+        wall = time.perf_counter() - started
+        mlflow.log_metric("wall_s", wall)
+    return RetrainResult(
+        decision=verdict.decision,
+        promoted=verdict.promote,
+        reason=verdict.reason,
+        challenger_version=info.version,
+        champion_version=champion.info.version,
+        challenger_metrics=verdict.challenger_metrics,
+        champion_metrics=verdict.champion_metrics,
+        mlflow_run_id=run_id,
+        data_source=str(manifest.get("data_source", "unknown")),
+        banner=manifest.get("banner"),
+        target=target,
+        challenger_family=fitted.family,
+        challenger_params=fitted.params,
+        rows=data.rows,
+        trials=trials,
+        wall_s=wall,
+        model_name=model_name,
+        tolerance=options.tolerance,
+        manifest=manifest,
+        holdout_path=holdout_path,
+    )

@@ -1,0 +1,285 @@
+"""The recorded training run: search, refit, test and register, all in one MLflow run.
+
+One MLflow parent run per call (experiment ``TRAINING_EXPERIMENT`` by default) holds the search
+settings, the best parameters, validation and test metrics, trial table, importance and figures;
+each Optuna trial is a nested run. Only this process writes to MLflow: the search hands every
+finished trial (from any worker) to a :class:`~healthpredict.mlops.run_logging.TrialLogger`.
+
+Reproducibility: with ``n_workers=1`` and no timeout, the same data, options and seed give the
+same trials, the same chosen parameters and the same metrics; the study name is fresh per run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+
+from healthpredict.core.constants import CHAMPION, TRAINING_EXPERIMENT
+from healthpredict.core.settings import get_settings
+from healthpredict.mlops import registry, tracking
+from healthpredict.mlops.registry import ModelInfo
+from healthpredict.mlops.run_logging import TrialLogger, log_figures, log_metrics_prefixed
+from healthpredict.modeling.evaluation import HeldOutEvaluation, evaluate_on_test
+from healthpredict.modeling.fitting import FittedModel, data_tags, fit_final, load_training_splits
+from healthpredict.modeling.models import FAMILIES, split_trial_params
+from healthpredict.modeling.search import SearchSettings, redact, search, trials_frame
+
+if TYPE_CHECKING:
+    import optuna
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything :func:`train` can be told; the defaults are the 02 notebook's.
+
+    Attributes:
+        data_dir: Prepared data folder or URI (default ``<storage>/processed_data``).
+        families: Model families to search (``logreg``, ``rf``, ``hgb``).
+        n_trials: Optuna trials in all.
+        timeout_s: Stop starting trials after this many seconds (None: no limit).
+        n_workers: Worker processes on one shared study (1 is reproducible).
+        study_storage: Optuna storage: None (journal file under ``<storage>/optuna``), a path,
+            ``sqlite:///...`` or a PostgreSQL URL.
+        seed: Seed of sampler and estimators.
+        cv_folds: Judge trials by patient-grouped cross-validation over ``initial_train`` +
+            ``validation`` with this many folds (0: on ``validation``); see
+            :func:`healthpredict.modeling.search.search_folds`.
+        target: ``<30`` or ``any`` (default: the target the data was prepared for).
+        experiment_name: MLflow experiment.
+        target_recall: Choose the threshold reaching this validation recall (default: max F1).
+        model_name: Registered model name (default ``settings.model_name``).
+        importance_repeats: Shuffles per raw column for permutation importance (0 = skip).
+        importance_rows: Test rows used for permutation importance.
+        progress: Progress bar over trials on stderr.
+    """
+
+    data_dir: str | None = None
+    families: Sequence[str] = FAMILIES
+    n_trials: int = 30
+    timeout_s: float | None = None
+    n_workers: int = 1
+    study_storage: str | None = None
+    seed: int = 42
+    cv_folds: int = 0
+    target: str | None = None
+    experiment_name: str = TRAINING_EXPERIMENT
+    target_recall: float | None = None
+    model_name: str | None = None
+    importance_repeats: int = 3
+    importance_rows: int = 2000
+    progress: bool = True
+
+    def search_settings(self) -> SearchSettings:
+        """The search part of the options."""
+        return SearchSettings(
+            families=list(self.families),
+            n_trials=self.n_trials,
+            timeout_s=self.timeout_s,
+            n_workers=self.n_workers,
+            study_storage=self.study_storage,
+            seed=self.seed,
+            cv_folds=self.cv_folds,
+            progress=self.progress,
+        )
+
+
+@dataclass
+class TrainResult:
+    """Everything a notebook shows and records after :func:`train`."""
+
+    data_source: str
+    banner: str | None
+    target: str
+    best_family: str
+    best_params: dict[str, Any]
+    search_val_roc_auc: float
+    val_metrics: dict[str, float]
+    threshold: float
+    test_metrics: dict[str, float]
+    model_info: ModelInfo
+    promoted: bool
+    mlflow_run_id: str
+    study_name: str
+    trials: pd.DataFrame
+    importance: pd.DataFrame
+    y_test: np.ndarray
+    p_test: np.ndarray
+    wall_s: float
+    manifest: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def val_roc_auc(self) -> float:
+        """Validation ROC AUC of the registered (refitted) model."""
+        return self.val_metrics["roc_auc"]
+
+    @property
+    def model_version(self) -> str:
+        """Registered version number."""
+        return self.model_info.version
+
+
+def _log_settings(options: TrainOptions, target: str, frames: dict[str, pd.DataFrame]) -> None:
+    mlflow.log_params(
+        {
+            "families": ",".join(options.families),
+            "n_trials": options.n_trials,
+            "timeout_s": options.timeout_s,
+            "n_workers": options.n_workers,
+            "study_storage": redact(options.study_storage) or "journal(default)",
+            "seed": options.seed,
+            "cv_folds": options.cv_folds,
+            "target": target,
+            "target_recall": options.target_recall,
+            "rows.initial_train": len(frames["initial_train"]),
+            "rows.validation": len(frames["validation"]),
+            "rows.test": len(frames["test"]),
+        }
+    )
+
+
+def _log_outcome(
+    study: optuna.Study, fitted: FittedModel, held_out: HeldOutEvaluation, trials: pd.DataFrame
+) -> None:
+    mlflow.log_params(
+        {"best_family": fitted.family, **{f"best.{k}": v for k, v in fitted.params.items()}}
+    )
+    mlflow.log_metric("search_best_val_roc_auc", study.best_value)
+    mlflow.log_metric("n_trials_complete", int((trials["state"] == "COMPLETE").sum()))
+    mlflow.log_metric("n_trials_pruned", int((trials["state"] == "PRUNED").sum()))
+    log_metrics_prefixed("val_", fitted.val_metrics)
+    log_metrics_prefixed("test_", held_out.metrics)
+    mlflow.log_table(trials, "trials.json")
+    if len(held_out.importance):
+        mlflow.log_table(held_out.importance, "permutation_importance.json")
+    log_figures(held_out.y_test, held_out.p_test, fitted.threshold, held_out.importance)
+
+
+def _register(
+    fitted: FittedModel,
+    test_metrics: dict[str, float],
+    *,
+    target: str,
+    manifest: dict,
+    input_example: pd.DataFrame,
+    model_name: str | None,
+) -> ModelInfo:
+    """Register the model (alias challenger; champion when the name had none) and tag the run."""
+    info = registry.log_model(
+        fitted.pipeline,
+        threshold=fitted.threshold,
+        target=target,
+        test_metrics=test_metrics,
+        input_example=input_example,
+        data_source=str(manifest.get("data_source", "unknown")),
+        params={"family": fitted.family, **fitted.params},
+        name=model_name,
+    )
+    mlflow.set_tags(
+        {
+            "model_name": info.name,
+            "model_version": info.version,
+            "promoted": str(CHAMPION in info.aliases).lower(),
+        }
+    )
+    return info
+
+
+def _fit_and_test(
+    study: optuna.Study, frames: dict[str, pd.DataFrame], target: str, options: TrainOptions
+) -> tuple[FittedModel, HeldOutEvaluation]:
+    """Refit the best trial on ``initial_train`` (threshold on validation); judge it on test."""
+    family, params = split_trial_params(study.best_trial.params)
+    fitted = fit_final(
+        family,
+        params,
+        frames["initial_train"],
+        frames["validation"],
+        target=target,
+        seed=options.seed,
+        target_recall=options.target_recall,
+    )
+    held_out = evaluate_on_test(
+        fitted.pipeline,
+        frames["test"],
+        target=target,
+        threshold=fitted.threshold,
+        seed=options.seed,
+        importance_repeats=options.importance_repeats,
+        importance_rows=options.importance_rows,
+    )
+    return fitted, held_out
+
+
+def train(options: TrainOptions | None = None) -> TrainResult:
+    """Search, refit, evaluate on the held-out test split and register the model.
+
+    The model is registered through :func:`healthpredict.mlops.registry.log_model` (alias
+    ``challenger``; ``champion`` too when the model had none).
+
+    Args:
+        options: Data, search budget, target, threshold rule, experiment and model name
+            (default: :class:`TrainOptions` as is).
+    """
+    options = options or TrainOptions()
+    started = time.perf_counter()
+    manifest, frames = load_training_splits(options.data_dir)
+    target = (
+        options.target or manifest.get("split_params", {}).get("target") or get_settings().target
+    )
+    train_df = frames["initial_train"]
+    tracking.setup_mlflow()
+    exp_id = tracking.use_experiment(options.experiment_name)
+    with mlflow.start_run(run_name=f"hpo-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
+        run_id = parent.info.run_id
+        study_name = f"healthpredict-{run_id}"
+        mlflow.set_tags({**data_tags(manifest), "study_name": study_name, "stage": "train"})
+        _log_settings(options, target, frames)
+        study = search(
+            train_df,
+            frames["validation"],
+            study_name=study_name,
+            target=target,
+            settings=options.search_settings(),
+            on_trial=TrialLogger(run_id, exp_id),
+        )
+        fitted, held_out = _fit_and_test(study, frames, target, options)
+        trials = trials_frame(study)
+        _log_outcome(study, fitted, held_out, trials)
+        info = _register(
+            fitted,
+            held_out.metrics,
+            target=target,
+            manifest=manifest,
+            input_example=train_df,
+            model_name=options.model_name,
+        )
+        wall = time.perf_counter() - started
+        mlflow.log_metric("wall_s", wall)
+    return TrainResult(
+        data_source=str(manifest.get("data_source", "unknown")),
+        banner=manifest.get("banner"),
+        target=target,
+        best_family=fitted.family,
+        best_params=fitted.params,
+        search_val_roc_auc=float(study.best_value),
+        val_metrics=fitted.val_metrics,
+        threshold=fitted.threshold,
+        test_metrics=held_out.metrics,
+        model_info=info,
+        promoted=CHAMPION in info.aliases,
+        mlflow_run_id=run_id,
+        study_name=study_name,
+        trials=trials,
+        importance=held_out.importance,
+        y_test=held_out.y_test,
+        p_test=held_out.p_test,
+        wall_s=wall,
+        manifest=manifest,
+    )

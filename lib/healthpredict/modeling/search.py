@@ -1,0 +1,479 @@
+"""Hyperparameter search: Optuna TPE (seeded) over the model families, optionally in processes.
+
+Trials maximise ROC AUC on the patient-grouped ``validation`` split, or with ``cv_folds`` >= 2
+the mean over patient-grouped cross-validation folds of ``initial_train`` + ``validation``
+(steadier on small data, ``cv_folds`` times the cost). Tree families are fitted in stages
+(``warm_start``) and report each stage, so a :class:`optuna.pruners.MedianPruner` can stop
+hopeless trials early.
+
+Scale-out uses Optuna itself: ``n_workers > 1`` starts that many worker processes which call
+``study.optimize`` on one study held in shared storage. The default storage is a journal file
+under ``<storage>/optuna/`` (no server); ``study_storage`` also takes ``sqlite:///...`` or a
+PostgreSQL URL (``postgresql+psycopg2://user:pass@host/db``) so workers on several machines
+can share one study. Only the calling process sees every finished trial (``on_trial``), so a
+caller that logs them never has concurrent writers.
+
+Reproducibility: with ``n_workers=1`` and no timeout, the same data, settings, seed and study
+name give the same trials, the same chosen parameters and the same metrics (the sampler and
+every estimator's ``random_state`` are seeded). Several workers explore in a timing-dependent
+order, so they are fast but not reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from sklearn import metrics as skm
+from sklearn.model_selection import GroupKFold
+from tqdm import tqdm
+
+from healthpredict.core import layout, storage
+from healthpredict.core.settings import get_settings
+from healthpredict.modeling.features import build_preprocessor, make_target
+from healthpredict.modeling.models import (
+    FAMILIES,
+    STAGE,
+    check_family,
+    make_estimator,
+    single_threaded,
+    split_trial_params,
+    suggest_params,
+)
+
+# No pruning before this many trees/iterations: tiny ensembles and slow learning rates look
+# worse early than they end up, and the median rule would cut them for it.
+PRUNE_FROM = 3 * STAGE
+# Pruning compares a trial with others at the same step; the offset keeps the steps of random
+# forests (trees) and boosting (iterations) apart so each family is judged against its own kind.
+_STEP_OFFSET = {"rf": 0, "hgb": 100_000}
+_FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+
+TrialCallback = Callable[[optuna.trial.FrozenTrial], None]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How a search runs; the data, target and study name are given separately.
+
+    Attributes:
+        families: Model families to search over.
+        n_trials: Trials in all (split evenly over the workers).
+        timeout_s: Stop starting new trials after this many seconds (per worker).
+        n_workers: Worker processes sharing the study (1 = in this process, reproducible).
+        study_storage: Optuna storage (see :func:`open_study_storage`).
+        seed: Sampler and estimator seed.
+        cv_folds: Score trials by patient-grouped cross-validation over train + validation
+            with this many folds (< 2: on validation); see :func:`search_folds`.
+        enqueue: Trial params (see :func:`~healthpredict.modeling.models.trial_params_for`)
+            to evaluate first (warm start).
+        progress: Show a tqdm bar over trials on stderr.
+    """
+
+    families: Sequence[str] = FAMILIES
+    n_trials: int = 30
+    timeout_s: float | None = None
+    n_workers: int = 1
+    study_storage: str | None = None
+    seed: int = 42
+    cv_folds: int = 0
+    enqueue: Sequence[dict[str, Any]] = ()
+    progress: bool = True
+
+
+@dataclass
+class _Fold:
+    train: pd.DataFrame
+    val: pd.DataFrame
+    y_train: np.ndarray
+    y_val: np.ndarray
+
+
+def search_folds(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    *,
+    target: str,
+    cv_folds: int = 0,
+    seed: int = 42,
+) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """The (fit rows, scoring rows) pairs a trial is judged on.
+
+    ``cv_folds`` < 2: the validation split itself. Otherwise ``cv_folds``-fold cross-validation
+    over training and validation rows together, grouped by patient (a patient's encounters all
+    fall in one fold) and shuffled by ``seed``: every row is scored once, which steadies the
+    choice between close trials on small data. The test split is never touched either way.
+
+    Raises:
+        ValueError: A scoring part without both classes (ROC AUC is undefined).
+    """
+    if cv_folds < 2:
+        pairs = [(train, val)]
+    else:
+        pool = pd.concat([train, val], ignore_index=True)
+        splitter = GroupKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
+        pairs = [
+            (pool.iloc[fit_idx], pool.iloc[score_idx])
+            for fit_idx, score_idx in splitter.split(pool, groups=pool["patient_nbr"])
+        ]
+    for i, (_, scored) in enumerate(pairs):
+        if len(np.unique(make_target(scored, target))) < 2:
+            what = "the validation split" if cv_folds < 2 else f"cross-validation fold {i + 1}"
+            raise ValueError(
+                f"{what} has only one class for target {target!r} ({len(scored)} rows): "
+                "ROC AUC is undefined; prepare more data"
+            )
+    return pairs
+
+
+class Objective:
+    """Optuna objective: ROC AUC of one sampled pipeline on the search folds (their mean).
+
+    The folds are :func:`search_folds`. The preprocessing depends only on whether numerics are
+    scaled, not on the trial, so each variant is fitted on each fold's rows once per process and
+    reused by every trial; the data itself is loaded once, before the search.
+    """
+
+    def __init__(
+        self,
+        train: pd.DataFrame,
+        val: pd.DataFrame,
+        *,
+        target: str,
+        families: Sequence[str],
+        seed: int,
+        cv_folds: int = 0,
+        n_jobs: int | None = None,
+    ) -> None:
+        for family in families:
+            check_family(family)
+        self.folds = [
+            _Fold(fit, scored, make_target(fit, target), make_target(scored, target))
+            for fit, scored in search_folds(train, val, target=target, cv_folds=cv_folds, seed=seed)
+        ]
+        self.families = list(families)
+        self.seed = seed
+        self.n_jobs = n_jobs
+        self._cache: dict[bool, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def matrices(self, family: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(fit matrix, scoring matrix) of every fold for ``family``'s preprocessing variant."""
+        scale = family == "logreg"
+        if scale not in self._cache:
+            pairs = []
+            for fold in self.folds:
+                pre = build_preprocessor(scale_numeric=scale)
+                # fit_transform, as Pipeline.fit: the target encoding of the fit rows is
+                # cross-fitted, so trials see what the final pipeline's model will see.
+                x_fit = pre.fit_transform(fold.train, fold.y_train)
+                pairs.append((x_fit, pre.transform(fold.val)))
+            self._cache[scale] = pairs
+        return self._cache[scale]
+
+    def _score(self, models: list[Any], data: list[tuple[np.ndarray, np.ndarray]]) -> float:
+        aucs = [
+            skm.roc_auc_score(fold.y_val, model.predict_proba(x_val)[:, 1])
+            for fold, model, (_, x_val) in zip(self.folds, models, data, strict=True)
+        ]
+        return float(np.mean(aucs))
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        """Fit the trial's model on every fold (tree families in stages); return the mean AUC."""
+        family = trial.suggest_categorical("family", self.families)
+        params = suggest_params(trial, family)
+        data = self.matrices(family)
+        started = time.perf_counter()
+        models = [make_estimator(family, params, seed=self.seed, n_jobs=self.n_jobs) for _ in data]
+        if family == "logreg":
+            for model, fold, (x_fit, _) in zip(models, self.folds, data, strict=True):
+                model.fit(x_fit, fold.y_train)
+        else:
+            total_key = "n_estimators" if family == "rf" else "max_iter"
+            total = params[total_key]
+            for size in [*range(STAGE, total, STAGE), total]:
+                # warm_start adds trees/iterations; the result equals one fit with the full count.
+                for model, fold, (x_fit, _) in zip(models, self.folds, data, strict=True):
+                    model.set_params(warm_start=True, **{total_key: size})
+                    with warnings.catch_warnings():
+                        # sklearn warns about balanced class weights under warm_start in case
+                        # the rows change between fits; here every stage sees the same rows.
+                        warnings.filterwarnings("ignore", message="class_weight presets")
+                        model.fit(x_fit, fold.y_train)
+                score = self._score(models, data)
+                trial.report(score, _STEP_OFFSET[family] + size)
+                if PRUNE_FROM <= size < total and trial.should_prune():
+                    trial.set_user_attr("fit_s", time.perf_counter() - started)
+                    raise optuna.TrialPruned(f"{family} at {size}: search ROC AUC {score:.4f}")
+        trial.set_user_attr("fit_s", time.perf_counter() - started)
+        return self._score(models, data)
+
+
+def default_study_storage() -> str:
+    """Journal file for studies: ``<storage>/optuna/journal.log`` (local cache dir under S3)."""
+    root = get_settings().storage
+    base = get_settings().cache_dir if storage.is_s3(root) else root
+    return str((Path(layout.optuna_dir(base)) / "journal.log").expanduser().resolve())
+
+
+def open_study_storage(spec: str | None = None) -> Any:
+    """Optuna storage for ``spec``: a journal file path (default) or a database URL.
+
+    Args:
+        spec: None (journal file, see :func:`default_study_storage`), a path (journal file), or
+            an SQLAlchemy URL such as ``sqlite:///var/optuna.db`` or
+            ``postgresql+psycopg2://user:pass@host:5432/optuna`` (several machines).
+    """
+    spec = spec or default_study_storage()
+    if "://" in spec:
+        if spec.startswith("sqlite:///"):
+            Path(spec[len("sqlite:///") :]).expanduser().resolve().parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        return RDBStorage(spec)
+    path = Path(spec).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def redact(url: str | None) -> str | None:
+    """A storage URL without its password, fit for logs and MLflow params."""
+    if not url or "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def _sampler(seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # multivariate + group model the conditional per-family spaces jointly.
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=min(10, max(1, n_trials // 3)),
+            multivariate=True,
+            group=True,
+        )
+
+
+def _pruner() -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
+
+
+@dataclass(frozen=True)
+class _WorkerJob:
+    """What one worker process needs (pickled to it): the shared study and its share of trials."""
+
+    study_name: str
+    settings: SearchSettings
+    train: pd.DataFrame
+    val: pd.DataFrame
+    target: str
+    worker: int
+    n_trials: int
+
+
+def _optimize_worker(job: _WorkerJob) -> int:
+    """Body of one worker process: load the shared study and optimise ``job.n_trials`` of it."""
+    settings = job.settings
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(
+        study_name=job.study_name,
+        storage=open_study_storage(settings.study_storage),
+        # Each worker its own seed, or all would start by proposing the same parameters.
+        sampler=_sampler(settings.seed + job.worker, job.n_trials * settings.n_workers),
+        pruner=_pruner(),
+    )
+    objective = Objective(
+        job.train,
+        job.val,
+        target=job.target,
+        families=list(settings.families),
+        seed=settings.seed,
+        cv_folds=settings.cv_folds,
+    )
+    with single_threaded():
+        study.optimize(
+            objective, n_trials=job.n_trials, timeout=settings.timeout_s, catch=(Exception,)
+        )
+    return job.n_trials
+
+
+class _Progress:
+    """Sees every finished trial once: advances the bar, then hands the trial on."""
+
+    def __init__(
+        self, study: optuna.Study, total: int, progress: bool, on_trial: TrialCallback | None
+    ) -> None:
+        self.study = study
+        self.on_trial = on_trial
+        self.seen: set[int] = set()
+        self.bar = tqdm(
+            total=total,
+            desc="HPO trials",
+            unit="trial",
+            file=sys.stderr,
+            disable=not progress,
+            mininterval=1.0,
+            dynamic_ncols=True,
+        )
+
+    def __call__(self, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.number in self.seen:
+            return
+        self.seen.add(trial.number)
+        self.bar.update(1)
+        complete = (t.value for t in self.study.trials if t.state.name == "COMPLETE")
+        best = max(complete, default=None)
+        if best is not None:
+            self.bar.set_postfix(best_val_auc=f"{best:.4f}")
+        if self.on_trial is not None:
+            self.on_trial(trial)
+
+    def poll(self) -> None:
+        """Hand on every trial of the study that finished since the last look."""
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.state.name in _FINISHED:
+                self(trial)
+
+
+def _create_study(study_name: str, settings: SearchSettings) -> optuna.Study:
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=open_study_storage(settings.study_storage),
+        direction="maximize",
+        sampler=_sampler(settings.seed, settings.n_trials),
+        pruner=_pruner(),
+        load_if_exists=False,
+    )
+    study.set_user_attr("families", list(settings.families))
+    study.set_user_attr("seed", settings.seed)
+    study.set_user_attr("cv_folds", settings.cv_folds)
+    for params in settings.enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+    return study
+
+
+def search(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    *,
+    study_name: str,
+    target: str = "<30",
+    settings: SearchSettings | None = None,
+    on_trial: TrialCallback | None = None,
+) -> optuna.Study:
+    """Run the hyperparameter search and return the finished study.
+
+    Args:
+        train: Raw training rows with ``readmitted``.
+        val: Raw validation rows with ``readmitted`` (the objective's data).
+        study_name: A fresh name (creating an existing study is an error, by design).
+        target: Label definition.
+        settings: Families, budget, workers, storage, seed, folds, warm start, progress bar.
+        on_trial: Called in this process with every finished trial (e.g. MLflow logging).
+
+    Raises:
+        RuntimeError: No trial completed (the message gives the first failure).
+    """
+    settings = settings or SearchSettings()
+    if settings.n_trials < 1 or settings.n_workers < 1:
+        raise ValueError(
+            f"n_trials and n_workers must be >= 1, got {settings.n_trials}, {settings.n_workers}"
+        )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Checked here, before any study or worker exists, so bad folds fail fast and clearly.
+    search_folds(train, val, target=target, cv_folds=settings.cv_folds, seed=settings.seed)
+    study = _create_study(study_name, settings)
+    progress = _Progress(study, settings.n_trials, settings.progress, on_trial)
+    try:
+        if settings.n_workers == 1:
+            objective = Objective(
+                train,
+                val,
+                target=target,
+                families=list(settings.families),
+                seed=settings.seed,
+                cv_folds=settings.cv_folds,
+            )
+            with single_threaded():
+                study.optimize(
+                    objective,
+                    n_trials=settings.n_trials,
+                    timeout=settings.timeout_s,
+                    catch=(Exception,),
+                    callbacks=[lambda _study, trial: progress(trial)],
+                )
+        else:
+            jobs = _worker_jobs(study_name, settings, train, val, target)
+            _optimize_in_processes(jobs, progress)
+    finally:
+        progress.bar.close()
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if not complete:
+        failed = [t for t in study.trials if t.state.name == "FAIL"]
+        reason = failed[0].system_attrs.get("fail_reason", "?") if failed else "none finished"
+        raise RuntimeError(f"no trial of study {study_name!r} completed; first failure: {reason}")
+    return study
+
+
+def _worker_jobs(
+    study_name: str, settings: SearchSettings, train: pd.DataFrame, val: pd.DataFrame, target: str
+) -> list[_WorkerJob]:
+    n, k = settings.n_trials, settings.n_workers
+    shares = [n // k + (i < n % k) for i in range(k)]
+    return [
+        _WorkerJob(study_name, settings, train, val, target, worker=i, n_trials=share)
+        for i, share in enumerate(shares)
+        if share > 0
+    ]
+
+
+def _optimize_in_processes(jobs: list[_WorkerJob], progress: _Progress) -> None:
+    # spawn, not fork: the parent may hold MLflow/sqlite connections and OpenMP threads.
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=ctx) as pool:
+        pending = {pool.submit(_optimize_worker, job) for job in jobs}
+        while pending:
+            done, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
+            progress.poll()
+            for fut in done:
+                fut.result()  # a crashed worker ends the search with its error
+    progress.poll()
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, family, value (val ROC AUC), seconds, parameters."""
+    rows = []
+    for t in study.trials:
+        family = t.params.get("family")
+        _, params = split_trial_params(t.params) if family else (None, {})
+        duration = t.duration.total_seconds() if t.duration is not None else math.nan
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "family": family,
+                "val_roc_auc": t.value,
+                "seconds": round(duration, 2),
+                "params": json.dumps(params, default=str),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["trial", "state", "family", "val_roc_auc", "seconds", "params"]
+    )
