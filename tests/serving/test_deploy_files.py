@@ -209,7 +209,7 @@ def test_image_requirements_cover_the_serving_imports():
         "import json, sys\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "import app, yaml, cloudpickle\n"  # serving/app.py plus the model loader's lazy imports
-        "import healthpredict.modeling.inference, healthpredict.data.synthetic, healthpredict.mlops.registry\n"
+        "import healthpredict.modeling.runtime.predictor, healthpredict.modeling.runtime.model_meta\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
     )
     done = subprocess.run(
