@@ -208,7 +208,7 @@ def main() -> int:
               f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
 
         from healthpredict.data.schema import ALIASES
-        from healthpredict.modeling.inference import records_from_frame
+        from healthpredict.modeling.runtime.records import records_from_frame
 
         score = training_rows(2_000)[0].drop(columns=["readmitted"])
         records = records_from_frame(score)

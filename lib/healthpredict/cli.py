@@ -408,7 +408,8 @@ def export_model_command(
 ) -> None:
     """Write a registered model plus model_info.json to a folder the serving image can bake in."""
     from healthpredict.mlops.registry import champion_uri
-    from healthpredict.serving.model_store import ModelLoadError, export_model
+    from healthpredict.serving.load_errors import ModelLoadError
+    from healthpredict.serving.model_store import export_model
 
     try:
         path = export_model(model_uri or champion_uri(), out)

@@ -45,7 +45,7 @@ from serving_helpers import (  # noqa: E402
 )
 
 from healthpredict.data.synthetic import generate  # noqa: E402
-from healthpredict.modeling.inference import records_from_frame  # noqa: E402
+from healthpredict.modeling.runtime.records import records_from_frame  # noqa: E402
 from healthpredict.serving.records import INPUT_COLUMNS, expected  # noqa: E402
 
 pytestmark = pytest.mark.faults

@@ -14,7 +14,7 @@ import pytest
 from serving_helpers import ALIAS, TOKEN, Server, finish_register, request, start_register
 
 from healthpredict.data.synthetic import generate
-from healthpredict.modeling.inference import records_from_frame
+from healthpredict.modeling.runtime.records import records_from_frame
 
 
 @pytest.fixture(scope="session")

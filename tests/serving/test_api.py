@@ -11,7 +11,7 @@ from serving_helpers import request
 
 from healthpredict.data.schema import ALIASES, schema_hash
 from healthpredict.data.synthetic import generate
-from healthpredict.modeling.inference import records_from_frame
+from healthpredict.modeling.runtime.records import records_from_frame
 
 
 def canonical(record: dict) -> dict:

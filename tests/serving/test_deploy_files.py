@@ -208,8 +208,8 @@ def test_image_requirements_cover_the_serving_imports():
     code = (
         "import json, sys\n"
         "sys.path.insert(0, sys.argv[1])\n"
-        "import app, yaml, cloudpickle\n"  # serving/app.py plus the model loader's lazy imports
-        "import healthpredict.modeling.inference, healthpredict.data.synthetic, healthpredict.mlops.registry\n"
+        "import app, yaml, cloudpickle\n"  # serving/app.py plus what the model loader reads pickles with
+        "import healthpredict.modeling.runtime.predictor, healthpredict.modeling.runtime.model_meta\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
     )
     done = subprocess.run(

@@ -18,9 +18,13 @@ from sklearn.pipeline import Pipeline
 
 from healthpredict.data.schema import COLUMNS
 from healthpredict.data.synthetic import generate
-from healthpredict.modeling import inference
+from healthpredict.modeling import features
 from healthpredict.modeling.features import build_preprocessor, make_target
 from healthpredict.modeling.models import make_pipeline
+from healthpredict.modeling.runtime import encoder
+from healthpredict.modeling.runtime.predictor import Predictor, compile_pipeline
+from healthpredict.modeling.runtime.records import records_from_frame
+from healthpredict.modeling.runtime.scorers import SMALL_BATCH
 
 REAL_ZIP = Path(__file__).resolve().parents[3] / "shared" / "data" / "dataset_diabetes.zip"
 TOL = 1e-9
@@ -75,18 +79,18 @@ def _edge_frame(base: pd.DataFrame) -> pd.DataFrame:
     return edge
 
 
-def assert_identical(pipe: Pipeline, frame: pd.DataFrame) -> inference.Predictor:
+def assert_identical(pipe: Pipeline, frame: pd.DataFrame) -> Predictor:
     """Compiled and pipeline probabilities agree for one record, small and large batches."""
-    predictor = inference.compile_pipeline(pipe)
+    predictor = compile_pipeline(pipe)
     assert predictor.path == "fast", predictor.reason
     X = frame.drop(columns=["readmitted"], errors="ignore").reset_index(drop=True)
     expected = pipe.predict_proba(X)[:, 1]
-    records = inference.records_from_frame(X)
+    records = records_from_frame(X)
     batch = predictor.predict_proba(records)
     assert batch.shape == expected.shape
     np.testing.assert_allclose(batch, expected, rtol=0, atol=TOL)
-    small = predictor.predict_proba(records[: inference.SMALL_BATCH])
-    np.testing.assert_allclose(small, expected[: inference.SMALL_BATCH], rtol=0, atol=TOL)
+    small = predictor.predict_proba(records[:SMALL_BATCH])
+    np.testing.assert_allclose(small, expected[:SMALL_BATCH], rtol=0, atol=TOL)
     singles = np.array([predictor.predict_proba([r])[0] for r in records[:40]])
     np.testing.assert_allclose(singles, expected[:40], rtol=0, atol=TOL)
     return predictor
@@ -137,11 +141,11 @@ def test_infrequent_categories_pooled(synthetic):
 def test_unknown_estimator_keeps_fast_encoder(synthetic):
     X, y = _xy(synthetic["train"])
     pipe = Pipeline([("preprocess", build_preprocessor()), ("model", GaussianNB())]).fit(X, y)
-    predictor = inference.compile_pipeline(pipe)
+    predictor = compile_pipeline(pipe)
     assert predictor.path == "fast-encoder"
     assert "GaussianNB" in predictor.reason
     expected = pipe.predict_proba(synthetic["score"].drop(columns=["readmitted"]))[:, 1]
-    got = predictor.predict_proba(inference.records_from_frame(synthetic["score"]))
+    got = predictor.predict_proba(records_from_frame(synthetic["score"]))
     np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
 
 
@@ -153,13 +157,13 @@ def test_unknown_preprocessing_falls_back_to_pipeline(synthetic):
     # A different feature function: the compiled encoder must not pretend to know it.
     pipe.steps[0][1].steps[0] = (
         "features",
-        FunctionTransformer(lambda df: inference.features.prepare_features(df)),
+        FunctionTransformer(lambda df: features.prepare_features(df)),
     )
     pipe.fit(X, y)
-    predictor = inference.compile_pipeline(pipe)
+    predictor = compile_pipeline(pipe)
     assert predictor.path == "pipeline"
     assert "prepare_features" in predictor.reason
-    got = predictor.predict_proba(inference.records_from_frame(synthetic["score"]))
+    got = predictor.predict_proba(records_from_frame(synthetic["score"]))
     np.testing.assert_allclose(
         got, pipe.predict_proba(synthetic["score"].drop(columns=["readmitted"]))[:, 1]
     )
@@ -167,8 +171,8 @@ def test_unknown_preprocessing_falls_back_to_pipeline(synthetic):
 
 def test_self_check_rejects_a_divergent_compilation(synthetic_models, monkeypatch):
     """If the compiled encoder drifted from features.py, the self-check picks the pipeline."""
-    monkeypatch.setitem(inference._AGE_INDEX, "[70-80)", 0.0)
-    predictor = inference.compile_pipeline(synthetic_models["logreg"])
+    monkeypatch.setitem(encoder._AGE_INDEX, "[70-80)", 0.0)
+    predictor = compile_pipeline(synthetic_models["logreg"])
     assert predictor.path == "pipeline"
     assert predictor.reason.startswith("self-check failed")
 
@@ -177,7 +181,7 @@ def test_icd9_target_encoding_is_compiled(synthetic_models):
     from healthpredict.modeling.features import CODE_FEATURES
 
     for pipe in synthetic_models.values():
-        predictor = inference.compile_pipeline(pipe)
+        predictor = compile_pipeline(pipe)
         assert [e.name for e in predictor.encoder.encoded] == list(CODE_FEATURES)
 
 

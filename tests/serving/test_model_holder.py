@@ -10,9 +10,10 @@ from serving_helpers import write_model_dir
 
 from healthpredict.data.synthetic import generate
 from healthpredict.modeling.features import make_target
-from healthpredict.modeling.inference import records_from_frame
 from healthpredict.modeling.models import make_pipeline
-from healthpredict.serving.model_store import ModelHolder, ModelLoadError
+from healthpredict.modeling.runtime.records import records_from_frame
+from healthpredict.serving.load_errors import ModelLoadError
+from healthpredict.serving.model_store import ModelHolder
 from healthpredict.serving.settings import ServingSettings
 
 

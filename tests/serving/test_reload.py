@@ -13,7 +13,7 @@ import pytest
 from serving_helpers import ALIAS, TOKEN, Server, finish_register, request, start_register
 
 from healthpredict.data.synthetic import generate
-from healthpredict.modeling.inference import frame_from_records, records_from_frame
+from healthpredict.modeling.runtime.records import frame_from_records, records_from_frame
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 USERINFO = "svc:" + "hunter2"  # credentials in a store URL, which reasons must not show
@@ -121,18 +121,18 @@ def test_unreachable_store_is_named_as_such(store_settings):
     import botocore.exceptions
     import requests
 
-    from healthpredict.serving.model_store import _describe_error
+    from healthpredict.serving.load_errors import describe_error
 
     with pytest.raises(requests.ConnectionError) as caught:
         requests.get("http://127.0.0.1:9/api/2.0/mlflow/registered-models/alias", timeout=2)
-    reason = _describe_error(caught.value)
+    reason = describe_error(caught.value)
     assert reason.startswith(
         "model store unreachable: MLflow registry http://***@127.0.0.1:9 (MLFLOW_TRACKING_URI): "
         "ConnectionRefusedError: [Errno 111] Connection refused [ConnectionError: "
     ), reason
     assert "hunter2" not in reason
     s3 = botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bucket")
-    assert _describe_error(s3) == (
+    assert describe_error(s3) == (
         "model store unreachable: artifact store http://127.0.0.1:9 (MLFLOW_S3_ENDPOINT_URL): "
         'EndpointConnectionError: Could not connect to the endpoint URL: "http://127.0.0.1:9/bucket"'
     )
@@ -202,7 +202,8 @@ def test_export_refuses_a_non_empty_folder(tmp_path):
 
 @pytest.mark.faults
 def test_model_dir_without_info_is_explained(tmp_path):
-    from healthpredict.serving.model_store import ModelLoadError, read_model_dir
+    from healthpredict.serving.load_errors import ModelLoadError
+    from healthpredict.serving.model_store import read_model_dir
 
     with pytest.raises(ModelLoadError, match="no model_info.json"):
         read_model_dir(Path(tmp_path))

@@ -13,66 +13,29 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
-import re
 import warnings
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from healthpredict.core import constants
+from healthpredict.core.constants import CHALLENGER, CHAMPION, PREVIOUS
 from healthpredict.core.settings import get_settings
+from healthpredict.modeling.runtime import model_meta
+
+# ModelNotFoundError is what get_model_info, load_pipeline and promote raise; their callers
+# (cli, pipelines, monitoring) catch it as registry.ModelNotFoundError.
+from healthpredict.modeling.runtime.model_meta import ModelInfo, ModelNotFoundError  # noqa: F401
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-PREVIOUS = "previous"
-METRIC_TAG_PREFIX = "metric."
-_URI_RE = re.compile(r"^(?:models:/)?(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
-
-
-class ModelNotFoundError(LookupError):
-    """The registered model, version or alias does not exist; the message names which."""
-
-
-@dataclass
-class ModelInfo:
-    """One registered model version and what it was trained for.
-
-    Attributes:
-        name: Registered model name.
-        version: Version number, as a string.
-        run_id: MLflow run that logged the model.
-        model_uri: ``models:/<name>/<version>`` (stable, unlike an alias URI).
-        aliases: Aliases currently on this version.
-        threshold: Decision threshold on the positive-class probability.
-        target: Label definition, ``<30`` or ``any``.
-        trained_at: ISO timestamp (UTC) of the logging.
-        test_metrics: Metrics on the held-out test split.
-        schema_hash: Raw schema hash the model was trained against.
-        data_source: ``real`` or ``synthetic`` (the manifest's ``data_source``).
-        params: Model family and hyperparameters.
-    """
-
-    name: str
-    version: str
-    run_id: str
-    model_uri: str
-    aliases: list[str] = field(default_factory=list)
-    threshold: float = 0.5
-    target: str = "<30"
-    trained_at: str = ""
-    test_metrics: dict[str, float] = field(default_factory=dict)
-    schema_hash: str = ""
-    data_source: str = ""
-    params: dict[str, Any] = field(default_factory=dict)
+METRIC_TAG_PREFIX = model_meta.METRIC_TAG_PREFIX
 
 
 def champion_uri(name: str | None = None) -> str:
     """URI of the champion of ``name`` (default: ``settings.model_name``)."""
-    return f"models:/{name or get_settings().model_name}@{CHAMPION}"
+    return constants.champion_uri(name or get_settings().model_name)
 
 
 def _client():
@@ -84,11 +47,6 @@ def _client():
     return MlflowClient()
 
 
-def _is_missing(exc: Exception) -> bool:
-    code = getattr(exc, "error_code", "")
-    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
-
-
 def alias_version(name: str, alias: str) -> str | None:
     """Version that ``alias`` points at, or None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
@@ -96,7 +54,7 @@ def alias_version(name: str, alias: str) -> str | None:
     try:
         return str(_client().get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
-        if _is_missing(exc):
+        if model_meta.is_missing_error(exc):
             return None
         raise
 
@@ -238,23 +196,6 @@ def log_model(
     return get_model_info(f"models:/{name}/{version}")
 
 
-def _parse_uri(uri: str) -> tuple[str, str | None, str | None]:
-    match = _URI_RE.match(uri.strip())
-    if match is None:
-        raise ValueError(
-            f"{uri!r} is not a registry model URI; use models:/<name>@<alias> or "
-            "models:/<name>/<version>"
-        )
-    return match["name"], match["alias"], match["version"]
-
-
-def _float(text: str | None, default: float = math.nan) -> float:
-    try:
-        return float(text) if text is not None else default
-    except ValueError:
-        return default
-
-
 def get_model_info(model_uri: str) -> ModelInfo:
     """Describe the version behind ``models:/Name@alias`` or ``models:/Name/3``.
 
@@ -268,48 +209,8 @@ def get_model_info(model_uri: str) -> ModelInfo:
         ModelNotFoundError: The model, alias or version does not exist.
         ValueError: The URI is not a registry URI.
     """
-    from mlflow.exceptions import MlflowException
-
-    name, alias, version = _parse_uri(model_uri)
-    client = _client()
-    try:
-        if alias is not None:
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            mv = client.get_model_version(name, version)
-    except MlflowException as exc:
-        if not _is_missing(exc):
-            raise
-        what = f"alias {alias!r}" if alias is not None else f"version {version}"
-        raise ModelNotFoundError(
-            f"registered model {name!r} has no {what} in {_tracking_uri()}"
-            + (" (train a model first: healthpredict train)" if alias == CHAMPION else "")
-        ) from None
-    tags = dict(mv.tags or {})
-    return ModelInfo(
-        name=name,
-        version=str(mv.version),
-        run_id=mv.run_id,
-        model_uri=f"models:/{name}/{mv.version}",
-        aliases=sorted(mv.aliases or []),
-        threshold=_float(tags.get("threshold"), 0.5),
-        target=tags.get("target", ""),
-        trained_at=tags.get("trained_at", ""),
-        test_metrics={
-            k[len(METRIC_TAG_PREFIX) :]: _float(v)
-            for k, v in sorted(tags.items())
-            if k.startswith(METRIC_TAG_PREFIX)
-        },
-        schema_hash=tags.get("schema_hash", ""),
-        data_source=tags.get("data_source", ""),
-        params=json.loads(tags["params"]) if tags.get("params") else {},
-    )
-
-
-def _tracking_uri() -> str:
-    import mlflow
-
-    return mlflow.get_tracking_uri()
+    model_meta.parse_model_uri(model_uri)  # a malformed URI fails before MLflow is set up
+    return model_meta.read_model_info(_client(), model_uri)
 
 
 def load_pipeline(model_uri: str) -> tuple[Pipeline, ModelInfo]:

@@ -23,13 +23,13 @@ from healthpredict.core.constants import RETRAINING_EXPERIMENT, champion_uri
 from healthpredict.core.settings import get_settings
 from healthpredict.data.split import drop_unreadmittable
 from healthpredict.mlops import registry, tracking
-from healthpredict.mlops.registry import ModelInfo
 from healthpredict.mlops.run_logging import TrialLogger, log_metrics_prefixed
 from healthpredict.modeling.evaluation import score
 from healthpredict.modeling.fitting import FittedModel, data_tags, fit_final, load_training_splits
 from healthpredict.modeling.gate import gate_decision, gate_verdict
 from healthpredict.modeling.models import FAMILIES, split_trial_params, trial_params_for
 from healthpredict.modeling.retrain_data import RetrainData, load_batches, retrain_data
+from healthpredict.modeling.runtime.model_meta import ModelInfo
 from healthpredict.modeling.search import SearchSettings, search, trials_frame
 
 if TYPE_CHECKING:

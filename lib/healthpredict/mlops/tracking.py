@@ -9,11 +9,10 @@ import logging
 import os
 from pathlib import Path
 
-from healthpredict.core import storage
+from healthpredict.core import mlflow_env, storage
 from healthpredict.core.settings import get_settings
 
 log = logging.getLogger(__name__)
-_SQLITE_PREFIX = "sqlite:///"
 # A tracking server that is down fails a call in ~15 s (retries after 0, 2, 4 and 8 s) instead of
 # MLflow's default of ~4 minutes (7 retries, doubling waits up to 2 minutes); the pipeline's runs
 # are safe to repeat. Set the variables to override.
@@ -29,16 +28,6 @@ LOOP_HOLDER_TAG = "healthpredict.loop_holder"
 
 class TrackingUnavailableError(RuntimeError):
     """The MLflow tracking store cannot be reached; the message names it."""
-
-
-def _absolute_sqlite(uri: str) -> str:
-    """Make a relative sqlite path absolute so that a kernel with another cwd finds the same db."""
-    path = Path(uri[len(_SQLITE_PREFIX) :])
-    if str(path) == ":memory:":
-        return uri
-    path = path.expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"{_SQLITE_PREFIX}{path}"
 
 
 _configured_uri: str | None = None  # what setup_mlflow set in this process
@@ -57,19 +46,7 @@ def setup_mlflow(tracking_uri: str | None = None) -> str:
     Returns:
         The tracking URI in use (a relative sqlite path made absolute).
     """
-    import mlflow
-
-    settings = get_settings()
-    uri = tracking_uri or settings.mlflow_tracking_uri
-    if uri.startswith(_SQLITE_PREFIX):
-        uri = _absolute_sqlite(uri)
-    for name, value in MLFLOW_RETRY_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-    if settings.s3_endpoint_url:
-        # MLflow's own S3 client writes the artifacts under an s3:// storage: same endpoint.
-        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    uri = mlflow_env.point_mlflow(MLFLOW_RETRY_DEFAULTS, tracking_uri)
     global _configured_uri
     _configured_uri = uri
     return uri

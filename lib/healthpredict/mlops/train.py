@@ -24,11 +24,11 @@ import pandas as pd
 from healthpredict.core.constants import CHAMPION, TRAINING_EXPERIMENT
 from healthpredict.core.settings import get_settings
 from healthpredict.mlops import registry, tracking
-from healthpredict.mlops.registry import ModelInfo
 from healthpredict.mlops.run_logging import TrialLogger, log_figures, log_metrics_prefixed
 from healthpredict.modeling.evaluation import HeldOutEvaluation, evaluate_on_test
 from healthpredict.modeling.fitting import FittedModel, data_tags, fit_final, load_training_splits
 from healthpredict.modeling.models import FAMILIES, split_trial_params
+from healthpredict.modeling.runtime.model_meta import ModelInfo
 from healthpredict.modeling.search import SearchSettings, redact, search, trials_frame
 
 if TYPE_CHECKING:

@@ -61,7 +61,15 @@ _ICD9_RANGES = (
 )
 _INT_COLUMNS = tuple(c.name for c in RAW_COLUMNS if c.kind in ("id", "int"))
 _TEXT_COLUMNS = tuple(c.name for c in RAW_COLUMNS if c.kind in ("category", "code", "text"))
-_ID_CATEGORIES = ("admission_type_id", "discharge_disposition_id", "admission_source_id")
+# Integer id columns the model treats as categories (their decimal text).
+ID_CATEGORIES = ("admission_type_id", "discharge_disposition_id", "admission_source_id")
+# age bracket -> its position, the ``age_ordinal`` feature.
+AGE_ORDINAL = {b: i for i, b in enumerate(AGE_BRACKETS)}
+# Visits in the year before, summed into ``prior_visits_total``.
+VISIT_COLUMNS = ("number_outpatient", "number_emergency", "number_inpatient")
+# Medication statuses counted by ``n_med_changes``; ``n_meds_prescribed`` counts all but NOT_PRESCRIBED.
+DOSE_CHANGES = ("Up", "Down")
+NOT_PRESCRIBED = "No"
 
 
 def clean_data(df: pd.DataFrame) -> pd.DataFrame:
@@ -110,17 +118,16 @@ def engineer_features(df: pd.DataFrame) -> pd.DataFrame:
     for col in NUMERIC_FEATURES:
         if col in df.columns:
             out[col] = df[col].astype("float64")
-    out["age_ordinal"] = df["age"].map({b: i for i, b in enumerate(AGE_BRACKETS)}).astype("float64")
-    out["prior_visits_total"] = (
-        df["number_outpatient"] + df["number_emergency"] + df["number_inpatient"]
-    ).astype("float64")
+    out["age_ordinal"] = df["age"].map(AGE_ORDINAL).astype("float64")
+    outpatient, emergency, inpatient = VISIT_COLUMNS
+    out["prior_visits_total"] = (df[outpatient] + df[emergency] + df[inpatient]).astype("float64")
     meds = df[list(MEDICATIONS)]
-    out["n_med_changes"] = meds.isin(("Up", "Down")).sum(axis=1).astype("float64")
-    out["n_meds_prescribed"] = (meds != "No").sum(axis=1).astype("float64")
+    out["n_med_changes"] = meds.isin(DOSE_CHANGES).sum(axis=1).astype("float64")
+    out["n_meds_prescribed"] = (meds != NOT_PRESCRIBED).sum(axis=1).astype("float64")
     for col in CATEGORICAL_FEATURES:
         if col.endswith("_group"):
             out[col] = diag_group(df[col.removesuffix("_group")])
-        elif col in _ID_CATEGORIES:
+        elif col in ID_CATEGORIES:
             out[col] = df[col].astype("int64").astype(str)
         else:
             out[col] = df[col].astype(str)

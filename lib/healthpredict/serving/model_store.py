@@ -8,7 +8,7 @@ Two sources:
   written by :func:`export_model` (``healthpredict export-model``); loading it needs no MLflow.
 
 Either way the pickled sklearn pipeline is read directly (cloudpickle, as logged) and compiled by
-:func:`healthpredict.modeling.inference.compile_pipeline`. :class:`ModelHolder` keeps the model in
+:func:`healthpredict.modeling.runtime.predictor.compile_pipeline`. :class:`ModelHolder` keeps the model in
 service: it loads in a background thread, retrying with exponential backoff while the store is
 unreachable, and :meth:`ModelHolder.reload` builds the new model completely before swapping one
 reference, so requests in flight finish on the old model and a failed reload changes nothing.
@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 import pickle
 import re
 import shutil
@@ -28,11 +27,20 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
+from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
+import yaml
+
+from healthpredict.core import mlflow_env
+from healthpredict.core.constants import champion_uri
+from healthpredict.core.settings import get_settings
 from healthpredict.data.schema import schema_hash
-from healthpredict.modeling.inference import Predictor, compile_pipeline
+from healthpredict.modeling.runtime.model_meta import read_model_info
+from healthpredict.modeling.runtime.predictor import Predictor, compile_pipeline
+from healthpredict.serving.load_errors import ModelLoadError, describe_error
 from healthpredict.serving.settings import ServingSettings
 
 log = logging.getLogger("healthpredict.serving")
@@ -42,21 +50,9 @@ INFO_FILE = "model_info.json"
 _MLFLOW_ENV_DEFAULTS = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a progress bar per load floods the logs
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
 }
-_UNREACHABLE = re.compile(
-    r"ConnectionError|Connection refused|Max retries exceeded|Timeout|timed out|"
-    r"OperationalError|DatabaseError|unable to open database|Name or service not known|NoCredentials|EndpointConnection",
-    re.IGNORECASE,
-)
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; ``reason`` is one line a person can act on."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class ReloadBusyError(RuntimeError):
@@ -121,56 +117,6 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-_CREDENTIALS = re.compile(r"(?<=://)[^/\s@'\"]+@")
-
-
-def _redact(text: str) -> str:
-    """A URL's credentials (``scheme://<user>:<password>@host``) as ``***``: /ready is public."""
-    return _CREDENTIALS.sub("***@", text)
-
-
-def _s3_endpoint() -> str:
-    for name in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
-        if os.environ.get(name):
-            return f"{os.environ[name]} ({name})"
-    return "AWS S3 (no MLFLOW_S3_ENDPOINT_URL set)"
-
-
-def _unreachable_store(chain: list[BaseException]) -> str:
-    """Which store failed, with the setting that names it: the S3 artifact store or the registry."""
-    if any(type(e).__module__.split(".")[0] in ("botocore", "boto3", "s3transfer") for e in chain):
-        return f"artifact store {_s3_endpoint()}"
-    from healthpredict.core.settings import get_settings
-
-    return f"MLflow registry {get_settings().mlflow_tracking_uri} (MLFLOW_TRACKING_URI)"
-
-
-def _describe_error(exc: BaseException) -> str:
-    """One line a person can act on, without credentials.
-
-    Network and database failures read ``model store unreachable: <which store and its
-    setting>: <root cause> [<outermost error>]``; a missing model ``model not found: ...``.
-    """
-    from healthpredict.mlops.registry import ModelNotFoundError
-
-    if isinstance(exc, ModelLoadError):
-        return _redact(exc.reason)
-    if isinstance(exc, ModelNotFoundError):
-        return _redact(f"model not found: {exc}")
-    chain: list[BaseException] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(chain) < 8:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    lines = [f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}" for e in chain]
-    first = lines[0][:300]
-    if _UNREACHABLE.search(" <- ".join(f"{type(e).__name__}: {e}" for e in chain)):
-        root = lines[-1][:200]
-        detail = root if len(chain) == 1 else f"{root} [{first}]"
-        return _redact(f"model store unreachable: {_unreachable_store(chain)}: {detail}")
-    return _redact(f"model load failed: {first}")
-
-
 # --------------------------------------------------------------------------- loading
 
 
@@ -180,8 +126,6 @@ def load_pipeline_dir(path: str | Path) -> Any:
     Raises:
         ModelLoadError: No ``MLmodel``, no sklearn flavour, or an unreadable pickle.
     """
-    import yaml
-
     path = Path(path)
     mlmodel = path / "MLmodel"
     if not mlmodel.is_file():
@@ -191,26 +135,25 @@ def load_pipeline_dir(path: str | Path) -> Any:
         raise ModelLoadError(f"{mlmodel} has no sklearn flavour")
     fmt = flavor.get("serialization_format", "cloudpickle")
     if fmt == "skops":  # not what registry.log_model writes; MLflow knows how
+        # mlflow costs seconds to import: only for this format, which we never write.
         import mlflow.sklearn
 
         return mlflow.sklearn.load_model(str(path))
-    from importlib.metadata import version
-
-    trained_with, installed = flavor.get("sklearn_version"), version("scikit-learn")
+    trained_with, installed = flavor.get("sklearn_version"), installed_version("scikit-learn")
     if trained_with and trained_with != installed:
         log.warning("model pickled with scikit-learn %s, serving with %s", trained_with, installed)
     with open(path / flavor["pickled_model"], "rb") as fh:
         if fmt == "cloudpickle":
-            import cloudpickle
-
             return cloudpickle.load(fh)
         return pickle.load(fh)  # our own registry's artifact, as MLflow would load it
 
 
 def _registry_info(uri: str) -> dict[str, Any]:
-    from healthpredict.mlops import registry
+    """The registry's metadata of the version behind ``uri`` (call :func:`_setup_mlflow` first)."""
+    # mlflow costs seconds to import: only when the model comes from a registry (not MODEL_DIR).
+    from mlflow import MlflowClient
 
-    info = asdict(registry.get_model_info(uri))
+    info = asdict(read_model_info(MlflowClient(), uri))
     info.update(alias=_alias_of(uri), source=uri)
     return info
 
@@ -222,9 +165,6 @@ def _setup_mlflow() -> None:
         ModelLoadError: The sqlite file of ``MLFLOW_TRACKING_URI`` does not exist (MLflow would
             create an empty registry there and report the model as missing).
     """
-    from healthpredict.core.settings import get_settings
-    from healthpredict.mlops import tracking
-
     uri = get_settings().mlflow_tracking_uri
     if uri.startswith("sqlite:///") and not uri.endswith(":memory:"):
         path = Path(uri[len("sqlite:///") :])
@@ -233,12 +173,11 @@ def _setup_mlflow() -> None:
                 f"model store unreachable: MLflow registry {uri} (MLFLOW_TRACKING_URI): the "
                 f"database file {path} does not exist (serving never creates a registry)"
             )
-    for key, value in _MLFLOW_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    tracking.setup_mlflow()
+    mlflow_env.point_mlflow(_MLFLOW_ENV_DEFAULTS)
 
 
 def _download(info: dict[str, Any], dst: Path) -> Path:
+    # mlflow costs seconds to import: only when the model comes from a registry (not MODEL_DIR).
     import mlflow.artifacts
 
     return Path(
@@ -289,7 +228,7 @@ def load_model(settings: ServingSettings) -> LoadedModel:
             pipeline, info = read_model_uri(source_uri(settings))
         predictor = compile_pipeline(pipeline)
     except Exception as exc:  # every failure becomes a reason for /ready
-        raise ModelLoadError(_describe_error(exc)) from exc
+        raise ModelLoadError(describe_error(exc)) from exc
     if info.get("schema_hash") and info["schema_hash"] != schema_hash():
         log.warning(
             "model %s/%s was trained on raw schema %s, the API validates schema %s",
@@ -305,9 +244,7 @@ def load_model(settings: ServingSettings) -> LoadedModel:
 
 def source_uri(settings: ServingSettings) -> str:
     """The registry URI to serve: ``MODEL_URI`` or the champion of the configured model."""
-    from healthpredict.mlops.registry import champion_uri
-
-    return settings.model_uri or champion_uri()
+    return settings.model_uri or champion_uri(get_settings().model_name)
 
 
 def source_description(settings: ServingSettings) -> str:
@@ -347,7 +284,7 @@ def export_model(model_uri: str, out_dir: str | Path) -> Path:
     except (ModelLoadError, FileExistsError):
         raise
     except Exception as exc:  # reported as a one-line reason
-        raise ModelLoadError(_describe_error(exc)) from exc
+        raise ModelLoadError(describe_error(exc)) from exc
     info.update(exported_at=_now(), exported_from=model_uri)
     info.pop("source", None)
     (out / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
@@ -485,7 +422,7 @@ class ModelHolder:
                 try:
                     wanted = self._wanted_version()
                 except Exception as exc:  # reported as a one-line reason
-                    raise ModelLoadError(_describe_error(exc)) from exc
+                    raise ModelLoadError(describe_error(exc)) from exc
                 if wanted == old.version:
                     return {
                         "status": "unchanged",

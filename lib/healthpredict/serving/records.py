@@ -14,7 +14,7 @@ API, its OpenAPI document and its error messages together:
 - the target ``readmitted`` is not an input.
 
 Validated records are dicts keyed by Python field names, missing values absent or None, as
-:mod:`healthpredict.modeling.inference` expects.
+:mod:`healthpredict.modeling.runtime` expects.
 """
 
 from __future__ import annotations
