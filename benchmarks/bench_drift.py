@@ -100,9 +100,10 @@ def make_setup(raw: pd.DataFrame, seed: int, initial_fraction: float) -> Setup:
     """Split, train the logistic regression and precompute the pool's features and predictions."""
     from sklearn.metrics import roc_auc_score
 
+    from healthpredict.data.schema import make_target
     from healthpredict.data.split import SplitParams, split_frame
     from healthpredict.modeling.evaluation import choose_threshold
-    from healthpredict.modeling.features import clean_data, engineer_features, make_target
+    from healthpredict.modeling.features import clean_data, engineer_features
     from healthpredict.modeling.models import make_pipeline
     from healthpredict.monitoring import statistics
 
@@ -306,9 +307,10 @@ def real_stream(raw: pd.DataFrame, args, log) -> dict:
     """Monitor the real chronological future stream in batches (production defaults)."""
     from sklearn.metrics import roc_auc_score
 
+    from healthpredict.data.schema import make_target
     from healthpredict.data.split import SplitParams, split_frame
     from healthpredict.modeling.evaluation import choose_threshold
-    from healthpredict.modeling.features import clean_data, engineer_features, make_target
+    from healthpredict.modeling.features import clean_data, engineer_features
     from healthpredict.modeling.models import make_pipeline
     from healthpredict.monitoring import calibration, statistics
 
@@ -379,10 +381,10 @@ def time_notebook(source: str, args, log) -> dict:
     from healthpredict import runs
     from healthpredict.core import storage
     from healthpredict.core.settings import get_settings
+    from healthpredict.data.schema import make_target
     from healthpredict.data.split import SplitParams, load_split, prepare
     from healthpredict.mlops import registry, tracking
     from healthpredict.modeling.evaluation import choose_threshold
-    from healthpredict.modeling.features import make_target
     from healthpredict.modeling.models import make_pipeline
 
     saved = {

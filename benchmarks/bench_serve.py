@@ -86,9 +86,9 @@ def register_model(tracking_uri: str, frame, source: str) -> str:
     """Fit the random forest on ``frame`` and register it as the champion; return the version."""
     import mlflow
 
+    from healthpredict.data.schema import make_target
     from healthpredict.mlops import registry
     from healthpredict.mlops.tracking import setup_mlflow, use_experiment
-    from healthpredict.modeling.features import make_target
     from healthpredict.modeling.models import make_pipeline
 
     setup_mlflow(tracking_uri)

@@ -74,10 +74,10 @@ def main() -> int:
         from healthpredict.core.settings import get_settings
 
         get_settings.cache_clear()
+        from healthpredict.data.schema import make_target
         from healthpredict.data.split import SplitParams, prepare
         from healthpredict.mlops.train import TrainOptions, train
         from healthpredict.modeling.evaluation import classification_metrics
-        from healthpredict.modeling.features import make_target
         from healthpredict.modeling.fitting import fit_final, load_training_splits
 
         started = time.perf_counter()

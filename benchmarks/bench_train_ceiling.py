@@ -36,8 +36,9 @@ import pandas as pd
 from bench_train import GOAL_AUC, ROOT, find_real_data
 from sklearn.metrics import roc_auc_score
 
+from healthpredict.data.schema import make_target
 from healthpredict.data.split import SplitParams, resolve_source, split_frame
-from healthpredict.modeling.features import build_preprocessor, make_target
+from healthpredict.modeling.features import build_preprocessor
 from healthpredict.modeling.models import make_estimator
 
 # A sound untuned configuration (the search finds nothing reliably better on this data).

@@ -64,10 +64,10 @@ def synthetic_champion():
     def make(n_synthetic: int):
         import mlflow
 
+        from healthpredict.data.schema import make_target
         from healthpredict.data.split import SplitParams, load_split, prepare
         from healthpredict.mlops import registry, tracking
         from healthpredict.modeling.evaluation import choose_threshold
-        from healthpredict.modeling.features import make_target
         from healthpredict.modeling.models import make_pipeline
 
         prepare("synthetic", params=SplitParams(initial_fraction=0.5), n_synthetic=n_synthetic)

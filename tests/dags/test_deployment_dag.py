@@ -86,9 +86,9 @@ def champion(dag_env):
     """A logistic-regression champion (version 1) on small synthetic data."""
     import mlflow
 
+    from healthpredict.data.schema import make_target
     from healthpredict.data.split import SplitParams, load_split, prepare
     from healthpredict.mlops import registry, tracking
-    from healthpredict.modeling.features import make_target
     from healthpredict.modeling.models import make_pipeline
 
     prepare("synthetic", params=SplitParams(initial_fraction=0.5), n_synthetic=2000)

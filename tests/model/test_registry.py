@@ -5,8 +5,8 @@ from healthpredict.mlops import registry, tracking
 
 @pytest.fixture
 def fitted(data_dir):
+    from healthpredict.data.schema import make_target
     from healthpredict.data.split import load_split
-    from healthpredict.modeling.features import make_target
     from healthpredict.modeling.models import make_pipeline
 
     train = load_split("initial_train", data_dir)

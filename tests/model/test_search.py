@@ -99,7 +99,7 @@ def test_grouped_cross_validation_folds_score_every_row_once(splits):
 def test_cross_validated_trial_scores_the_mean_of_its_folds(splits):
     from sklearn.metrics import roc_auc_score
 
-    from healthpredict.modeling.features import make_target
+    from healthpredict.data.schema import make_target
 
     train, val = splits
     params = {"C": 0.1, "class_weight": None}

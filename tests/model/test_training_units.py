@@ -18,8 +18,8 @@ def test_unknown_family_is_named():
 
 @pytest.mark.parametrize("family", models.FAMILIES)
 def test_pipeline_takes_raw_fields(family, synthetic_prepared):
+    from healthpredict.data.schema import make_target
     from healthpredict.data.split import load_split
-    from healthpredict.modeling.features import make_target
 
     train = load_split("initial_train", str(synthetic_prepared)).head(600)
     small = {"logreg": {"C": 1.0}, "rf": {"n_estimators": 10}, "hgb": {"max_iter": 10}}[family]

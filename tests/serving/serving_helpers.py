@@ -38,10 +38,10 @@ def register(tracking_uri: str, family: str, seed: int, n_rows: int = 2000) -> s
     """Fit ``family`` on synthetic rows, log and register it; champion only if none yet."""
     import mlflow
 
+    from healthpredict.data.schema import make_target
     from healthpredict.data.synthetic import generate
     from healthpredict.mlops import registry
     from healthpredict.mlops.tracking import setup_mlflow, use_experiment
-    from healthpredict.modeling.features import make_target
     from healthpredict.modeling.models import make_pipeline
 
     setup_mlflow(tracking_uri)
@@ -138,8 +138,8 @@ def write_model_dir(
 
 def baked_model(path: Path, family: str = "logreg", seed: int = 4, version: str = "1") -> Path:
     """Fit ``family`` on synthetic rows and write it as a MODEL_DIR (no MLflow involved)."""
+    from healthpredict.data.schema import make_target
     from healthpredict.data.synthetic import generate
-    from healthpredict.modeling.features import make_target
     from healthpredict.modeling.models import make_pipeline
 
     frame = generate(1500, seed=seed)

@@ -16,10 +16,10 @@ import pytest
 from sklearn.naive_bayes import GaussianNB
 from sklearn.pipeline import Pipeline
 
-from healthpredict.data.schema import COLUMNS
+from healthpredict.data.schema import COLUMNS, make_target
 from healthpredict.data.synthetic import generate
 from healthpredict.modeling import features
-from healthpredict.modeling.features import build_preprocessor, make_target
+from healthpredict.modeling.features import build_preprocessor
 from healthpredict.modeling.models import make_pipeline
 from healthpredict.modeling.runtime import encoder
 from healthpredict.modeling.runtime.predictor import Predictor, compile_pipeline

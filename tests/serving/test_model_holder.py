@@ -8,8 +8,8 @@ import time
 import pytest
 from serving_helpers import write_model_dir
 
+from healthpredict.data.schema import make_target
 from healthpredict.data.synthetic import generate
-from healthpredict.modeling.features import make_target
 from healthpredict.modeling.models import make_pipeline
 from healthpredict.modeling.runtime.records import records_from_frame
 from healthpredict.serving.load_errors import ModelLoadError

@@ -252,3 +252,21 @@ def coerce_raw(df: pd.DataFrame) -> pd.DataFrame:
             out[col.name] = s.astype(object).where(s.notna(), None)
             out[col.name] = out[col.name].map(lambda v: v if v is None else str(v))
     return out
+
+
+# The two labels a model can learn from ``readmitted``.
+TARGETS = ("<30", "any")
+
+
+def make_target(df: pd.DataFrame, target: str = "<30") -> np.ndarray:
+    """Binary label from ``readmitted``: ``<30`` (default) or ``any`` readmission.
+
+    Raises:
+        ValueError: For an unknown target name or a frame without ``readmitted``.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
+    if TARGET not in df.columns:
+        raise ValueError(f"the frame has no {TARGET!r} column, so it has no label")
+    labels = df[TARGET]
+    return (labels == "<30").to_numpy(int) if target == "<30" else (labels != "NO").to_numpy(int)

@@ -17,7 +17,13 @@ from sklearn.model_selection import GroupShuffleSplit
 
 from healthpredict.core import layout, storage
 from healthpredict.core.settings import get_settings
-from healthpredict.data.schema import EXCLUDED_DISPOSITIONS, TARGET, schema_hash, validate_raw
+from healthpredict.data.schema import (
+    EXCLUDED_DISPOSITIONS,
+    TARGET,
+    make_target,
+    schema_hash,
+    validate_raw,
+)
 from healthpredict.data.uci import (
     UCI_URL,
     LoadedData,
@@ -26,7 +32,6 @@ from healthpredict.data.uci import (
     load_uci,
     read_raw_csv,
 )
-from healthpredict.modeling.features import make_target
 
 SPLITS = ("initial_train", "validation", "test", "future_data")
 MANIFEST = "manifest.json"

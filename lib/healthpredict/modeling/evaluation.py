@@ -12,8 +12,7 @@ from scipy.stats import bootstrap, rankdata
 from sklearn import metrics as skm
 from sklearn.pipeline import Pipeline
 
-from healthpredict.data.schema import FEATURE_COLUMNS, ID_COLUMNS
-from healthpredict.modeling.features import make_target
+from healthpredict.data.schema import FEATURE_COLUMNS, ID_COLUMNS, make_target
 from healthpredict.modeling.models import single_threaded
 
 

@@ -28,7 +28,6 @@ from sklearn.preprocessing import (
 from healthpredict.data.schema import AGE_BRACKETS, MEDICATIONS, RAW_COLUMNS, TARGET
 
 MISSING = "Missing"
-TARGETS = ("<30", "any")
 
 # Medications common enough to be informative on their own; the rest enter via the counts.
 KEY_MEDICATIONS = ("metformin", "insulin", "glipizide", "glyburide", "pioglitazone", "rosiglitazone", "glimepiride")  # fmt: skip
@@ -137,20 +136,6 @@ def engineer_features(df: pd.DataFrame) -> pd.DataFrame:
     if TARGET in df.columns:
         out[TARGET] = df[TARGET].to_numpy()
     return out
-
-
-def make_target(df: pd.DataFrame, target: str = "<30") -> np.ndarray:
-    """Binary label from ``readmitted``: ``<30`` (default) or ``any`` readmission.
-
-    Raises:
-        ValueError: For an unknown target name or a frame without ``readmitted``.
-    """
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
-    if TARGET not in df.columns:
-        raise ValueError(f"the frame has no {TARGET!r} column, so it has no label")
-    labels = df[TARGET]
-    return (labels == "<30").to_numpy(int) if target == "<30" else (labels != "NO").to_numpy(int)
 
 
 def prepare_features(df: pd.DataFrame) -> pd.DataFrame:

@@ -11,9 +11,9 @@ from sklearn.pipeline import Pipeline
 
 from healthpredict.core.constants import SPLITS, STREAM_SPLIT
 from healthpredict.core.gitinfo import git_commit
+from healthpredict.data.schema import make_target
 from healthpredict.data.split import drop_unreadmittable, load_split, read_manifest
 from healthpredict.modeling.evaluation import choose_threshold, classification_metrics
-from healthpredict.modeling.features import make_target
 from healthpredict.modeling.models import make_pipeline, single_threaded
 
 # The splits a model is trained, tuned and tested on; the stream comes later, batch by batch.

@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
-from healthpredict.data.schema import validate_raw
+from healthpredict.data.schema import make_target, validate_raw
 from healthpredict.data.uci import read_raw_csv
-from healthpredict.modeling.features import make_target
 
 
 class RetrainDataError(ValueError):

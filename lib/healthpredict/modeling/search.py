@@ -44,7 +44,8 @@ from tqdm import tqdm
 
 from healthpredict.core import layout, storage
 from healthpredict.core.settings import get_settings
-from healthpredict.modeling.features import build_preprocessor, make_target
+from healthpredict.data.schema import make_target
+from healthpredict.modeling.features import build_preprocessor
 from healthpredict.modeling.models import (
     FAMILIES,
     STAGE,

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from healthpredict.core.constants import PROBA_COLUMN
-from healthpredict.data.schema import TARGET
-from healthpredict.modeling.features import clean_data, engineer_features, make_target
+from healthpredict.data.schema import TARGET, make_target
+from healthpredict.modeling.features import clean_data, engineer_features
 from healthpredict.monitoring.calibration import Thresholds
 from healthpredict.monitoring.reference import (
     LABEL_COLUMN,

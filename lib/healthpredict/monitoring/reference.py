@@ -19,9 +19,9 @@ import pandas as pd
 from healthpredict.core import layout, storage
 from healthpredict.core.constants import PROBA_COLUMN, REFERENCE_SPLIT
 from healthpredict.core.settings import get_settings
-from healthpredict.data.schema import TARGET
+from healthpredict.data.schema import TARGET, make_target
 from healthpredict.data.uci import read_raw_csv
-from healthpredict.modeling.features import clean_data, engineer_features, make_target
+from healthpredict.modeling.features import clean_data, engineer_features
 from healthpredict.monitoring.calibration import (
     CALIBRATION_VERSION,
     Calibration,
