@@ -79,12 +79,8 @@ class Setup:
 
     def score(self, raw: pd.DataFrame) -> tuple[pd.Series, np.ndarray, np.ndarray | None]:
         """Column scores, probabilities and labels of a raw batch, engineering it only once."""
-        from healthpredict.modeling.features import (
-            MODEL_FEATURES,
-            clean_data,
-            engineer_features,
-            make_target,
-        )
+        from healthpredict.data.schema import make_target
+        from healthpredict.modeling.features import MODEL_FEATURES, clean_data, engineer_features
         from healthpredict.monitoring import statistics
 
         eng = engineer_features(clean_data(raw))

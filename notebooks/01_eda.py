@@ -33,13 +33,9 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from healthpredict.data import eda
+from healthpredict.data.schema import make_target
 from healthpredict.data.split import load_split, read_manifest
-from healthpredict.modeling.features import (
-    NUMERIC_FEATURES,
-    clean_data,
-    engineer_features,
-    make_target,
-)
+from healthpredict.modeling.features import NUMERIC_FEATURES, clean_data, engineer_features
 from healthpredict.runs.scraps import record
 
 manifest = read_manifest(data_dir)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from healthpredict.data import synthetic
-from healthpredict.data.schema import TARGET
+from healthpredict.data.schema import TARGET, make_target
 from healthpredict.modeling.features import (
     CODE_FEATURES,
     MODEL_FEATURES,
@@ -16,7 +16,6 @@ from healthpredict.modeling.features import (
     diag_category,
     diag_group,
     engineer_features,
-    make_target,
     prepare_features,
 )
 
