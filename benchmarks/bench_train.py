@@ -74,6 +74,7 @@ def main() -> int:
         from healthpredict.core.settings import get_settings
 
         get_settings.cache_clear()
+        from healthpredict.core.stages import TrainParams
         from healthpredict.data.schema import make_target
         from healthpredict.data.split import SplitParams, prepare
         from healthpredict.mlops.train import TrainOptions, train
@@ -85,7 +86,7 @@ def main() -> int:
         manifest = prepare(source, params=split)
         prepared_s = time.perf_counter() - started
         result = train(
-            TrainOptions(
+            TrainParams(
                 families=args.families.split(","),
                 n_trials=args.n_trials,
                 timeout_s=args.timeout_s,
@@ -93,8 +94,8 @@ def main() -> int:
                 seed=args.seed,
                 cv_folds=args.cv_folds,
                 target="<30",
-                importance_repeats=2,
-            )
+            ),
+            TrainOptions(importance_repeats=2),
         )
         wall = time.perf_counter() - started
         # Same family and parameters, refit for the "any readmission" label.

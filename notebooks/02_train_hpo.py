@@ -43,26 +43,12 @@ model_name = None  # registered model name (None: the HP_MODEL_NAME setting)
 import pandas as pd
 from IPython.display import Markdown, display
 
-from healthpredict.mlops.train import TrainOptions, train
+from healthpredict.core.stages import TrainParams
+from healthpredict.mlops.train import train
 from healthpredict.modeling import plots
 from healthpredict.runs.scraps import record
 
-result = train(
-    TrainOptions(
-        data_dir=data_dir,
-        families=families,
-        n_trials=n_trials,
-        timeout_s=timeout_s,
-        n_workers=n_workers,
-        study_storage=study_storage,
-        seed=seed,
-        cv_folds=cv_folds,
-        target=target,
-        experiment_name=mlflow_experiment_name,
-        target_recall=target_recall,
-        model_name=model_name,
-    )
-)
+result = train(TrainParams.from_namespace(globals()))
 record("data_source", result.data_source)
 if result.data_source == "synthetic":
     display(Markdown(f"## ⚠ SYNTHETIC DATA\n{result.banner or ''}"))

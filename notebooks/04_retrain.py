@@ -39,23 +39,12 @@ holdout_output_path = None  # raw CSV for the new holdout; None: <storage>/monit
 # %%
 from IPython.display import Markdown, display
 
-from healthpredict.mlops.retrain import RetrainOptions, retrain
+from healthpredict.core.stages import RetrainParams
+from healthpredict.mlops.retrain import retrain
 from healthpredict.modeling import plots
 from healthpredict.runs.scraps import record
 
-result = retrain(
-    retraining_data_path,
-    RetrainOptions(
-        data_dir=data_dir,
-        holdout_fraction=holdout_fraction,
-        n_trials=n_trials,
-        tolerance=tolerance,
-        seed=seed,
-        experiment_name=mlflow_experiment_name,
-        model_name=model_name,
-        holdout_output_path=holdout_output_path,
-    ),
-)
+result = retrain(RetrainParams.from_namespace(globals()))
 record("data_source", result.data_source)
 if result.data_source == "synthetic":
     display(Markdown(f"## ⚠ SYNTHETIC DATA\n{result.banner or ''}"))

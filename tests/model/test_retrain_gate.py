@@ -24,17 +24,18 @@ def _aliases():
 
 
 def _train(data_dir):
+    from healthpredict.core.stages import TrainParams
     from healthpredict.mlops.train import TrainOptions, train
 
     return train(
-        TrainOptions(
-            data_dir, families=["logreg"], n_trials=2, importance_repeats=0, progress=False
-        )
+        TrainParams(data_dir=str(data_dir), families=["logreg"], n_trials=2),
+        TrainOptions(importance_repeats=0, progress=False),
     )
 
 
 def test_worse_challenger_is_not_promoted(data_dir, batch, hp_env, shuffled_labels):
     from healthpredict.core import storage
+    from healthpredict.core.stages import RetrainParams
     from healthpredict.data.split import load_split
     from healthpredict.mlops.retrain import RetrainOptions, retrain
 
@@ -47,7 +48,10 @@ def test_worse_challenger_is_not_promoted(data_dir, batch, hp_env, shuffled_labe
     frame["readmitted"] = frame["readmitted"].sample(frac=1, random_state=0).to_numpy()
     storage.write_csv(bad_batch, frame)
 
-    result = retrain([bad_batch], RetrainOptions(data_dir=bad_dir, n_trials=2, progress=False))
+    result = retrain(
+        RetrainParams(retraining_data_path=[bad_batch], data_dir=str(bad_dir), n_trials=2),
+        RetrainOptions(progress=False),
+    )
     assert result.decision == "REJECTED" and not result.promoted
     assert result.challenger_version == "2" and result.champion_version == "1"
     assert result.challenger_metrics["test_roc_auc"] < result.champion_metrics["test_roc_auc"]
@@ -56,6 +60,7 @@ def test_worse_challenger_is_not_promoted(data_dir, batch, hp_env, shuffled_labe
 
 
 def test_better_challenger_is_promoted(data_dir, batch, hp_env, shuffled_labels):
+    from healthpredict.core.stages import RetrainParams
     from healthpredict.mlops.retrain import RetrainOptions, retrain
 
     # A champion trained on shuffled labels is easy to beat.
@@ -63,7 +68,10 @@ def test_better_challenger_is_promoted(data_dir, batch, hp_env, shuffled_labels)
     champion = _train(bad_dir)
     assert champion.promoted
 
-    result = retrain(batch, RetrainOptions(data_dir=data_dir, n_trials=2, progress=False))
+    result = retrain(
+        RetrainParams(retraining_data_path=batch, data_dir=str(data_dir), n_trials=2),
+        RetrainOptions(progress=False),
+    )
     assert result.decision == "PROMOTED" and result.promoted, result.reason
     assert result.challenger_metrics["holdout_roc_auc"] > result.champion_metrics["holdout_roc_auc"]
     assert _aliases() == {"champion": "2", "challenger": None, "previous": "1"}

@@ -1,5 +1,6 @@
 import pytest
 
+from healthpredict.core.stages import TrainParams
 from healthpredict.mlops.train import TrainOptions, train
 from healthpredict.modeling.fitting import load_training_splits
 from healthpredict.modeling.models import make_pipeline, trial_params_for
@@ -54,14 +55,8 @@ def test_enqueued_trial_runs_first(splits, hp_env):
 def test_same_seed_same_result(data_dir):
     def run():
         r = train(
-            TrainOptions(
-                data_dir,
-                families=["logreg", "rf", "hgb"],
-                n_trials=3,
-                seed=7,
-                importance_repeats=0,
-                progress=False,
-            )
+            TrainParams(data_dir=data_dir, families=["logreg", "rf", "hgb"], n_trials=3, seed=7),
+            TrainOptions(importance_repeats=0, progress=False),
         )
         return r
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any, ClassVar, Union
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
@@ -40,6 +41,11 @@ class StageParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     notebook: ClassVar[str] = ""
+
+    @classmethod
+    def from_namespace(cls, namespace: Mapping[str, Any]) -> Self:
+        """The model of a notebook's parameters, read from its globals after papermill's cell."""
+        return cls(**{name: namespace[name] for name in cls.model_fields if name in namespace})
 
     def as_parameters(self) -> dict[str, Any]:
         """The values as notebook parameters (JSON-safe; ``run_dir`` is left to the runner)."""

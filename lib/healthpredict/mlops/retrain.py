@@ -19,8 +19,9 @@ import mlflow
 import pandas as pd
 
 from healthpredict.core import layout, storage
-from healthpredict.core.constants import RETRAINING_EXPERIMENT, champion_uri
+from healthpredict.core.constants import champion_uri
 from healthpredict.core.settings import get_settings
+from healthpredict.core.stages import RetrainParams
 from healthpredict.data.split import drop_unreadmittable
 from healthpredict.mlops import registry, tracking
 from healthpredict.mlops.run_logging import TrialLogger, log_metrics_prefixed
@@ -38,16 +39,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class RetrainOptions:
-    """Everything :func:`retrain` can be told besides the batches; the 04 notebook's defaults.
+    """How :func:`retrain` searches, beyond the stage's parameters (:class:`RetrainParams`).
 
     Attributes:
-        data_dir: Prepared data folder with ``initial_train``/``validation``/``test``.
-        holdout_fraction: Share of the new patients kept out of training for the gate.
-        n_trials: Search trials (the first re-evaluates the champion's parameters).
-        tolerance: Allowed ROC AUC drop on the fixed test split.
-        seed: Seed of the holdout split, sampler and estimators.
-        experiment_name: MLflow experiment of the retraining run.
-        model_name: Registered model (default ``settings.model_name``).
         families: Families to search (default: the champion's family only, as the budget is
             small and the champion's parameters are the warm start).
         timeout_s: Search time limit per worker.
@@ -56,25 +50,14 @@ class RetrainOptions:
             :func:`healthpredict.modeling.search.open_study_storage`).
         target_recall: Threshold rule (default: max F1 on validation).
         progress: Progress bar over trials.
-        holdout_output_path: Where to write the new holdout as a raw CSV (default
-            ``<storage>/monitoring/reference/holdout_<run id>.csv``). After a promotion the drift
-            monitor compares predictions against these rows, which the new champion never saw.
     """
 
-    data_dir: str | None = None
-    holdout_fraction: float = 0.3
-    n_trials: int = 8
-    tolerance: float = 0.01
-    seed: int = 42
-    experiment_name: str = RETRAINING_EXPERIMENT
-    model_name: str | None = None
     families: Sequence[str] | None = None
     timeout_s: float | None = None
     n_workers: int = 1
     study_storage: str | None = None
     target_recall: float | None = None
     progress: bool = True
-    holdout_output_path: str | None = None
 
 
 @dataclass
@@ -137,7 +120,9 @@ class _Verdict:
         return gate_verdict(self.promote)
 
 
-def _search_settings(options: RetrainOptions, champion: ModelInfo) -> SearchSettings:
+def _search_settings(
+    params: RetrainParams, options: RetrainOptions, champion: ModelInfo
+) -> SearchSettings:
     """The challenger's search: the champion's family (unless told) warm-started at its params."""
     champion_family = champion.params.get("family")
     champion_params = {k: v for k, v in champion.params.items() if k != "family"}
@@ -147,32 +132,32 @@ def _search_settings(options: RetrainOptions, champion: ModelInfo) -> SearchSett
     )
     return SearchSettings(
         families=families,
-        n_trials=options.n_trials,
+        n_trials=params.n_trials,
         timeout_s=options.timeout_s,
         n_workers=options.n_workers,
         study_storage=options.study_storage,
-        seed=options.seed,
+        seed=params.seed,
         enqueue=enqueue,
         progress=options.progress,
     )
 
 
 def _log_settings(
-    new_data_uris: Sequence[str] | str,
+    params: RetrainParams,
     options: RetrainOptions,
     settings: SearchSettings,
     champion: ModelInfo,
     data: RetrainData,
     target: str,
 ) -> None:
-    batches = [new_data_uris] if isinstance(new_data_uris, str) else list(new_data_uris)
+    batches = _batch_uris(params)
     mlflow.log_params(
         {
             "new_data_uris": ",".join(map(str, batches))[:6000],
-            "holdout_fraction": options.holdout_fraction,
-            "n_trials": options.n_trials,
-            "tolerance": options.tolerance,
-            "seed": options.seed,
+            "holdout_fraction": params.holdout_fraction,
+            "n_trials": params.n_trials,
+            "tolerance": params.tolerance,
+            "seed": params.seed,
             "target": target,
             "families": ",".join(settings.families),
             "n_workers": options.n_workers,
@@ -235,20 +220,21 @@ def _challenge(
     champion: _Champion,
     data: RetrainData,
     target: str,
-    options: RetrainOptions,
+    stage: tuple[RetrainParams, RetrainOptions],
 ) -> tuple[FittedModel, _Verdict]:
     """Refit the search's best trial and put it through the gate against the champion."""
-    family, params = split_trial_params(study.best_trial.params)
+    params, options = stage
+    family, best = split_trial_params(study.best_trial.params)
     fitted = fit_final(
         family,
-        params,
+        best,
         data.train,
         data.val,
         target=target,
-        seed=options.seed,
+        seed=params.seed,
         target_recall=options.target_recall,
     )
-    return fitted, _judge(fitted, champion, data, target, options.tolerance)
+    return fitted, _judge(fitted, champion, data, target, params.tolerance)
 
 
 def _register_challenger(
@@ -274,26 +260,30 @@ def _register_challenger(
     )
 
 
-def _load_data(
-    new_data_uris: Sequence[str] | str, options: RetrainOptions, target: str
-) -> tuple[dict, RetrainData]:
+def _batch_uris(params: RetrainParams) -> list[str]:
+    """The labelled batches to learn from, as a list."""
+    batches = params.retraining_data_path
+    return [batches] if isinstance(batches, str) else list(batches or [])
+
+
+def _load_data(params: RetrainParams, target: str) -> tuple[dict, RetrainData]:
     """The manifest and the rows of the comparison: fixed splits plus the new batches."""
-    manifest, frames = load_training_splits(options.data_dir)
-    new = drop_unreadmittable(load_batches(new_data_uris))
+    manifest, frames = load_training_splits(params.data_dir)
+    new = drop_unreadmittable(load_batches(_batch_uris(params)))
     data = retrain_data(
-        frames, new, target=target, holdout_fraction=options.holdout_fraction, seed=options.seed
+        frames, new, target=target, holdout_fraction=params.holdout_fraction, seed=params.seed
     )
     return manifest, data
 
 
-def retrain(
-    new_data_uris: Sequence[str] | str, options: RetrainOptions | None = None
-) -> RetrainResult:
+def retrain(params: RetrainParams, options: RetrainOptions | None = None) -> RetrainResult:
     """Retrain on ``initial_train`` + new labelled batches and promote only through the gate.
 
     Args:
-        new_data_uris: Labelled raw batch CSVs (paths or ``s3://`` URIs), or one of them.
-        options: Data folder, holdout share, search budget, tolerance, experiment and model name
+        params: The stage's parameters, as the 04 notebook takes them: the labelled batches
+            (``retraining_data_path``), data folder, holdout share, search budget, tolerance,
+            experiment, model name and where the new holdout is written.
+        options: Search families, time limit, workers, storage, threshold rule, progress
             (default: :class:`RetrainOptions` as is).
 
     Raises:
@@ -303,13 +293,13 @@ def retrain(
     """
     options = options or RetrainOptions()
     started = time.perf_counter()
-    model_name = options.model_name or get_settings().model_name
+    model_name = params.model_name or get_settings().model_name
     tracking.setup_mlflow()
     champion = _Champion(*registry.load_pipeline(champion_uri(model_name)))
     target = champion.info.target or get_settings().target
-    manifest, data = _load_data(new_data_uris, options, target)
-    settings = _search_settings(options, champion.info)
-    exp_id = tracking.use_experiment(options.experiment_name)
+    manifest, data = _load_data(params, target)
+    settings = _search_settings(params, options, champion.info)
+    exp_id = tracking.use_experiment(params.mlflow_experiment_name)
     with mlflow.start_run(
         run_name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}", tags=tracking.run_tags()
     ) as run:
@@ -322,7 +312,7 @@ def retrain(
                 "model_name": model_name,
             }
         )
-        _log_settings(new_data_uris, options, settings, champion.info, data, target)
+        _log_settings(params, options, settings, champion.info, data, target)
         study = search(
             data.train,
             data.val,
@@ -331,10 +321,10 @@ def retrain(
             settings=settings,
             on_trial=TrialLogger(run_id, exp_id),
         )
-        fitted, verdict = _challenge(study, champion, data, target, options)
+        fitted, verdict = _challenge(study, champion, data, target, (params, options))
         # Written before the model is registered: a storage outage here moves no alias at all.
         holdout_path = storage.write_csv(
-            options.holdout_output_path or layout.reference_csv(f"holdout_{run_id}"),
+            params.holdout_output_path or layout.reference_csv(f"holdout_{run_id}"),
             data.holdout,
         )
         info = _register_challenger(fitted, verdict, target, manifest, data, model_name)
@@ -365,7 +355,7 @@ def retrain(
         trials=trials,
         wall_s=wall,
         model_name=model_name,
-        tolerance=options.tolerance,
+        tolerance=params.tolerance,
         manifest=manifest,
         holdout_path=holdout_path,
     )

@@ -12,7 +12,6 @@ same trials, the same chosen parameters and the same metrics; the study name is 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +20,14 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from healthpredict.core.constants import CHAMPION, TRAINING_EXPERIMENT
+from healthpredict.core.constants import CHAMPION
 from healthpredict.core.settings import get_settings
+from healthpredict.core.stages import TrainParams
 from healthpredict.mlops import registry, tracking
 from healthpredict.mlops.run_logging import TrialLogger, log_figures, log_metrics_prefixed
 from healthpredict.modeling.evaluation import HeldOutEvaluation, evaluate_on_test
 from healthpredict.modeling.fitting import FittedModel, data_tags, fit_final, load_training_splits
-from healthpredict.modeling.models import FAMILIES, split_trial_params
+from healthpredict.modeling.models import split_trial_params
 from healthpredict.modeling.runtime.model_meta import ModelInfo
 from healthpredict.modeling.search import SearchSettings, redact, search, trials_frame
 
@@ -37,57 +37,30 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """Everything :func:`train` can be told; the defaults are the 02 notebook's.
+    """How :func:`train` runs, beyond the stage's parameters (:class:`TrainParams`).
 
     Attributes:
-        data_dir: Prepared data folder or URI (default ``<storage>/processed_data``).
-        families: Model families to search (``logreg``, ``rf``, ``hgb``).
-        n_trials: Optuna trials in all.
-        timeout_s: Stop starting trials after this many seconds (None: no limit).
-        n_workers: Worker processes on one shared study (1 is reproducible).
-        study_storage: Optuna storage: None (journal file under ``<storage>/optuna``), a path,
-            ``sqlite:///...`` or a PostgreSQL URL.
-        seed: Seed of sampler and estimators.
-        cv_folds: Judge trials by patient-grouped cross-validation over ``initial_train`` +
-            ``validation`` with this many folds (0: on ``validation``); see
-            :func:`healthpredict.modeling.search.search_folds`.
-        target: ``<30`` or ``any`` (default: the target the data was prepared for).
-        experiment_name: MLflow experiment.
-        target_recall: Choose the threshold reaching this validation recall (default: max F1).
-        model_name: Registered model name (default ``settings.model_name``).
         importance_repeats: Shuffles per raw column for permutation importance (0 = skip).
         importance_rows: Test rows used for permutation importance.
         progress: Progress bar over trials on stderr.
     """
 
-    data_dir: str | None = None
-    families: Sequence[str] = FAMILIES
-    n_trials: int = 30
-    timeout_s: float | None = None
-    n_workers: int = 1
-    study_storage: str | None = None
-    seed: int = 42
-    cv_folds: int = 0
-    target: str | None = None
-    experiment_name: str = TRAINING_EXPERIMENT
-    target_recall: float | None = None
-    model_name: str | None = None
     importance_repeats: int = 3
     importance_rows: int = 2000
     progress: bool = True
 
-    def search_settings(self) -> SearchSettings:
-        """The search part of the options."""
-        return SearchSettings(
-            families=list(self.families),
-            n_trials=self.n_trials,
-            timeout_s=self.timeout_s,
-            n_workers=self.n_workers,
-            study_storage=self.study_storage,
-            seed=self.seed,
-            cv_folds=self.cv_folds,
-            progress=self.progress,
-        )
+
+def _search_settings(params: TrainParams, options: TrainOptions) -> SearchSettings:
+    return SearchSettings(
+        families=list(params.families),
+        n_trials=params.n_trials,
+        timeout_s=params.timeout_s,
+        n_workers=params.n_workers,
+        study_storage=params.study_storage,
+        seed=params.seed,
+        cv_folds=params.cv_folds,
+        progress=options.progress,
+    )
 
 
 @dataclass
@@ -125,18 +98,18 @@ class TrainResult:
         return self.model_info.version
 
 
-def _log_settings(options: TrainOptions, target: str, frames: dict[str, pd.DataFrame]) -> None:
+def _log_settings(params: TrainParams, target: str, frames: dict[str, pd.DataFrame]) -> None:
     mlflow.log_params(
         {
-            "families": ",".join(options.families),
-            "n_trials": options.n_trials,
-            "timeout_s": options.timeout_s,
-            "n_workers": options.n_workers,
-            "study_storage": redact(options.study_storage) or "journal(default)",
-            "seed": options.seed,
-            "cv_folds": options.cv_folds,
+            "families": ",".join(params.families),
+            "n_trials": params.n_trials,
+            "timeout_s": params.timeout_s,
+            "n_workers": params.n_workers,
+            "study_storage": redact(params.study_storage) or "journal(default)",
+            "seed": params.seed,
+            "cv_folds": params.cv_folds,
             "target": target,
-            "target_recall": options.target_recall,
+            "target_recall": params.target_recall,
             "rows.initial_train": len(frames["initial_train"]),
             "rows.validation": len(frames["validation"]),
             "rows.test": len(frames["test"]),
@@ -192,64 +165,70 @@ def _register(
 
 
 def _fit_and_test(
-    study: optuna.Study, frames: dict[str, pd.DataFrame], target: str, options: TrainOptions
+    study: optuna.Study,
+    frames: dict[str, pd.DataFrame],
+    target: str,
+    params: TrainParams,
+    options: TrainOptions,
 ) -> tuple[FittedModel, HeldOutEvaluation]:
     """Refit the best trial on ``initial_train`` (threshold on validation); judge it on test."""
-    family, params = split_trial_params(study.best_trial.params)
+    family, best = split_trial_params(study.best_trial.params)
     fitted = fit_final(
         family,
-        params,
+        best,
         frames["initial_train"],
         frames["validation"],
         target=target,
-        seed=options.seed,
-        target_recall=options.target_recall,
+        seed=params.seed,
+        target_recall=params.target_recall,
     )
     held_out = evaluate_on_test(
         fitted.pipeline,
         frames["test"],
         target=target,
         threshold=fitted.threshold,
-        seed=options.seed,
+        seed=params.seed,
         importance_repeats=options.importance_repeats,
         importance_rows=options.importance_rows,
     )
     return fitted, held_out
 
 
-def train(options: TrainOptions | None = None) -> TrainResult:
+def train(params: TrainParams | None = None, options: TrainOptions | None = None) -> TrainResult:
     """Search, refit, evaluate on the held-out test split and register the model.
 
     The model is registered through :func:`healthpredict.mlops.registry.log_model` (alias
     ``challenger``; ``champion`` too when the model had none).
 
     Args:
-        options: Data, search budget, target, threshold rule, experiment and model name
-            (default: :class:`TrainOptions` as is).
+        params: The stage's parameters (data, search budget, target, threshold rule,
+            experiment, model name), as the 02 notebook takes them; default as declared.
+        options: Importance and progress settings (default: :class:`TrainOptions` as is).
     """
+    params = params or TrainParams()
     options = options or TrainOptions()
     started = time.perf_counter()
-    manifest, frames = load_training_splits(options.data_dir)
+    manifest, frames = load_training_splits(params.data_dir)
     target = (
-        options.target or manifest.get("split_params", {}).get("target") or get_settings().target
+        params.target or manifest.get("split_params", {}).get("target") or get_settings().target
     )
     train_df = frames["initial_train"]
     tracking.setup_mlflow()
-    exp_id = tracking.use_experiment(options.experiment_name)
+    exp_id = tracking.use_experiment(params.mlflow_experiment_name)
     with mlflow.start_run(run_name=f"hpo-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
         run_id = parent.info.run_id
         study_name = f"healthpredict-{run_id}"
         mlflow.set_tags({**data_tags(manifest), "study_name": study_name, "stage": "train"})
-        _log_settings(options, target, frames)
+        _log_settings(params, target, frames)
         study = search(
             train_df,
             frames["validation"],
             study_name=study_name,
             target=target,
-            settings=options.search_settings(),
+            settings=_search_settings(params, options),
             on_trial=TrialLogger(run_id, exp_id),
         )
-        fitted, held_out = _fit_and_test(study, frames, target, options)
+        fitted, held_out = _fit_and_test(study, frames, target, params, options)
         trials = trials_frame(study)
         _log_outcome(study, fitted, held_out, trials)
         info = _register(
@@ -258,7 +237,7 @@ def train(options: TrainOptions | None = None) -> TrainResult:
             target=target,
             manifest=manifest,
             input_example=train_df,
-            model_name=options.model_name,
+            model_name=params.model_name,
         )
         wall = time.perf_counter() - started
         mlflow.log_metric("wall_s", wall)
