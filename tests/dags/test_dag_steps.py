@@ -14,7 +14,7 @@ from healthpredict.core import layout, storage
 from healthpredict.core.constants import MIN_BATCH_ROWS
 from healthpredict.monitoring import lease as loop_lease
 from healthpredict.monitoring import state as loop_state
-from healthpredict.pipelines import monitoring, training
+from healthpredict.pipelines import monitoring, monitoring_step, training
 from healthpredict.runs import NotebookRunError, ParameterError, papermill_task, record
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -209,7 +209,9 @@ def test_awaited_promotion_sets_the_reference_like_the_loop(stream):
     assert monitoring.iteration_state()["reference_uri"] == state.reference_uri
     # The next monitoring run compares against both new references.
     third = monitoring.simulate_batch(stream, 2 * B, B)
-    params = monitoring.monitor_parameters(state, third["batch_uri"], "/prepared/initial_train.csv")
+    params = monitoring_step.monitor_parameters(
+        state, third["batch_uri"], "/prepared/initial_train.csv"
+    )
     assert params == {
         "new_data_path": third["batch_uri"],
         "reference_data_path": state.reference_uri,

@@ -22,7 +22,7 @@ from healthpredict.data.schema import RawSchemaError
 from healthpredict.data.uci import UCIDataError
 from healthpredict.monitoring import drift
 from healthpredict.monitoring import state as loop_state
-from healthpredict.pipelines import local_loop, monitoring
+from healthpredict.pipelines import local_loop, monitoring_step
 from healthpredict.runs import NotebookRunError
 
 pytestmark = pytest.mark.faults
@@ -222,14 +222,14 @@ def test_truncated_batch_file_fails_the_notebook_run(env, monkeypatch):
         storage.write_bytes(uri, data[: len(data) // 2])
         return uri
 
-    monkeypatch.setattr(monitoring, "write_batch", write_then_truncate)
+    monkeypatch.setattr(monitoring_step, "write_batch", write_then_truncate)
     before = _start_mid_stream(env)
     state = loop_state.LoopState.load()
     with pytest.raises(NotebookRunError) as info:
-        monitoring.monitoring_step(
+        monitoring_step.monitoring_step(
             env.future,
             state,
-            monitoring.StepConfig(
+            monitoring_step.StepConfig(
                 batch_size=BATCH_ROWS,
                 model_uri="models:/HealthPredict@champion",
                 default_reference=str(env.data_dir / "initial_train.csv"),

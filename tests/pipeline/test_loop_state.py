@@ -19,7 +19,7 @@ from healthpredict.monitoring.state import (
     remaining_batches,
     write_batch,
 )
-from healthpredict.pipelines.monitoring import should_retrain
+from healthpredict.pipelines.monitoring_step import should_retrain
 
 
 def test_next_window_walks_the_stream():

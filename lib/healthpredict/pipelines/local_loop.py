@@ -17,7 +17,7 @@ from healthpredict.core.constants import REFERENCE_SPLIT, STREAM_SPLIT
 from healthpredict.mlops import registry, tracking
 from healthpredict.monitoring.lease import lease
 from healthpredict.monitoring.state import LoopState
-from healthpredict.pipelines.monitoring import (
+from healthpredict.pipelines.monitoring_step import (
     BatchOutcome,
     StepConfig,
     monitoring_step,
