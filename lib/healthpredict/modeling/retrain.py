@@ -231,10 +231,10 @@ def retrain(
     import mlflow
 
     from healthpredict.core import storage
+    from healthpredict.core.layout import monitoring_dir
     from healthpredict.core.settings import get_settings
     from healthpredict.data.split import drop_unreadmittable
     from healthpredict.mlops import registry, tracking
-    from healthpredict.core.layout import monitoring_dir
 
     started = time.perf_counter()
     model_name = model_name or get_settings().model_name

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from botocore.exceptions import ClientError
+
 from healthpredict.core import layout, storage
 from healthpredict.core.settings import get_settings
 
@@ -172,8 +174,6 @@ def _remove_stale(uri: str, me: str) -> None:
 
 def _create_exclusive(uri: str, payload: bytes) -> bool:
     if storage.is_s3(uri):
-        from botocore.exceptions import ClientError
-
         bucket, key = uri[5:].split("/", 1)
         try:  # S3 conditional write: fails when the object already exists
             storage.s3_client().put_object(Bucket=bucket, Key=key, Body=payload, IfNoneMatch="*")

@@ -70,7 +70,7 @@ def run_loop(
         healthpredict.runs.NotebookRunError: A batch's notebook run failed; its files are
             in the rendered folder, the state did not move and a note names the batch.
     """
-    # The split module loads scikit-learn: only once the loop runs
+    # the split module loads scikit-learn (seconds, measured): only once the loop runs
     from healthpredict.data.split import load_split
 
     options = options or LoopOptions()
@@ -116,7 +116,7 @@ def preflight(model_uri: str):
         healthpredict.monitoring.drift.ModelSchemaError: The model was trained on another raw
             schema.
     """
-    # The drift module loads Evidently and scikit-learn: only once the loop runs
+    # the drift module loads Evidently (seconds, measured): only once the loop runs
     from healthpredict.monitoring.drift import check_model
 
     tracking.check_reachable()

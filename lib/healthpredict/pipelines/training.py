@@ -34,7 +34,7 @@ def ensure_prepared_data(
     Raises:
         FileNotFoundError: ``prepare`` is off and no prepared data (manifest) exists.
     """
-    # The split module loads scikit-learn: only in the task, not when the DAG file is parsed
+    # the split module loads scikit-learn (seconds, measured): not when the DAG is parsed
     from healthpredict.data.split import SplitParams, read_manifest
     from healthpredict.data.split import prepare as prepare_splits
 
