@@ -17,7 +17,7 @@ from airflow.sdk import DAG, Param, chain, task
 
 from healthpredict.core.settings import get_settings
 from healthpredict.mlops import deploy
-from healthpredict.pipelines import orchestration
+from healthpredict.pipelines import deployment
 
 DAG_ID = "health_predict_api_deployment"
 _settings = get_settings()
@@ -59,8 +59,8 @@ with DAG(
     @task
     def get_champion_version(params=None, run_id=None):
         """The champion's registry version (fails when there is none)."""
-        found = orchestration.champion(params["mlflow_model_name"])
-        orchestration.record_deployment(run_id, dry_run=params["dry_run"], **found)
+        found = deployment.champion(params["mlflow_model_name"])
+        deployment.record_deployment(run_id, dry_run=params["dry_run"], **found)
         return found
 
     def deployment_task(step: str, task_id: str):
@@ -69,7 +69,7 @@ with DAG(
         @task(task_id=task_id)
         def run_step(ti=None, params=None, run_id=None):
             version = ti.xcom_pull(task_ids="get_champion_version")["version"]
-            return orchestration.deployment_step(step, version, params, run_id)
+            return deployment.deployment_step(step, version, params, run_id)
 
         return run_step()
 
@@ -90,11 +90,11 @@ with DAG(
                 model_name=params["mlflow_model_name"],
             )
         except deploy.DeploymentError as exc:
-            orchestration.record_deployment(
+            deployment.record_deployment(
                 run_id, verification={"ok": False, "api_url": params["api_url"], "error": str(exc)}
             )
             raise
-        orchestration.record_deployment(
+        deployment.record_deployment(
             run_id, verification={"ok": True, "api_url": params["api_url"], "model_info": body}
         )
         return body

@@ -22,7 +22,8 @@ from healthpredict.core import layout
 from healthpredict.core.constants import REFERENCE_SPLIT, STREAM_SPLIT
 from healthpredict.core.settings import get_settings
 from healthpredict.core.stages import LoopParams, MonitorParams, dag_params
-from healthpredict.pipelines import orchestration
+from healthpredict.pipelines import monitoring
+from healthpredict.runs.papermill_task import papermill_args
 
 DAG_ID = "health_predict_monitoring_retraining"
 TRAINING_DAG_ID = "health_predict_training_hpo"
@@ -73,13 +74,13 @@ with DAG(
     @task
     def get_iteration_state():
         """The loop's cursor and recent batches, read under its lease."""
-        return orchestration.iteration_state()
+        return monitoring.iteration_state()
 
     @task
     def simulate_data_batch(ti=None, params=None):
         """Write the batch at the cursor, named by its start index."""
         state = ti.xcom_pull(task_ids="get_iteration_state")
-        return orchestration.simulate_batch(
+        return monitoring.simulate_batch(
             params["s3_full_future_data_path"],
             state["next_batch_start_index"],
             params["batch_size"],
@@ -94,9 +95,7 @@ with DAG(
     @task
     def get_production_model_uri(ti=None, params=None, run_id=None):
         """Pin the champion's version and prepare the 03_drift_monitor run."""
-        return orchestration.prepare_monitoring(
-            ti.xcom_pull(task_ids="simulate_data_batch"),
-            ti.xcom_pull(task_ids="get_iteration_state"),
+        how = monitoring.MonitorRun(
             model_name=params["mlflow_model_name"],
             reference_uri=params["s3_reference_data_path"],
             experiment_name=params["mlflow_experiment_name"],
@@ -105,16 +104,21 @@ with DAG(
             task_id="run_drift_monitoring",
             monitor_params=params["monitor_params"],
         )
+        return monitoring.prepare_monitoring(
+            ti.xcom_pull(task_ids="simulate_data_batch"),
+            ti.xcom_pull(task_ids="get_iteration_state"),
+            how,
+        )
 
     run_drift_monitoring = PapermillOperator(
         task_id="run_drift_monitoring",
-        **orchestration.papermill_args("get_production_model_uri", "monitor"),
+        **papermill_args("get_production_model_uri", "monitor"),
     )
 
     @task.branch
     def decide_on_retraining(ti=None, params=None):
-        """Branch on the notebook's drift_status scrap (healthpredict.pipelines.loop.should_retrain)."""
-        decision = orchestration.decide(
+        """Branch on the notebook's drift_status scrap, as `healthpredict loop` decides."""
+        decision = monitoring.decide_from_run(
             ti.xcom_pull(task_ids="get_production_model_uri")["monitor"],
             ti.xcom_pull(task_ids="get_iteration_state"),
             ti.xcom_pull(task_ids="simulate_data_batch"),
@@ -143,7 +147,7 @@ with DAG(
         trigger_dag_id=DEPLOYMENT_DAG_ID,
         trigger_run_id="deploy__{{ run_id }}",
         conf={"mlflow_model_name": "{{ params.mlflow_model_name }}"},
-        pre_execute=orchestration.promotion_gate("trigger_retraining_dag"),
+        pre_execute=monitoring.promotion_gate("trigger_retraining_dag"),
         reset_dag_run=True,
     )
 
@@ -169,10 +173,8 @@ with DAG(
         outcome = None
         if decision["retrain"]:
             trigger_run_id = ti.xcom_pull(task_ids="trigger_retraining_dag", key="trigger_run_id")
-            outcome = orchestration.retraining_outcome(
-                trigger_run_id, params["wait_for_retraining"]
-            )
-        return orchestration.advance_state(
+            outcome = monitoring.retraining_outcome(trigger_run_id, params["wait_for_retraining"])
+        return monitoring.advance_state(
             ti.xcom_pull(task_ids="simulate_data_batch"),
             decision,
             model_uri=ti.xcom_pull(task_ids="get_production_model_uri")["model_uri"],

@@ -17,7 +17,8 @@ from airflow.sdk import DAG, Param, task
 
 from healthpredict.core.settings import get_settings
 from healthpredict.core.stages import RetrainParams, TrainParams, dag_params
-from healthpredict.pipelines import orchestration
+from healthpredict.pipelines import training
+from healthpredict.runs.papermill_task import papermill_args, prepare_notebook_run
 
 DAG_ID = "health_predict_training_hpo"
 _settings = get_settings()
@@ -71,14 +72,14 @@ with DAG(
         """Retrain when the run says so (and names its data), else train from scratch."""
         if not params["is_retraining_run"]:
             return "prepare_data"
-        if not orchestration.as_uri_list(params["retraining_data_path"]):
+        if not training.as_uri_list(params["retraining_data_path"]):
             raise ValueError("is_retraining_run needs retraining_data_path (one or more URIs)")
         return "prepare_retraining"
 
     @task
     def prepare_data(params=None):
         """Prepare the splits if asked; in any case check that they exist."""
-        return orchestration.ensure_prepared_data(
+        return training.ensure_prepared_data(
             params["prepare_data"],
             source=params["data_source"],
             n_synthetic=params["n_synthetic"],
@@ -90,8 +91,8 @@ with DAG(
         """Check the notebooks' parameters and derive their .ipynb in fresh run folders."""
         common = {"run_id": run_id, "dag_id": DAG_ID}
         return {
-            "eda": orchestration.prepare_notebook_run("01_eda", {}, task_id="run_eda", **common),
-            "train": orchestration.prepare_notebook_run(
+            "eda": prepare_notebook_run("01_eda", {}, task_id="run_eda", **common),
+            "train": prepare_notebook_run(
                 "02_train_hpo",
                 {
                     "n_trials": params["n_trials"],
@@ -105,26 +106,24 @@ with DAG(
             ),
         }
 
-    run_eda = PapermillOperator(
-        task_id="run_eda", **orchestration.papermill_args("prepare_notebooks", "eda")
-    )
+    run_eda = PapermillOperator(task_id="run_eda", **papermill_args("prepare_notebooks", "eda"))
     run_train_hpo = PapermillOperator(
-        task_id="run_train_hpo", **orchestration.papermill_args("prepare_notebooks", "train")
+        task_id="run_train_hpo", **papermill_args("prepare_notebooks", "train")
     )
 
     @task
     def check_registration(ti=None, params=None):
         """Fail unless the run recorded its scraps and its model is registered (and champion)."""
         prepared = ti.xcom_pull(task_ids="prepare_notebooks")["train"]
-        return orchestration.check_registration(prepared, params["mlflow_model_name"])
+        return training.check_registration(prepared, params["mlflow_model_name"])
 
     @task
     def prepare_retraining(params=None, run_id=None):
         """Check the retrain parameters and derive the 04_retrain .ipynb."""
-        return orchestration.prepare_notebook_run(
+        return prepare_notebook_run(
             "04_retrain",
             {
-                "retraining_data_path": orchestration.as_uri_list(params["retraining_data_path"]),
+                "retraining_data_path": training.as_uri_list(params["retraining_data_path"]),
                 "n_trials": params["retrain_n_trials"],
                 "mlflow_experiment_name": params["retrain_experiment_name"],
                 "model_name": params["mlflow_model_name"],
@@ -134,16 +133,12 @@ with DAG(
             task_id="run_retrain",
         )
 
-    run_retrain = PapermillOperator(
-        task_id="run_retrain", **orchestration.papermill_args("prepare_retraining")
-    )
+    run_retrain = PapermillOperator(task_id="run_retrain", **papermill_args("prepare_retraining"))
 
     @task
     def record_retraining_result(ti=None, run_id=None):
         """Push the gate's decision to XCom and leave it for the monitoring DAG."""
-        outcome = orchestration.record_retraining(
-            ti.xcom_pull(task_ids="prepare_retraining"), run_id
-        )
+        outcome = training.record_retraining(ti.xcom_pull(task_ids="prepare_retraining"), run_id)
         ti.xcom_push(key="decision", value=outcome["decision"])
         ti.xcom_push(key="promoted", value=outcome["promoted"])
         return outcome

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from healthpredict.cli_options import field_option, stage_options
 from healthpredict.core import layout
-from healthpredict.core.constants import REFERENCE_SPLIT, champion_uri
+from healthpredict.core.constants import DRIFT_DETECTED, REFERENCE_SPLIT, champion_uri
 from healthpredict.core.settings import get_settings
 from healthpredict.core.stages import LoopParams, MonitorParams, RetrainParams, TrainParams
 from healthpredict.core.storage import is_s3
@@ -96,7 +96,9 @@ def loop_command(
     from healthpredict.data.split import load_split
     from healthpredict.mlops.registry import ModelNotFoundError
     from healthpredict.mlops.tracking import TrackingUnavailableError
-    from healthpredict.pipelines import loop
+    from healthpredict.monitoring.lease import LoopLockedError
+    from healthpredict.monitoring.state import LoopState, remaining_batches
+    from healthpredict.pipelines.local_loop import LoopOptions
 
     # Failures with a message written for a person (bad batch, missing model, service down...);
     # anything else is a bug and keeps its traceback.
@@ -109,18 +111,18 @@ def loop_command(
     )
     try:
         future_rows = len(load_split("future_data", data_dir))
-        state = loop.LoopState.load()
-        total = loop.remaining_batches(future_rows, state.next_batch_start_index, batch_size)
+        state = LoopState.load()
+        total = remaining_batches(future_rows, state.next_batch_start_index, batch_size)
         total = min(total, max_batches) if max_batches else total
-        outcomes = _run_loop_with_progress(
-            total,
+        options = LoopOptions(
             batch_size=batch_size,
             max_batches=max_batches,
             retrain_window=retrain_window,
             data_dir=data_dir,
             model_uri=model_uri,
         )
-    except loop.LoopLockedError as exc:
+        outcomes = _run_loop_with_progress(total, options)
+    except LoopLockedError as exc:
         _print_error(exc)
         raise typer.Exit(3) from None
     except expected as exc:
@@ -136,10 +138,10 @@ def _print_error(exc: BaseException) -> None:
     console.print("\n".join(lines), style="red", markup=False, highlight=False, soft_wrap=True)
 
 
-def _run_loop_with_progress(total: int, **kwargs) -> list:
+def _run_loop_with_progress(total: int, options) -> list:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from healthpredict.pipelines import loop
+    from healthpredict.pipelines.local_loop import run_loop
 
     columns = (
         TextColumn("{task.description}"),
@@ -160,7 +162,7 @@ def _run_loop_with_progress(total: int, **kwargs) -> list:
             )
             progress.advance(task)
 
-        return loop.run_loop(on_batch=on_batch, **kwargs)
+        return run_loop(options, on_batch=on_batch)
 
 
 @app.command("demo")
@@ -176,6 +178,7 @@ def demo(
     from healthpredict import runs
     from healthpredict.core.settings import get_settings
     from healthpredict.data.split import prepare
+    from healthpredict.pipelines.local_loop import LoopOptions
     from healthpredict.runs.gallery import build_gallery
 
     settings = get_settings()
@@ -200,7 +203,9 @@ def demo(
         promote(settings.model_name, scraps["model_version"])
         console.print(f"demo: version {scraps['model_version']} made champion for this run")
     console.rule(f"4/4 monitoring loop ({batches} batches of {batch_size})")
-    outcomes = _run_loop_with_progress(batches, batch_size=batch_size, max_batches=batches)
+    outcomes = _run_loop_with_progress(
+        batches, LoopOptions(batch_size=batch_size, max_batches=batches)
+    )
     gallery = build_gallery()
     from healthpredict.mlops.registry import champion_uri, get_model_info
 
@@ -208,7 +213,7 @@ def demo(
     console.rule("done")
     if manifest.get("banner"):
         console.print(f"[bold white on red] {manifest['banner']} [/]")
-    drifted = sum(o.drift_status == "DRIFT_DETECTED" for o in outcomes)
+    drifted = sum(o.drift_status == DRIFT_DETECTED for o in outcomes)
     console.print(f"batches monitored: {len(outcomes)}, drift detected in {drifted}")
     console.print(f"gallery:  {gallery}")
     console.print(f"MLflow:   mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
@@ -220,12 +225,11 @@ def demo(
 def _start_demo_loop_afresh() -> None:
     """Set aside the loop state of an earlier run: its cursor meant other prepared data."""
     from healthpredict.core import storage
-    from healthpredict.pipelines.loop import monitoring_dir
 
-    state = storage.join(monitoring_dir(), "state.json")
+    state = layout.loop_state()
     if storage.exists(state):
         kept = storage.join(
-            monitoring_dir(), f"state-before-demo-{time.strftime('%Y%m%dT%H%M%S')}.json"
+            layout.monitoring_dir(), f"state-before-demo-{time.strftime('%Y%m%dT%H%M%S')}.json"
         )
         storage.write_bytes(kept, storage.read_bytes(state))
         storage.delete(state)
@@ -290,7 +294,12 @@ def run_command(
     notebook, parameters = _notebook_and_params([notebook, *ctx.args])
     try:
         result = runs.run(
-            notebook, parameters, run_dir, kernel_name=kernel, force=force, hide_code=not show_code
+            notebook,
+            parameters,
+            run_dir,
+            kernel=runs.Kernel(name=kernel),
+            force=force,
+            hide_code=not show_code,
         )
     except runs.NotebookRunError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)

@@ -140,7 +140,7 @@ def test_dry_run_records_the_commands_and_verifies_the_live_api(airflow_db, api,
     from dagtools import load_dags, task_states, xcom
 
     from healthpredict.core import storage
-    from healthpredict.pipelines import orchestration
+    from healthpredict.pipelines import deployment
 
     conf = {"dry_run": True, "api_url": api.url, "ecr_registry": REGISTRY, "verify_timeout": 20}
     run = load_dags()["health_predict_api_deployment"].test(run_conf=conf)
@@ -154,7 +154,7 @@ def test_dry_run_records_the_commands_and_verifies_the_live_api(airflow_db, api,
     ]:
         pushed = xcom("health_predict_api_deployment", run.run_id, task_id)
         assert [r["argv"] for r in pushed] == expected[step] and all(r["dry_run"] for r in pushed)
-    record = storage.read_json(orchestration.deployment_record_uri(run.run_id))
+    record = storage.read_json(deployment.deployment_record_uri(run.run_id))
     assert record["dry_run"] is True and record["version"] == "1"
     assert record["image"] == f"{REGISTRY}/healthpredict-api:v1"
     recorded = [r["argv"] for step in deploy.STEPS for r in record["steps"][step]]
@@ -179,7 +179,7 @@ def test_a_stale_api_fails_the_verification(airflow_db, api, champion, dag_env):
 
     from healthpredict.core import storage
     from healthpredict.mlops import registry
-    from healthpredict.pipelines import orchestration
+    from healthpredict.pipelines import deployment
 
     newer = champion()  # a second version, promoted; the running API still serves version 1
     registry.promote("HealthPredict", newer.version)
@@ -188,7 +188,7 @@ def test_a_stale_api_fails_the_verification(airflow_db, api, champion, dag_env):
     states = task_states(run)
     assert run.state == "failed" and states["verify_model_info"] == "failed", states
     assert states["wait_for_rollout"] == "success"
-    record = storage.read_json(orchestration.deployment_record_uri(run.run_id))
+    record = storage.read_json(deployment.deployment_record_uri(run.run_id))
     verification = record["verification"]
     assert verification["ok"] is False
     assert "serves model version 1, expected 2" in verification["error"]

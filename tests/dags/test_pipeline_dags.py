@@ -24,7 +24,8 @@ from healthpredict.core import (
     storage,  # noqa: E402
 )
 from healthpredict.core.settings import get_settings  # noqa: E402
-from healthpredict.pipelines import loop
+from healthpredict.monitoring import state as loop_state
+from healthpredict.pipelines import local_loop, training
 
 pytestmark = pytest.mark.slow
 
@@ -138,7 +139,7 @@ def test_no_drift_batch_logs_and_advances_once(dags, stream):
     assert states["log_no_drift_and_loop"] == "success"
     assert states["advance_state"] == "success"
     assert {states[t] for t in ("trigger_retraining_dag", "end_pipeline")} == {"skipped"}
-    state = loop.LoopState.load()
+    state = loop_state.LoopState.load()
     assert state.next_batch_start_index == BATCH and len(state.history) == 1
     entry = state.history[0]
     assert (entry["start"], entry["end"], entry["drift_status"]) == (0, BATCH, "NO_DRIFT")
@@ -154,14 +155,14 @@ def test_no_drift_batch_logs_and_advances_once(dags, stream):
 
 
 def test_failing_notebook_fails_the_task_and_keeps_the_state(dags, stream):
-    before = loop.LoopState.load()
+    before = loop_state.LoopState.load()
     run = monitor(dags, s3_full_future_data_path=stream["faulty_uri"])
     states = task_states(run)
     assert run.state == "failed", states
     assert states["run_drift_monitoring"] == "failed"
     assert states["decide_on_retraining"] == "upstream_failed"
     assert states["advance_state"] == "upstream_failed"
-    assert loop.LoopState.load() == before  # the same batch is processed again next time
+    assert loop_state.LoopState.load() == before  # the same batch is processed again next time
     failed = run_json(run_dirs("03_drift_monitor")[-1])
     assert failed["status"] == "failed" and "A1Cresult" in failed["error"]["evalue"]
 
@@ -175,7 +176,7 @@ def test_drifted_batch_triggers_retraining(dags, stream):
     # Not awaited, so whether it promoted is unknown: nothing is deployed.
     assert states["trigger_deployment_after_retraining"] == "skipped"
     assert states["advance_state"] == "success"
-    state = loop.LoopState.load()
+    state = loop_state.LoopState.load()
     assert state.next_batch_start_index == 2 * BATCH and len(state.history) == 2
     entry = state.history[1]
     assert entry["start"] == BATCH and entry["end"] == 2 * BATCH
@@ -196,23 +197,25 @@ def test_drifted_batch_triggers_retraining(dags, stream):
 
 
 def test_exhausted_stream_ends_the_pipeline(dags, stream):
-    before = loop.LoopState.load()
+    before = loop_state.LoopState.load()
     run = monitor(dags)
     states = task_states(run)
     assert run.state == "success", states
     assert states["end_pipeline"] == "success"
     assert states["get_production_model_uri"] == "skipped"
     assert states["advance_state"] == "skipped"
-    assert loop.LoopState.load() == before
+    assert loop_state.LoopState.load() == before
 
 
 def test_loop_makes_the_same_decisions_as_the_dag(dag_env, stream):
-    history = loop.LoopState.load().history
-    outcomes = loop.run_loop(
-        batch_size=BATCH,
-        model_uri=history[0]["model_uri"],  # the version the DAG pinned
-        root=str(dag_env / "loop"),
-        retrain_params={"n_trials": 1},
+    history = loop_state.LoopState.load().history
+    outcomes = local_loop.run_loop(
+        local_loop.LoopOptions(
+            batch_size=BATCH,
+            model_uri=history[0]["model_uri"],  # the version the DAG pinned
+            root=str(dag_env / "loop"),
+            retrain_params={"n_trials": 1},
+        )
     )
     assert [(o.window.start, o.window.end, o.drift_status) for o in outcomes] == [
         (h["start"], h["end"], h["drift_status"]) for h in history
@@ -220,16 +223,16 @@ def test_loop_makes_the_same_decisions_as_the_dag(dag_env, stream):
 
 
 def test_the_triggered_conf_runs_the_retraining_branch(dags, stream):
-    from healthpredict.pipelines import orchestration
+    from healthpredict.monitoring import state as loop_state
 
-    monitoring_run = loop.LoopState.load().history[1]["retrain"]["triggered_run_id"]
+    monitoring_run = loop_state.LoopState.load().history[1]["retrain"]["triggered_run_id"]
     _, conf = dag_run(TRAINING, monitoring_run)
     run = dags(TRAINING, **conf, retrain_n_trials=2)
     states = task_states(run)
     assert run.state == "success", states
     assert states["record_retraining_result"] == "success"
     assert states["prepare_data"] == "skipped" and states["run_train_hpo"] == "skipped"
-    outcome = storage.read_json(orchestration.retrain_result_uri(run.run_id))
+    outcome = storage.read_json(training.retrain_result_uri(run.run_id))
     assert outcome["decision"] in ("PROMOTED", "REJECTED")
     assert outcome["promoted"] is (outcome["decision"] == "PROMOTED")
     assert outcome["retraining_data_path"] == conf["retraining_data_path"]

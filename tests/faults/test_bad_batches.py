@@ -21,7 +21,8 @@ from healthpredict.core import constants, storage
 from healthpredict.data.schema import RawSchemaError
 from healthpredict.data.uci import UCIDataError
 from healthpredict.mlops.monitor import BatchTooSmallError, MonitorRequest, monitor
-from healthpredict.pipelines import loop
+from healthpredict.monitoring import state as loop_state
+from healthpredict.pipelines import local_loop, monitoring_step
 from healthpredict.runs import NotebookRunError
 
 pytestmark = pytest.mark.faults
@@ -157,14 +158,16 @@ def test_labels_of_one_class_are_monitored_without_performance(env):
 def test_short_tail_of_the_stream_joins_the_last_batch():
     """The monitor refuses tiny batches, so the loop never cuts one at the end of the stream."""
     tail = constants.MIN_BATCH_ROWS - 1
-    assert loop.next_window(4500, 5000 + tail, 500) == loop.BatchWindow(4500, 5000 + tail)
-    assert loop.next_window(4500, 5000 + constants.MIN_BATCH_ROWS, 500) == loop.BatchWindow(
-        4500, 5000
+    assert loop_state.next_window(4500, 5000 + tail, 500) == loop_state.BatchWindow(
+        4500, 5000 + tail
     )
-    assert loop.remaining_batches(5000 + tail, 0, 500) == 10
-    assert loop.remaining_batches(5000 + constants.MIN_BATCH_ROWS, 0, 500) == 11
+    assert loop_state.next_window(
+        4500, 5000 + constants.MIN_BATCH_ROWS, 500
+    ) == loop_state.BatchWindow(4500, 5000)
+    assert loop_state.remaining_batches(5000 + tail, 0, 500) == 10
+    assert loop_state.remaining_batches(5000 + constants.MIN_BATCH_ROWS, 0, 500) == 11
     with pytest.raises(ValueError, match="below the 30 rows the drift monitor needs"):
-        loop.run_loop(batch_size=10)
+        local_loop.run_loop(local_loop.LoopOptions(batch_size=10))
 
 
 def _assert_failed_run(env, ename: str, phrase: str) -> dict:
@@ -182,7 +185,7 @@ def _assert_failed_run(env, ename: str, phrase: str) -> dict:
 
 def _start_mid_stream(env) -> bytes:
     """A state as if the first batch were done: the cursor at row 500."""
-    state = loop.LoopState(next_batch_start_index=BATCH_ROWS, history=[{"start": 0}])
+    state = loop_state.LoopState(next_batch_start_index=BATCH_ROWS, history=[{"start": 0}])
     state.save()
     return state_bytes(env.monitoring)
 
@@ -194,7 +197,7 @@ def test_bad_rows_in_the_stream_stop_the_loop(env):
     storage.write_csv(env.data_dir / "future_data.csv", future)
     before = _start_mid_stream(env)
     with pytest.raises(NotebookRunError) as info:
-        loop.run_loop(batch_size=BATCH_ROWS, max_batches=1)
+        local_loop.run_loop(local_loop.LoopOptions(batch_size=BATCH_ROWS, max_batches=1))
     message = "\n".join([str(info.value), *info.value.__notes__])
     assert "RawSchemaError" in message and "race: 7 value(s) in 1 unknown category" in message
     assert "'Martian' (7x)" in message
@@ -211,7 +214,7 @@ def test_bad_rows_in_the_stream_stop_the_loop(env):
 
 def test_truncated_batch_file_fails_the_notebook_run(env, monkeypatch):
     """The batch file is cut mid-line after the loop wrote it (a full disk, a killed copy)."""
-    real_write = loop.write_batch
+    real_write = loop_state.write_batch
 
     def write_then_truncate(future, window, root=None):
         uri = real_write(future, window, root)
@@ -219,16 +222,18 @@ def test_truncated_batch_file_fails_the_notebook_run(env, monkeypatch):
         storage.write_bytes(uri, data[: len(data) // 2])
         return uri
 
-    monkeypatch.setattr(loop, "write_batch", write_then_truncate)
+    monkeypatch.setattr(monitoring_step, "write_batch", write_then_truncate)
     before = _start_mid_stream(env)
-    state = loop.LoopState.load()
+    state = loop_state.LoopState.load()
     with pytest.raises(NotebookRunError) as info:
-        loop.process_batch(
+        monitoring_step.monitoring_step(
             env.future,
             state,
-            batch_size=BATCH_ROWS,
-            model_uri="models:/HealthPredict@champion",
-            default_reference=str(env.data_dir / "initial_train.csv"),
+            monitoring_step.StepConfig(
+                batch_size=BATCH_ROWS,
+                model_uri="models:/HealthPredict@champion",
+                default_reference=str(env.data_dir / "initial_train.csv"),
+            ),
         )
     assert "UCIDataError" in str(info.value) and "truncated file" in str(info.value)
     _assert_failed_run(env, "UCIDataError", "truncated file")

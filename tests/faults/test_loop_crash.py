@@ -33,7 +33,8 @@ from fault_helpers import (
 
 from healthpredict.core import storage
 from healthpredict.mlops import tracking
-from healthpredict.pipelines import loop
+from healthpredict.monitoring import lease as loop_lease
+from healthpredict.monitoring import state as loop_state
 from healthpredict.runs.gallery import build_gallery
 
 pytestmark = pytest.mark.faults
@@ -122,8 +123,8 @@ def test_killed_runner_leaves_the_batch_to_the_next_one(env):
         assert runner.wait(timeout=30) == -signal.SIGKILL
         # The dead runner's lease blocks the next one until it expires, and says until when.
         lease = json.loads((env.monitoring / "lease.json").read_text())
-        with pytest.raises(loop.LoopLockedError) as refused:
-            with loop.lease():
+        with pytest.raises(loop_lease.LoopLockedError) as refused:
+            with loop_lease.lease():
                 pass
         # The kernel lives in its own session; it notices its parent died and exits by itself.
         wait_for(lambda: not any(map(_alive, kernels)), timeout=30, what="the kernel to exit")
@@ -158,7 +159,7 @@ def test_killed_runner_leaves_the_batch_to_the_next_one(env):
         HP_LOOP_LEASE_SECONDS=str(LEASE_SECONDS),
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    state = loop.LoopState.load()
+    state = loop_state.LoopState.load()
     assert state.next_batch_start_index == 2 * BATCH_ROWS
     assert [h["start"] for h in state.history] == [0, BATCH_ROWS]
     batches = [str(env.monitoring / "batches" / f"batch_{s:07d}.csv") for s in (0, BATCH_ROWS)]
@@ -187,7 +188,9 @@ def test_killed_runner_leaves_the_batch_to_the_next_one(env):
 
 
 def test_two_runners_at_once_one_proceeds(env):
-    loop.LoopState(next_batch_start_index=BATCH_ROWS).save()  # a batch without drift: no retrain
+    loop_state.LoopState(
+        next_batch_start_index=BATCH_ROWS
+    ).save()  # a batch without drift: no retrain
     logs = [env.tmp / f"runner{i}.log" for i in range(2)]
     runners = [_loop(env, log, max_batches=1) for log in logs]
     try:
@@ -203,7 +206,7 @@ def test_two_runners_at_once_one_proceeds(env):
     assert "holds the lease on" in refused and "expires by itself" in refused
     assert "Traceback" not in refused
     # The winner did the batch, once; the loser touched nothing.
-    state = loop.LoopState.load()
+    state = loop_state.LoopState.load()
     assert state.next_batch_start_index == 2 * BATCH_ROWS and len(state.history) == 1
     assert [r.info.status for r in mlflow_runs()] == ["FINISHED"]
     assert len(run_records(env.rendered, MONITOR)) == 1
@@ -211,16 +214,18 @@ def test_two_runners_at_once_one_proceeds(env):
 
 
 def test_live_runner_keeps_its_lease_and_notices_losing_it(env):
-    with loop.lease(seconds=3) as held:
+    with loop_lease.lease(seconds=3) as held:
         time.sleep(4)  # past the lease's lifetime: the background renewal kept it
-        with pytest.raises(loop.LoopLockedError, match="holds the lease"):
-            with loop.lease(seconds=3):
+        with pytest.raises(loop_lease.LoopLockedError, match="holds the lease"):
+            with loop_lease.lease(seconds=3):
                 pass
         # Somebody took the lease over (this runner stalled too long): it must notice.
         later = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).isoformat()
         storage.write_json(held.uri, {"holder": "elsewhere:1:abc", "expires_at": later})
         wait_for(lambda: held.lost is not None, timeout=5, what="the renewal to notice")
-        with pytest.raises(loop.LoopLockedError, match="lost the lease .* to elsewhere:1:abc"):
+        with pytest.raises(
+            loop_lease.LoopLockedError, match="lost the lease .* to elsewhere:1:abc"
+        ):
             held.renew()
     assert storage.read_json(held.uri)["holder"] == "elsewhere:1:abc"  # not ours to delete
 

@@ -19,7 +19,7 @@ from healthpredict.core import storage
 from healthpredict.data.schema import schema_hash
 from healthpredict.mlops import registry, tracking
 from healthpredict.mlops.monitor import ModelSchemaError, MonitorRequest, monitor
-from healthpredict.pipelines import loop
+from healthpredict.pipelines import local_loop
 
 pytestmark = pytest.mark.faults
 OLD_SCHEMA = "0123456789abcdef"
@@ -60,7 +60,7 @@ def test_champion_of_another_schema_stops_the_loop_before_any_work(env):
     version = env.info.version
     _client().set_model_version_tag("HealthPredict", version, "schema_hash", OLD_SCHEMA)
     with pytest.raises(ModelSchemaError) as info:
-        loop.run_loop(batch_size=BATCH_ROWS, max_batches=1)
+        local_loop.run_loop(local_loop.LoopOptions(batch_size=BATCH_ROWS, max_batches=1))
     message = str(info.value)
     assert f"model HealthPredict version {version} (models:/HealthPredict@champion)" in message
     assert f"trained on raw schema {OLD_SCHEMA}" in message

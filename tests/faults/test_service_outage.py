@@ -33,7 +33,8 @@ from fault_helpers import (
 
 from healthpredict.core import layout, storage
 from healthpredict.core.settings import get_settings
-from healthpredict.pipelines import loop
+from healthpredict.monitoring import state as loop_state
+from healthpredict.pipelines import local_loop
 from healthpredict.runs import NotebookRunError
 from tests.support import drift_scenarios
 
@@ -137,9 +138,9 @@ def _message(exc: BaseException) -> str:
 
 
 def test_s3_outage_mid_retrain_moves_nothing_then_the_run_completes(env, s3):
-    monitoring = loop.monitoring_dir()
+    monitoring = layout.monitoring_dir()
     state_uri = storage.join(monitoring, "state.json")
-    loop.LoopState().save()
+    loop_state.LoopState().save()
     state_before = storage.read_bytes(state_uri)
     aliases_before = aliases()
     stopped_at: list[float] = []
@@ -154,7 +155,11 @@ def test_s3_outage_mid_retrain_moves_nothing_then_the_run_completes(env, s3):
     stopper = threading.Thread(target=stop_when_retraining, daemon=True)
     stopper.start()
     with pytest.raises(NotebookRunError) as failed:
-        loop.run_loop(batch_size=BATCH_ROWS, max_batches=1, retrain_params={"n_trials": 1})
+        local_loop.run_loop(
+            local_loop.LoopOptions(
+                batch_size=BATCH_ROWS, max_batches=1, retrain_params={"n_trials": 1}
+            )
+        )
     stopper.join(timeout=10)
     assert stopped_at, "the retraining never started"
     waited = time.monotonic() - stopped_at[0]
@@ -182,11 +187,15 @@ def test_s3_outage_mid_retrain_moves_nothing_then_the_run_completes(env, s3):
         expires = dt.datetime.fromisoformat(storage.read_json(lease_uri)["expires_at"])
         time.sleep(max(0.0, (expires - dt.datetime.now(dt.UTC)).total_seconds()) + 0.5)
 
-    (outcome,) = loop.run_loop(batch_size=BATCH_ROWS, max_batches=1, retrain_params={"n_trials": 1})
-    assert outcome.window == loop.BatchWindow(0, BATCH_ROWS) and outcome.batch_uri == batch_uri
+    (outcome,) = local_loop.run_loop(
+        local_loop.LoopOptions(batch_size=BATCH_ROWS, max_batches=1, retrain_params={"n_trials": 1})
+    )
+    assert (
+        outcome.window == loop_state.BatchWindow(0, BATCH_ROWS) and outcome.batch_uri == batch_uri
+    )
     assert outcome.monitor_run_dir == monitored["run_dir"]  # the successful monitoring, re-used
     assert outcome.retrain is not None
-    state = loop.LoopState.load()
+    state = loop_state.LoopState.load()
     assert state.next_batch_start_index == BATCH_ROWS and len(state.history) == 1
     finished = [r for r in mlflow_runs() if r.info.status == "FINISHED"]
     assert [r.data.params["new_data_path"] for r in finished] == [batch_uri]
@@ -203,7 +212,7 @@ def test_s3_outage_mid_retrain_moves_nothing_then_the_run_completes(env, s3):
 
 def test_mlflow_unreachable_fails_fast_then_the_run_completes(env):
     # From the second batch on (it does not drift: no retraining, to keep the test short).
-    loop.LoopState(next_batch_start_index=BATCH_ROWS).save()
+    loop_state.LoopState(next_batch_start_index=BATCH_ROWS).save()
     state_before = (env.monitoring / "state.json").read_bytes()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -234,7 +243,7 @@ def test_mlflow_unreachable_fails_fast_then_the_run_completes(env):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    state = loop.LoopState.load()
+    state = loop_state.LoopState.load()
     assert state.next_batch_start_index == 2 * BATCH_ROWS and len(state.history) == 1
     (run,) = mlflow_runs()  # the server's store, read directly
     assert run.info.status == "FINISHED"

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_demo_twice_monitors_its_own_model_from_the_first_batch(hp_env):
     from healthpredict.cli import app
     from healthpredict.mlops.registry import champion_uri, get_model_info
-    from healthpredict.pipelines import loop
+    from healthpredict.monitoring import state as loop_state
 
     args = ["demo", "--source", "synthetic", "--n-trials", "1", "--batches", "1"]
     first = CliRunner().invoke(app, [*args, "--batch-size", "500"])
@@ -29,12 +29,12 @@ def test_demo_twice_monitors_its_own_model_from_the_first_batch(hp_env):
     assert "the earlier loop state was kept as" in second.output
     kept = list((hp_env / "var" / "monitoring").glob("state-before-demo-*.json"))
     assert len(kept) == 1
-    assert loop.LoopState.load().history[0]["start"] == 0
-    assert loop.LoopState.load().history[0]["end"] == 600
+    assert loop_state.LoopState.load().history[0]["start"] == 0
+    assert loop_state.LoopState.load().history[0]["end"] == 600
     # The model trained by this run is the one monitored, not the first run's champion.
     made = re.search(r"demo: version (\d+) made champion for this run", second.output)
     assert made, second.output
-    monitored = loop.LoopState.load().history[0]
+    monitored = loop_state.LoopState.load().history[0]
     run = json.loads((Path(monitored["monitor_run_dir"]) / "run.json").read_text())
     pinned = run["inputs"]["mlflow_model_uri"]["models:/HealthPredict@champion"]
     assert pinned.startswith(f"models:/HealthPredict/{made.group(1)} "), pinned

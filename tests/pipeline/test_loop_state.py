@@ -10,17 +10,16 @@ import pandas as pd
 import pytest
 
 from healthpredict.core import storage
-from healthpredict.pipelines.loop import (
+from healthpredict.core.layout import monitoring_dir
+from healthpredict.monitoring.lease import LoopLockedError, lease
+from healthpredict.monitoring.state import (
     BatchWindow,
-    LoopLockedError,
     LoopState,
-    lease,
-    monitoring_dir,
     next_window,
     remaining_batches,
-    should_retrain,
     write_batch,
 )
+from healthpredict.pipelines.monitoring_step import should_retrain
 
 
 def test_next_window_walks_the_stream():

@@ -6,9 +6,11 @@ project kernel and writes ``<name>.ipynb``, ``<name>.html`` and ``run.json`` int
 """
 
 from healthpredict.runs.errors import NotebookError, NotebookRunError, ParameterError
-from healthpredict.runs.runner import NotebookNotFoundError, RunResult, resolve_notebook, run
+from healthpredict.runs.result import RunResult
+from healthpredict.runs.runner import Kernel, NotebookNotFoundError, resolve_notebook, run
 
 __all__ = [
+    "Kernel",
     "NotebookError",
     "NotebookNotFoundError",
     "NotebookRunError",

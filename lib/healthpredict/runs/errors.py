@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from healthpredict.runs.runner import RunResult
+    from healthpredict.runs.result import RunResult
 
 
 class NotebookError(Exception):

@@ -16,9 +16,9 @@ from typing import Any
 from urllib.parse import quote
 
 from healthpredict.core import storage
+from healthpredict.core.layout import RUN_JSON
 
 GALLERY_NAME = "index.html"
-RUN_JSON = "run.json"
 DRIFT_NOTEBOOK = "03_drift_monitor"
 MODEL_NOTEBOOKS = ("02_train_hpo", "04_retrain")
 KEY_SCRAPS = (

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from healthpredict.core import storage
+from healthpredict.core.layout import RUN_JSON
 
 INDEX_NAME = "index.json"
-RUN_JSON = "run.json"
 
 
 def run_json_uris(rendered_dir: str) -> list[str]:

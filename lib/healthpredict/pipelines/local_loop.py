@@ -1,0 +1,131 @@
+"""``healthpredict loop``: the monitoring step over the future stream, under the loop's lease.
+
+The lease (:mod:`healthpredict.monitoring.lease`) keeps a second runner (or the monitoring DAG)
+from moving the same cursor; a runner that takes over the lease of a dead one ends the MLflow
+runs it left RUNNING.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from healthpredict.core import layout
+from healthpredict.core.constants import REFERENCE_SPLIT, STREAM_SPLIT
+from healthpredict.mlops import registry, tracking
+from healthpredict.monitoring.lease import lease
+from healthpredict.monitoring.state import LoopState
+from healthpredict.pipelines.monitoring_step import (
+    BatchOutcome,
+    StepConfig,
+    monitoring_step,
+    validate_batch_size,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """What ``healthpredict loop`` monitors and how.
+
+    Attributes:
+        batch_size: Rows per batch (at least ``MIN_BATCH_ROWS``).
+        max_batches: Stop after this many batches (None: until the stream is exhausted).
+        data_dir: Prepared data folder (default ``<storage>/processed_data``).
+        model_uri: Production model (default ``models:/<model_name>@champion``).
+        retrain_window: How many recent batches a retrain learns from.
+        monitor_params: Extra parameters for the drift-monitor notebook.
+        retrain_params: Extra parameters for the retrain notebook.
+        root: Storage root (default from settings).
+    """
+
+    batch_size: int = 2000
+    max_batches: int | None = None
+    data_dir: str | None = None
+    model_uri: str | None = None
+    retrain_window: int = 5
+    monitor_params: Mapping[str, Any] = field(default_factory=dict)
+    retrain_params: Mapping[str, Any] = field(default_factory=dict)
+    root: str | None = None
+
+
+def run_loop(
+    options: LoopOptions | None = None, on_batch: Callable[[BatchOutcome], None] | None = None
+) -> list[BatchOutcome]:
+    """Monitor the future stream batch by batch, retraining on drift, under the loop's lease.
+
+    Args:
+        options: What to monitor and how (defaults: :class:`LoopOptions`).
+        on_batch: Called with each :class:`BatchOutcome` (progress display).
+
+    Raises:
+        ValueError: ``batch_size`` is below :data:`~healthpredict.core.constants.MIN_BATCH_ROWS`.
+        healthpredict.monitoring.lease.LoopLockedError: Another runner holds the lease (nothing
+            was done).
+        healthpredict.mlops.tracking.TrackingUnavailableError: MLflow cannot be reached, checked
+            with the model (:func:`preflight`) before any batch is written or kernel started.
+        healthpredict.runs.NotebookRunError: A batch's notebook run failed; its files are
+            in the rendered folder, the state did not move and a note names the batch.
+    """
+    # the split module loads scikit-learn (seconds, measured): only once the loop runs
+    from healthpredict.data.split import load_split
+
+    options = options or LoopOptions()
+    data_dir = options.data_dir or layout.processed_data()
+    model_uri = options.model_uri or registry.champion_uri()
+    validate_batch_size(options.batch_size)
+    preflight(model_uri)
+    outcomes: list[BatchOutcome] = []
+    with lease(options.root) as held:
+        if held.took_over_from:
+            _close_runs_of(held.took_over_from)
+        future = load_split(STREAM_SPLIT, data_dir)  # read once, sliced per batch
+        state = LoopState.load(options.root)
+        config = StepConfig(
+            batch_size=options.batch_size,
+            model_uri=model_uri,
+            default_reference=layout.split_csv(REFERENCE_SPLIT, data_dir),
+            retrain_window=options.retrain_window,
+            monitor_params=options.monitor_params,
+            retrain_params=options.retrain_params,
+            root=options.root,
+            runner_id=held.holder,
+        )
+        while options.max_batches is None or len(outcomes) < options.max_batches:
+            outcome = monitoring_step(future, state, config, held)
+            if outcome is None:
+                break
+            outcomes.append(outcome)
+            if on_batch:
+                on_batch(outcome)
+    return outcomes
+
+
+def preflight(model_uri: str):
+    """Check what every batch needs before any batch is written or kernel started.
+
+    Returns:
+        The model's :class:`~healthpredict.mlops.registry.ModelInfo`.
+
+    Raises:
+        healthpredict.mlops.tracking.TrackingUnavailableError: MLflow cannot be reached.
+        healthpredict.mlops.registry.ModelNotFoundError: The model or its alias does not exist.
+        healthpredict.mlops.monitor.ModelSchemaError: The model was trained on another raw
+            schema.
+    """
+    # the drift module loads Evidently (seconds, measured): only once the loop runs
+    from healthpredict.mlops.monitor import check_model
+
+    tracking.check_reachable()
+    return check_model(model_uri)
+
+
+def _close_runs_of(holder: str) -> None:
+    """End the MLflow runs a dead runner left RUNNING (best effort: never blocks the loop)."""
+    try:
+        tracking.close_stale_runs(holder)
+    except Exception as exc:
+        log.warning("could not end the runs of the dead loop runner %s: %s", holder, exc)
