@@ -48,16 +48,14 @@ run_dir = None  # set by the runner: the folder this run writes into
 # %%
 import gc
 import warnings
-from pathlib import Path
 
 from IPython.display import Markdown, display
 
 # tqdm (imported by a dependency) complains that this headless kernel has no widgets.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-from healthpredict.core.constants import champion_uri
-from healthpredict.core.settings import get_settings
-from healthpredict.mlops.monitor import MonitorRequest, monitor
+from healthpredict.core.stages import MonitorParams
+from healthpredict.mlops.monitor import monitor
 from healthpredict.modeling import plots
 from healthpredict.modeling.plots import plot_column_scores, plot_predictions
 from healthpredict.runs.scraps import record
@@ -65,25 +63,7 @@ from healthpredict.runs.scraps import record
 # Evidently, MLflow and scikit-learn bring ~3,000 modules; keeping their objects out of the
 # cyclic garbage collector saves seconds of collections, mostly at kernel exit.
 gc.freeze()
-if not new_data_path:
-    raise ValueError("new_data_path is required: the raw batch CSV to monitor")
-reports_dir = evidently_reports_path or str(Path(run_dir or ".") / "reports")
-model_uri = mlflow_model_uri or champion_uri(get_settings().model_name)
-result = monitor(
-    MonitorRequest(
-        new_data_path,
-        reference_data_path,
-        model_uri,
-        reports_dir,
-        model_reference_path=model_reference_path,
-        drift_share_threshold=drift_share_threshold,
-        prediction_drift_threshold=prediction_drift_threshold,
-        performance_tolerance=performance_tolerance,
-        false_alarm_rate=false_alarm_rate,
-        n_null_batches=n_null_batches,
-        experiment_name=mlflow_experiment_name,
-    )
-)
+result = monitor(MonitorParams.from_namespace(globals()))
 for name, value in result.scraps().items():
     record(name, value)
 

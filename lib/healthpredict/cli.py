@@ -98,7 +98,6 @@ def loop_command(
     from healthpredict.mlops.tracking import TrackingUnavailableError
     from healthpredict.monitoring.lease import LoopLockedError
     from healthpredict.monitoring.state import LoopState, remaining_batches
-    from healthpredict.pipelines.local_loop import LoopOptions
 
     # Failures with a message written for a person (bad batch, missing model, service down...);
     # anything else is a bug and keeps its traceback.
@@ -114,14 +113,14 @@ def loop_command(
         state = LoopState.load()
         total = remaining_batches(future_rows, state.next_batch_start_index, batch_size)
         total = min(total, max_batches) if max_batches else total
-        options = LoopOptions(
+        params = LoopParams(
             batch_size=batch_size,
             max_batches=max_batches,
             retrain_window=retrain_window,
             data_dir=data_dir,
             model_uri=model_uri,
         )
-        outcomes = _run_loop_with_progress(total, options)
+        outcomes = _run_loop_with_progress(total, params)
     except LoopLockedError as exc:
         _print_error(exc)
         raise typer.Exit(3) from None
@@ -138,7 +137,7 @@ def _print_error(exc: BaseException) -> None:
     console.print("\n".join(lines), style="red", markup=False, highlight=False, soft_wrap=True)
 
 
-def _run_loop_with_progress(total: int, options) -> list:
+def _run_loop_with_progress(total: int, params: LoopParams) -> list:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from healthpredict.pipelines.local_loop import run_loop
@@ -162,7 +161,7 @@ def _run_loop_with_progress(total: int, options) -> list:
             )
             progress.advance(task)
 
-        return run_loop(options, on_batch=on_batch)
+        return run_loop(params, on_batch=on_batch)
 
 
 @app.command("demo")
@@ -178,7 +177,6 @@ def demo(
     from healthpredict import runs
     from healthpredict.core.settings import get_settings
     from healthpredict.data.split import prepare
-    from healthpredict.pipelines.local_loop import LoopOptions
     from healthpredict.runs.gallery import build_gallery
 
     settings = get_settings()
@@ -204,7 +202,7 @@ def demo(
         console.print(f"demo: version {scraps['model_version']} made champion for this run")
     console.rule(f"4/4 monitoring loop ({batches} batches of {batch_size})")
     outcomes = _run_loop_with_progress(
-        batches, LoopOptions(batch_size=batch_size, max_batches=batches)
+        batches, LoopParams(batch_size=batch_size, max_batches=batches)
     )
     gallery = build_gallery()
     from healthpredict.mlops.registry import champion_uri, get_model_info

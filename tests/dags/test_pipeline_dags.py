@@ -24,6 +24,7 @@ from healthpredict.core import (
     storage,  # noqa: E402
 )
 from healthpredict.core.settings import get_settings  # noqa: E402
+from healthpredict.core.stages import LoopParams
 from healthpredict.monitoring import state as loop_state
 from healthpredict.pipelines import local_loop, training
 
@@ -210,12 +211,10 @@ def test_exhausted_stream_ends_the_pipeline(dags, stream):
 def test_loop_makes_the_same_decisions_as_the_dag(dag_env, stream):
     history = loop_state.LoopState.load().history
     outcomes = local_loop.run_loop(
-        local_loop.LoopOptions(
-            batch_size=BATCH,
-            model_uri=history[0]["model_uri"],  # the version the DAG pinned
-            root=str(dag_env / "loop"),
-            retrain_params={"n_trials": 1},
-        )
+        LoopParams(
+            batch_size=BATCH, model_uri=history[0]["model_uri"]
+        ),  # the version the DAG pinned
+        local_loop.LoopOptions(root=str(dag_env / "loop"), retrain_params={"n_trials": 1}),
     )
     assert [(o.window.start, o.window.end, o.drift_status) for o in outcomes] == [
         (h["start"], h["end"], h["drift_status"]) for h in history

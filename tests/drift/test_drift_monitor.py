@@ -10,9 +10,10 @@ import pytest
 from drift_helpers import write_batch
 
 from healthpredict.core import constants
+from healthpredict.core.stages import MonitorParams
 from healthpredict.data.schema import RawSchemaError
 from healthpredict.mlops import registry, tracking
-from healthpredict.mlops.monitor import ModelSchemaError, MonitorRequest, monitor
+from healthpredict.mlops.monitor import ModelSchemaError, monitor
 from healthpredict.monitoring import evidence, reference
 from tests.support import drift_scenarios
 
@@ -49,7 +50,11 @@ def clean_result(drift_env):
     uri = write_batch(drift_env, "clean", drift_env.clean_batch)
     reports = drift_env.tmp / "reports" / "clean"
     result = monitor(
-        MonitorRequest(uri, reports_dir=str(reports), model_reference_path=drift_env.validation_uri)
+        MonitorParams(
+            new_data_path=uri,
+            evidently_reports_path=str(reports),
+            model_reference_path=drift_env.validation_uri,
+        )
     )
     return uri, reports, result
 
@@ -111,9 +116,14 @@ def test_mlflow_run_holds_params_metrics_reports_and_status(clean_result):
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "drift_reports")}
     assert artifacts == {
         f"drift_reports/{n}"
-        for n in ("data_drift.html", "prediction_drift.html", "performance.html",
-                  "drift_table.csv", "monitor_summary.json")
-    }  # fmt: skip
+        for n in (
+            "data_drift.html",
+            "prediction_drift.html",
+            "performance.html",
+            "drift_table.csv",
+            "monitor_summary.json",
+        )
+    }
 
 
 def test_calibration_is_cached_and_reused(clean_result, drift_env, monkeypatch):
@@ -134,11 +144,19 @@ def test_calibration_is_cached_and_reused(clean_result, drift_env, monkeypatch):
     assert prepared.from_cache == {"features": True, "predictions": True, "calibration": True}
     cache = Path(prepared.cache_dir)
     names = {p.name for p in cache.iterdir()}
-    assert {"predictions.parquet", "calibration-n500-b1000-s0-v2.npz",
-            "calibration-n500-b1000-s0-v2.json"} <= names  # fmt: skip
+    assert {
+        "predictions.parquet",
+        "calibration-n500-b1000-s0-v2.npz",
+        "calibration-n500-b1000-s0-v2.json",
+    } <= names
     assert (cache.parents[1] / "features.parquet").exists()
-    again = monitor(MonitorRequest(uri, reports_dir=str(drift_env.tmp / "reports" / "again"),
-                          model_reference_path=drift_env.validation_uri))  # fmt: skip
+    again = monitor(
+        MonitorParams(
+            new_data_path=uri,
+            evidently_reports_path=str(drift_env.tmp / "reports" / "again"),
+            model_reference_path=drift_env.validation_uri,
+        )
+    )
     assert again.calibration_from_cache and again.status == first.status
     assert again.drift_table.equals(first.drift_table)
 
@@ -147,7 +165,11 @@ def test_covariate_shift_is_detected(drift_env):
     shifted = drift_scenarios.apply("more_prior_inpatient", drift_env.clean_batch, strength=1.0)
     uri = write_batch(drift_env, "shifted", shifted)
     # Default held-out rows: validation + test next to the reference.
-    result = monitor(MonitorRequest(uri, reports_dir=str(drift_env.tmp / "reports" / "shifted")))
+    result = monitor(
+        MonitorParams(
+            new_data_path=uri, evidently_reports_path=str(drift_env.tmp / "reports" / "shifted")
+        )
+    )
     assert result.status == constants.DRIFT_DETECTED
     assert "number_inpatient" in result.drifted_columns
     assert result.reasons[0].startswith("data drift")
@@ -157,8 +179,13 @@ def test_covariate_shift_is_detected(drift_env):
 def test_concept_drift_shows_as_a_performance_drop(drift_env):
     flipped = drift_scenarios.apply("concept_drift", drift_env.clean_batch, strength=1.0, seed=1)
     uri = write_batch(drift_env, "concept", flipped)
-    result = monitor(MonitorRequest(uri, reports_dir=str(drift_env.tmp / "reports" / "concept"),
-                           model_reference_path=drift_env.validation_uri))  # fmt: skip
+    result = monitor(
+        MonitorParams(
+            new_data_path=uri,
+            evidently_reports_path=str(drift_env.tmp / "reports" / "concept"),
+            model_reference_path=drift_env.validation_uri,
+        )
+    )
     assert result.status == constants.DRIFT_DETECTED
     assert result.performance_drop > result.thresholds.performance_tolerance > 0
     assert any(r.startswith("performance: ROC AUC dropped") for r in result.reasons)
@@ -170,8 +197,13 @@ def test_concept_drift_shows_as_a_performance_drop(drift_env):
 def test_unlabelled_batch_uses_the_prediction_path(drift_env):
     shifted = drift_scenarios.apply("more_prior_inpatient", drift_env.clean_batch, strength=1.0)
     uri = write_batch(drift_env, "unlabelled", shifted.drop(columns=["readmitted"]))
-    result = monitor(MonitorRequest(uri, reports_dir=str(drift_env.tmp / "reports" / "unlabelled"),
-                           model_reference_path=drift_env.validation_uri))  # fmt: skip
+    result = monitor(
+        MonitorParams(
+            new_data_path=uri,
+            evidently_reports_path=str(drift_env.tmp / "reports" / "unlabelled"),
+            model_reference_path=drift_env.validation_uri,
+        )
+    )
     assert result.performance is None and result.performance_drop is None
     assert result.thresholds.performance_tolerance is None
     assert result.thresholds.alpha == pytest.approx(0.025)  # two signals share the 5%
@@ -189,7 +221,11 @@ def test_bad_schema_raises_before_any_run(drift_env):
     broken = drift_scenarios.apply("new_category", broken, strength=0.1)
     uri = write_batch(drift_env, "broken", broken)
     with pytest.raises(RawSchemaError) as info:
-        monitor(MonitorRequest(uri, reports_dir=str(drift_env.tmp / "reports" / "broken")))
+        monitor(
+            MonitorParams(
+                new_data_path=uri, evidently_reports_path=str(drift_env.tmp / "reports" / "broken")
+            )
+        )
     problems = "\n".join(info.value.problems)
     assert "A1Cresult" in problems and "Martian" in problems and len(info.value.problems) == 2
     assert {r.info.run_id for r in _runs()} == before
@@ -202,16 +238,21 @@ def test_missing_model_and_foreign_schema_fail_clearly(drift_env):
     uri = write_batch(drift_env, "for_models", drift_env.clean_batch)
     before = {r.info.run_id for r in _runs()}
     with pytest.raises(registry.ModelNotFoundError, match="'HealthPredict'.*'nope'"):
-        monitor(MonitorRequest(uri, model_uri="models:/HealthPredict@nope"))
+        monitor(MonitorParams(new_data_path=uri, mlflow_model_uri="models:/HealthPredict@nope"))
     tracking.use_experiment("HealthPredict_Training")
     with mlflow.start_run():
         other = registry.log_model(
-            drift_env.pipeline, threshold=0.2, target="<30", test_metrics={},
-            input_example=drift_env.clean_batch, data_source="synthetic", params={},
-        )  # fmt: skip
+            drift_env.pipeline,
+            threshold=0.2,
+            target="<30",
+            test_metrics={},
+            input_example=drift_env.clean_batch,
+            data_source="synthetic",
+            params={},
+        )
     registry._client().set_model_version_tag(other.name, other.version, "schema_hash", "0" * 16)
     with pytest.raises(ModelSchemaError, match="0000000000000000"):
-        monitor(MonitorRequest(uri, model_uri=other.model_uri))
+        monitor(MonitorParams(new_data_path=uri, mlflow_model_uri=other.model_uri))
     assert {r.info.run_id for r in _runs()} == before
 
 
@@ -224,8 +265,13 @@ def test_failure_inside_the_run_marks_it_failed(drift_env, monkeypatch):
     monkeypatch.setattr(evidence, "data_drift_report", boom)
     before = {r.info.run_id for r in _runs()}
     with pytest.raises(RuntimeError, match="report failed"):
-        monitor(MonitorRequest(uri, reports_dir=str(drift_env.tmp / "reports" / "boom"),
-                      model_reference_path=drift_env.validation_uri))  # fmt: skip
+        monitor(
+            MonitorParams(
+                new_data_path=uri,
+                evidently_reports_path=str(drift_env.tmp / "reports" / "boom"),
+                model_reference_path=drift_env.validation_uri,
+            )
+        )
     new = [r for r in _runs() if r.info.run_id not in before]
     assert [r.info.status for r in new] == ["FAILED"]
 
@@ -237,8 +283,10 @@ def test_batch_and_reports_on_s3(drift_env, s3_bucket):
 
     uri = storage.write_csv(f"{s3_bucket}/batches/clean.csv", drift_env.clean_batch)
     result = monitor(
-        MonitorRequest(
-            uri, reports_dir=f"{s3_bucket}/reports", model_reference_path=drift_env.validation_uri
+        MonitorParams(
+            new_data_path=uri,
+            evidently_reports_path=f"{s3_bucket}/reports",
+            model_reference_path=drift_env.validation_uri,
         )
     )
     assert result.report_paths == {

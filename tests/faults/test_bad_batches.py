@@ -18,9 +18,10 @@ import pytest
 from fault_helpers import BATCH_ROWS, MONITOR, mlflow_runs, run_dirs, run_records, state_bytes
 
 from healthpredict.core import constants, storage
+from healthpredict.core.stages import LoopParams, MonitorParams
 from healthpredict.data.schema import RawSchemaError
 from healthpredict.data.uci import UCIDataError
-from healthpredict.mlops.monitor import BatchTooSmallError, MonitorRequest, monitor
+from healthpredict.mlops.monitor import BatchTooSmallError, monitor
 from healthpredict.monitoring import state as loop_state
 from healthpredict.pipelines import local_loop, monitoring_step
 from healthpredict.runs import NotebookRunError
@@ -132,7 +133,7 @@ def test_bad_batch_is_refused_before_any_work(env, case):
     uri = storage.write_bytes(env.tmp / "batches" / f"{case}.csv", make(env))
     reports = env.tmp / "reports" / case
     with pytest.raises(error) as info:
-        monitor(MonitorRequest(uri, reports_dir=str(reports)))
+        monitor(MonitorParams(new_data_path=uri, evidently_reports_path=str(reports)))
     message = str(info.value)
     assert uri in message  # names the file ...
     for phrase in phrases:  # ... and the problem
@@ -147,7 +148,11 @@ def test_labels_of_one_class_are_monitored_without_performance(env):
     frame = _clean(env, start=BATCH_ROWS)
     frame["readmitted"] = "NO"
     uri = storage.write_csv(env.tmp / "batches" / "one_class.csv", frame)
-    result = monitor(MonitorRequest(uri, reports_dir=str(env.tmp / "reports" / "one_class")))
+    result = monitor(
+        MonitorParams(
+            new_data_path=uri, evidently_reports_path=str(env.tmp / "reports" / "one_class")
+        )
+    )
     assert result.status in (constants.DRIFT_DETECTED, constants.NO_DRIFT)
     assert result.performance_drop is None and "performance" not in result.report_paths
     assert set(result.report_paths) == {"data_drift", "prediction_drift"}
@@ -167,7 +172,8 @@ def test_short_tail_of_the_stream_joins_the_last_batch():
     assert loop_state.remaining_batches(5000 + tail, 0, 500) == 10
     assert loop_state.remaining_batches(5000 + constants.MIN_BATCH_ROWS, 0, 500) == 11
     with pytest.raises(ValueError, match="below the 30 rows the drift monitor needs"):
-        local_loop.run_loop(local_loop.LoopOptions(batch_size=10))
+        # built without validation, to reach the loop's own check
+        local_loop.run_loop(LoopParams.model_construct(batch_size=10))
 
 
 def _assert_failed_run(env, ename: str, phrase: str) -> dict:
@@ -197,7 +203,7 @@ def test_bad_rows_in_the_stream_stop_the_loop(env):
     storage.write_csv(env.data_dir / "future_data.csv", future)
     before = _start_mid_stream(env)
     with pytest.raises(NotebookRunError) as info:
-        local_loop.run_loop(local_loop.LoopOptions(batch_size=BATCH_ROWS, max_batches=1))
+        local_loop.run_loop(LoopParams(batch_size=BATCH_ROWS, max_batches=1))
     message = "\n".join([str(info.value), *info.value.__notes__])
     assert "RawSchemaError" in message and "race: 7 value(s) in 1 unknown category" in message
     assert "'Martian' (7x)" in message
@@ -280,5 +286,7 @@ def test_200k_row_batch_is_monitored_within_memory(env):
     assert 0 < figures["runner_kb"] < limit_kb and 0 < figures["kernel_kb"] < limit_kb, figures
     # Measured, not vacuous: the kernel (the runner's child) held the batch and Evidently.
     assert figures["kernel_kb"] > 200 * 1024
-    print(f"peak RSS: runner {figures['runner_kb'] / 1024:.0f} MiB, "
-          f"kernel {figures['kernel_kb'] / 1024:.0f} MiB")  # fmt: skip
+    print(
+        f"peak RSS: runner {figures['runner_kb'] / 1024:.0f} MiB, "
+        f"kernel {figures['kernel_kb'] / 1024:.0f} MiB"
+    )

@@ -16,9 +16,10 @@ from fault_helpers import BATCH_ROWS, MONITOR, mlflow_runs, run_cli, run_records
 
 from healthpredict import runs
 from healthpredict.core import storage
+from healthpredict.core.stages import LoopParams, MonitorParams
 from healthpredict.data.schema import schema_hash
 from healthpredict.mlops import registry, tracking
-from healthpredict.mlops.monitor import ModelSchemaError, MonitorRequest, monitor
+from healthpredict.mlops.monitor import ModelSchemaError, monitor
 from healthpredict.pipelines import local_loop
 
 pytestmark = pytest.mark.faults
@@ -60,7 +61,7 @@ def test_champion_of_another_schema_stops_the_loop_before_any_work(env):
     version = env.info.version
     _client().set_model_version_tag("HealthPredict", version, "schema_hash", OLD_SCHEMA)
     with pytest.raises(ModelSchemaError) as info:
-        local_loop.run_loop(local_loop.LoopOptions(batch_size=BATCH_ROWS, max_batches=1))
+        local_loop.run_loop(LoopParams(batch_size=BATCH_ROWS, max_batches=1))
     message = str(info.value)
     assert f"model HealthPredict version {version} (models:/HealthPredict@champion)" in message
     assert f"trained on raw schema {OLD_SCHEMA}" in message
@@ -74,8 +75,13 @@ def test_monitor_refuses_a_model_of_another_schema_before_its_run(env):
     _client().set_model_version_tag("HealthPredict", version, "schema_hash", OLD_SCHEMA)
     reports = env.tmp / "reports"
     with pytest.raises(ModelSchemaError, match=f"version {version}"):
-        monitor(MonitorRequest(_batch(env), model_uri=f"models:/HealthPredict/{version}",
-                      reports_dir=str(reports)))  # fmt: skip
+        monitor(
+            MonitorParams(
+                new_data_path=str(_batch(env)),
+                mlflow_model_uri=f"models:/HealthPredict/{version}",
+                evidently_reports_path=str(reports),
+            )
+        )
     assert mlflow_runs() == [] and not reports.exists()
 
 
@@ -89,8 +95,11 @@ def test_monitor_notebook_with_a_missing_model_fails_at_its_first_cell(env):
     assert record["status"] == "failed"
     executed = json.loads(Path(record["ipynb"]).read_text())
     code = [c for c in executed["cells"] if c["cell_type"] == "code"]
-    failing = next(i for i, c in enumerate(code) if any(
-        o.get("output_type") == "error" for o in c.get("outputs", [])))  # fmt: skip
+    failing = next(
+        i
+        for i, c in enumerate(code)
+        if any(o.get("output_type") == "error" for o in c.get("outputs", []))
+    )
     # Only the parameters ran before it, and nothing after it.
     assert all(
         any("parameters" in tag for tag in c["metadata"].get("tags", [])) for c in code[:failing]

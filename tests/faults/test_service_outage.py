@@ -33,6 +33,7 @@ from fault_helpers import (
 
 from healthpredict.core import layout, storage
 from healthpredict.core.settings import get_settings
+from healthpredict.core.stages import LoopParams
 from healthpredict.monitoring import state as loop_state
 from healthpredict.pipelines import local_loop
 from healthpredict.runs import NotebookRunError
@@ -156,9 +157,8 @@ def test_s3_outage_mid_retrain_moves_nothing_then_the_run_completes(env, s3):
     stopper.start()
     with pytest.raises(NotebookRunError) as failed:
         local_loop.run_loop(
-            local_loop.LoopOptions(
-                batch_size=BATCH_ROWS, max_batches=1, retrain_params={"n_trials": 1}
-            )
+            LoopParams(batch_size=BATCH_ROWS, max_batches=1),
+            local_loop.LoopOptions(retrain_params={"n_trials": 1}),
         )
     stopper.join(timeout=10)
     assert stopped_at, "the retraining never started"
@@ -188,7 +188,8 @@ def test_s3_outage_mid_retrain_moves_nothing_then_the_run_completes(env, s3):
         time.sleep(max(0.0, (expires - dt.datetime.now(dt.UTC)).total_seconds()) + 0.5)
 
     (outcome,) = local_loop.run_loop(
-        local_loop.LoopOptions(batch_size=BATCH_ROWS, max_batches=1, retrain_params={"n_trials": 1})
+        LoopParams(batch_size=BATCH_ROWS, max_batches=1),
+        local_loop.LoopOptions(retrain_params={"n_trials": 1}),
     )
     assert (
         outcome.window == loop_state.BatchWindow(0, BATCH_ROWS) and outcome.batch_uri == batch_uri

@@ -23,6 +23,9 @@ NO_DRIFT = "NO_DRIFT"
 PROMOTED = "PROMOTED"
 REJECTED = "REJECTED"
 
+# The model families the search knows.
+FAMILIES = ("logreg", "rf", "hgb")
+
 # Fewest rows a batch may have to be monitored: below it, drift distances are noise.
 MIN_BATCH_ROWS = 30
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
 from healthpredict.core.constants import (
+    FAMILIES,
     MIN_BATCH_ROWS,
     MONITORING_EXPERIMENT,
     REFERENCE_SPLIT,
@@ -29,7 +30,6 @@ from healthpredict.core.constants import (
 # The notebook is told the folder its run writes into; the runner fills it in.
 RUN_DIR_PARAMETER = "run_dir"
 
-DEFAULT_FAMILIES = ("logreg", "rf", "hgb")
 DEFAULT_TARGET = "<30"
 TARGET_HELP = 'readmission target: "<30" (within 30 days) or "any"'
 
@@ -85,7 +85,7 @@ class TrainParams(StageParams):
         None, description="prepared data folder or s3:// URI (None: <storage>/processed_data)"
     )
     families: list[str] = Field(
-        list(DEFAULT_FAMILIES), description="model families to search: logreg, rf, hgb"
+        list(FAMILIES), description="model families to search: logreg, rf, hgb"
     )
     n_trials: int = Field(30, ge=1, description="Optuna trials in all (split over the workers)")
     timeout_s: float | None = Field(

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 from healthpredict.core import layout, storage
 from healthpredict.core.constants import (
     MIN_BATCH_ROWS,
-    MONITORING_EXPERIMENT,
     REFERENCE_SPLIT,
     champion_uri,
 )
 from healthpredict.core.settings import get_settings
+from healthpredict.core.stages import MonitorParams
 from healthpredict.data.schema import schema_hash, validate_raw
 from healthpredict.data.uci import read_raw_csv
 from healthpredict.mlops import registry, tracking
@@ -61,40 +61,15 @@ class BatchTooSmallError(ValueError):
 
 
 @dataclass(frozen=True)
-class MonitorRequest:
-    """What to monitor and how: the arguments of :func:`monitor`.
+class MonitorOptions:
+    """How :func:`monitor` runs, beyond the stage's parameters (:class:`MonitorParams`).
 
     Attributes:
-        new_data_path: Raw batch CSV (local or ``s3://``); labels are optional.
-        reference_data_path: Raw reference CSV; default ``<processed_data>/initial_train.csv``.
-        model_uri: Registry URI; default the champion (``models:/<model_name>@champion``).
-        reports_dir: Folder or ``s3://`` prefix for the HTML reports; default ``./reports``.
-        model_reference_path: Held-out raw CSV(s) for prediction drift and performance (a list
-            or comma-separated); default
-            :func:`~healthpredict.monitoring.reference.default_model_reference`.
-        drift_share_threshold: Share of drifted columns meaning data drift; None = one column, with
-            per-column thresholds calibrated for it.
-        prediction_drift_threshold: Fixed prediction-drift threshold; None = calibrated.
-        performance_tolerance: Fixed ROC AUC tolerance; None = calibrated.
-        false_alarm_rate: Target false-alarm rate of the decision (calibration).
-        n_null_batches: Null batches of the calibration.
         seed: Seed of the calibration.
-        experiment_name: MLflow experiment of the monitoring runs.
         min_rows: Fewest rows a batch may have (``constants.MIN_BATCH_ROWS``).
     """
 
-    new_data_path: str
-    reference_data_path: str | None = None
-    model_uri: str | None = None
-    reports_dir: str | None = None
-    model_reference_path: str | Sequence[str] | None = None
-    drift_share_threshold: float | None = None
-    prediction_drift_threshold: float | None = None
-    performance_tolerance: float | None = None
-    false_alarm_rate: float = 0.05
-    n_null_batches: int = 1000
     seed: int = 0
-    experiment_name: str = MONITORING_EXPERIMENT
     min_rows: int = MIN_BATCH_ROWS
 
 
@@ -135,16 +110,17 @@ def _as_list(value: str | Sequence[str] | None) -> list[str]:
     return [str(v) for v in value]
 
 
-def _paths(request: MonitorRequest) -> _Paths:
-    reference = _resolve_local(
-        str(request.reference_data_path or layout.split_csv(REFERENCE_SPLIT))
-    )
-    held_out = [_resolve_local(u) for u in _as_list(request.model_reference_path)]
+def _paths(params: MonitorParams) -> _Paths:
+    if not params.new_data_path:
+        raise ValueError("new_data_path is required: the raw batch CSV to monitor")
+    reference = _resolve_local(str(params.reference_data_path or layout.split_csv(REFERENCE_SPLIT)))
+    held_out = [_resolve_local(u) for u in _as_list(params.model_reference_path)]
+    reports_dir = params.evidently_reports_path or str(Path(params.run_dir or ".") / "reports")
     return _Paths(
-        new_data=_resolve_local(str(request.new_data_path)),
+        new_data=_resolve_local(params.new_data_path),
         reference=reference,
-        model_uri=request.model_uri or champion_uri(get_settings().model_name),
-        reports_dir=_resolve_local(str(request.reports_dir or "reports")),
+        model_uri=params.mlflow_model_uri or champion_uri(get_settings().model_name),
+        reports_dir=_resolve_local(reports_dir),
         held_out=held_out or default_model_reference(reference),
     )
 
@@ -194,7 +170,7 @@ def _read_batch(uri: str, min_rows: int) -> pd.DataFrame:
     return batch_raw
 
 
-def monitor(request: MonitorRequest) -> MonitorResult:
+def monitor(params: MonitorParams, options: MonitorOptions | None = None) -> MonitorResult:
     """Monitor one batch against the reference and the production model; log it to MLflow.
 
     Steps: read and validate the batch (a schema problem, or fewer than ``min_rows`` rows,
@@ -206,7 +182,10 @@ def monitor(request: MonitorRequest) -> MonitorResult:
     run FAILED.
 
     Args:
-        request: The batch, reference, model, report folder and decision settings.
+        params: The stage's parameters, as the 03 notebook takes them: the batch, reference,
+            model (default: the configured champion), report folder (default:
+            ``<run_dir>/reports``) and decision settings.
+        options: Calibration seed and the batch minimum (default: :class:`MonitorOptions`).
 
     Returns:
         The decision and its evidence.
@@ -218,9 +197,10 @@ def monitor(request: MonitorRequest) -> MonitorResult:
         registry.ModelNotFoundError: No such model, version or alias.
         ModelSchemaError: The model was trained on another raw schema.
     """
+    options = options or MonitorOptions()
     watch = _Stopwatch()
-    paths = _paths(request)
-    batch_raw = _read_batch(paths.new_data, request.min_rows)
+    paths = _paths(params)
+    batch_raw = _read_batch(paths.new_data, options.min_rows)
     watch.lap("read_validate")
     tracking.setup_mlflow()
     pipeline, info = _load_model(paths.model_uri)
@@ -229,7 +209,7 @@ def monitor(request: MonitorRequest) -> MonitorResult:
     # mlflow costs ~3 s to import: only once a batch passed validation
     import mlflow
 
-    exp_id = tracking.experiment_id(request.experiment_name)
+    exp_id = tracking.experiment_id(params.mlflow_experiment_name)
     run = mlflow.start_run(
         experiment_id=exp_id,
         run_name=f"monitor {Path(paths.new_data).name}",
@@ -238,7 +218,7 @@ def monitor(request: MonitorRequest) -> MonitorResult:
         nested=mlflow.active_run() is not None,
     )
     try:
-        result = _monitor_in_run(request, paths, batch_raw, pipeline, info, watch)
+        result = _monitor_in_run((params, options), paths, batch_raw, pipeline, info, watch)
         result.mlflow_run_id = run.info.run_id
     except BaseException:
         mlflow.end_run(status="FAILED")
@@ -248,7 +228,7 @@ def monitor(request: MonitorRequest) -> MonitorResult:
 
 
 def _monitor_in_run(
-    request: MonitorRequest,
+    stage: tuple[MonitorParams, MonitorOptions],
     paths: _Paths,
     batch_raw: pd.DataFrame,
     pipeline: Pipeline,
@@ -256,6 +236,7 @@ def _monitor_in_run(
     watch: _Stopwatch,
 ) -> MonitorResult:
     """The body of :func:`monitor` once its MLflow run is active."""
+    params, options = stage
     # mlflow costs ~3 s to import: only once a batch passed validation
     import mlflow
 
@@ -265,8 +246,8 @@ def _monitor_in_run(
         pipeline,
         info,
         len(batch_raw),
-        n_null=request.n_null_batches,
-        seed=request.seed,
+        n_null=params.n_null_batches,
+        seed=options.seed,
     )
     watch.lap("reference")
     if prepared.in_sample:
@@ -279,11 +260,11 @@ def _monitor_in_run(
 
     batch = score_batch(batch_raw, pipeline, info, prepared)
     thresholds = prepared.calibration.thresholds(
-        request.false_alarm_rate,
+        params.false_alarm_rate,
         labelled=batch.labelled,
-        share_threshold=request.drift_share_threshold,
-        prediction_drift_threshold=request.prediction_drift_threshold,
-        performance_tolerance=request.performance_tolerance,
+        share_threshold=params.drift_share_threshold,
+        prediction_drift_threshold=params.prediction_drift_threshold,
+        performance_tolerance=params.performance_tolerance,
     )
     watch.lap("score")
     evidence = gather_evidence(prepared, batch, thresholds)
@@ -303,7 +284,7 @@ def _monitor_in_run(
     watch.lap("save_html")
 
     result = _result(paths, info, prepared, batch, evidence, verdict, report_paths, watch.seconds)
-    _log_run(result, evidence.snapshots, paths, prepared, request.seed)
+    _log_run(result, evidence.snapshots, paths, prepared, options.seed)
     watch.lap("mlflow")
     mlflow.set_tag("seconds", json.dumps(watch.seconds))
     return result

@@ -14,12 +14,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
+from healthpredict.core.constants import FAMILIES
 from healthpredict.modeling.features import build_preprocessor
 
 if TYPE_CHECKING:
     import optuna
 
-FAMILIES = ("logreg", "rf", "hgb")
 STAGE = 50  # trees or boosting iterations added between two pruning checks
 
 

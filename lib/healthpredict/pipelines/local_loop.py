@@ -14,6 +14,7 @@ from typing import Any
 
 from healthpredict.core import layout
 from healthpredict.core.constants import REFERENCE_SPLIT, STREAM_SPLIT
+from healthpredict.core.stages import LoopParams
 from healthpredict.mlops import registry, tracking
 from healthpredict.monitoring.lease import lease
 from healthpredict.monitoring.state import LoopState
@@ -29,36 +30,30 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LoopOptions:
-    """What ``healthpredict loop`` monitors and how.
+    """How ``healthpredict loop`` runs, beyond the loop's parameters (:class:`LoopParams`).
 
     Attributes:
-        batch_size: Rows per batch (at least ``MIN_BATCH_ROWS``).
-        max_batches: Stop after this many batches (None: until the stream is exhausted).
-        data_dir: Prepared data folder (default ``<storage>/processed_data``).
-        model_uri: Production model (default ``models:/<model_name>@champion``).
-        retrain_window: How many recent batches a retrain learns from.
         monitor_params: Extra parameters for the drift-monitor notebook.
         retrain_params: Extra parameters for the retrain notebook.
         root: Storage root (default from settings).
     """
 
-    batch_size: int = 2000
-    max_batches: int | None = None
-    data_dir: str | None = None
-    model_uri: str | None = None
-    retrain_window: int = 5
     monitor_params: Mapping[str, Any] = field(default_factory=dict)
     retrain_params: Mapping[str, Any] = field(default_factory=dict)
     root: str | None = None
 
 
 def run_loop(
-    options: LoopOptions | None = None, on_batch: Callable[[BatchOutcome], None] | None = None
+    params: LoopParams | None = None,
+    options: LoopOptions | None = None,
+    on_batch: Callable[[BatchOutcome], None] | None = None,
 ) -> list[BatchOutcome]:
     """Monitor the future stream batch by batch, retraining on drift, under the loop's lease.
 
     Args:
-        options: What to monitor and how (defaults: :class:`LoopOptions`).
+        params: Batch size, how many batches, retraining window, data and model (the
+            ``healthpredict loop`` options and the monitoring DAG's Params).
+        options: Extra notebook parameters and the storage root (default: none).
         on_batch: Called with each :class:`BatchOutcome` (progress display).
 
     Raises:
@@ -73,10 +68,11 @@ def run_loop(
     # the split module loads scikit-learn (seconds, measured): only once the loop runs
     from healthpredict.data.split import load_split
 
+    params = params or LoopParams()
     options = options or LoopOptions()
-    data_dir = options.data_dir or layout.processed_data()
-    model_uri = options.model_uri or registry.champion_uri()
-    validate_batch_size(options.batch_size)
+    data_dir = params.data_dir or layout.processed_data()
+    model_uri = params.model_uri or registry.champion_uri()
+    validate_batch_size(params.batch_size)
     preflight(model_uri)
     outcomes: list[BatchOutcome] = []
     with lease(options.root) as held:
@@ -85,16 +81,16 @@ def run_loop(
         future = load_split(STREAM_SPLIT, data_dir)  # read once, sliced per batch
         state = LoopState.load(options.root)
         config = StepConfig(
-            batch_size=options.batch_size,
+            batch_size=params.batch_size,
             model_uri=model_uri,
             default_reference=layout.split_csv(REFERENCE_SPLIT, data_dir),
-            retrain_window=options.retrain_window,
+            retrain_window=params.retrain_window,
             monitor_params=options.monitor_params,
             retrain_params=options.retrain_params,
             root=options.root,
             runner_id=held.holder,
         )
-        while options.max_batches is None or len(outcomes) < options.max_batches:
+        while params.max_batches is None or len(outcomes) < params.max_batches:
             outcome = monitoring_step(future, state, config, held)
             if outcome is None:
                 break
