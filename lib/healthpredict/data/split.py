@@ -17,6 +17,7 @@ from sklearn.model_selection import GroupShuffleSplit
 
 from healthpredict.core import layout, storage
 from healthpredict.core.settings import get_settings
+from healthpredict.data import synthetic
 from healthpredict.data.schema import (
     EXCLUDED_DISPOSITIONS,
     TARGET,
@@ -83,8 +84,6 @@ def resolve_source(source: str | None = None, *, n_synthetic: int = 30_000) -> L
         except UCIDataError:
             source = "synthetic"
     if source == "synthetic":
-        from healthpredict.data import synthetic
-
         frame = synthetic.generate(n_synthetic, seed=0)
         digest = storage.sha256_bytes(frame.to_csv(index=False).encode())
         return LoadedData(frame, f"synthetic:{n_synthetic}", digest, data_source="synthetic")

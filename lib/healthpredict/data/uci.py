@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import requests
 
 from healthpredict.core import storage
 from healthpredict.core.settings import get_settings
@@ -142,8 +143,6 @@ def _fetch(source: str) -> bytes:
 
 def _download(url: str) -> bytes:
     """Download once into the cache; later calls read the cached copy."""
-    import requests
-
     cache = Path(get_settings().cache_dir) / CACHE_NAME
     if cache.exists():
         return cache.read_bytes()

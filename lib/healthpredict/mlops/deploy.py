@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import requests
+
 DEFAULT_IMAGE_NAME = "healthpredict-api"
 DEFAULT_NAMESPACE = "healthpredict"
 DEFAULT_DEPLOYMENT = "healthpredict-api"
@@ -240,8 +242,6 @@ def verify_model_info(
         DeploymentError: The API was unreachable, answered with an error or no version, or
             kept reporting another version.
     """
-    import requests
-
     url = api_url.rstrip("/") + "/model-info"
     expected = str(expected_version)
     deadline = time.monotonic() + timeout

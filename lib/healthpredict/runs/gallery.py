@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from healthpredict.core import storage
 from healthpredict.core.layout import RUN_JSON
+from healthpredict.core.settings import get_settings
 
 GALLERY_NAME = "index.html"
 DRIFT_NOTEBOOK = "03_drift_monitor"
@@ -331,8 +332,6 @@ def build_gallery(rendered_dir: str | os.PathLike | None = None) -> str:
         Path or URI of the written ``index.html``.
     """
     if rendered_dir is None:
-        from healthpredict.core.settings import get_settings
-
         rendered_dir = get_settings().rendered_dir
     rendered = str(rendered_dir)
     if not storage.is_s3(rendered):

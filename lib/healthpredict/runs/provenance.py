@@ -21,6 +21,8 @@ from healthpredict.core import layout, storage
 from healthpredict.core.constants import REFERENCE_SPLIT, champion_uri
 from healthpredict.core.settings import get_settings
 from healthpredict.core.stages import RUN_DIR_PARAMETER
+from healthpredict.mlops import tracking
+from healthpredict.mlops.registry import get_model_info
 
 KEY_PACKAGES = (
     "pandas", "numpy", "scikit-learn", "mlflow", "evidently", "optuna", "papermill",
@@ -105,9 +107,6 @@ def _resolve_model(uri: str) -> dict[str, str]:
 
     An alias moves; without this, a re-used run could describe a model that is no longer served.
     """
-    from healthpredict.mlops import tracking
-    from healthpredict.mlops.registry import get_model_info
-
     try:
         # The runner's process may not have touched MLflow yet: without this it would look in a
         # fresh ./mlflow.db rather than the configured store.

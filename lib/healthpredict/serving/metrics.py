@@ -102,6 +102,7 @@ def set_model(old: Any, new: Any) -> None:
 def render() -> tuple[bytes, str]:
     """Exposition text of all metrics (all workers in multiprocess mode) and its content type."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # only in multi-process mode (PROMETHEUS_MULTIPROC_DIR set)
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()

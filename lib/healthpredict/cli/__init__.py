@@ -9,13 +9,15 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from healthpredict.cli_options import field_option, stage_options
+from healthpredict.cli.options import field_option, stage_options
 from healthpredict.core import layout
 from healthpredict.core.constants import DRIFT_DETECTED, REFERENCE_SPLIT, champion_uri
 from healthpredict.core.settings import get_settings
 from healthpredict.core.stages import LoopParams, MonitorParams, RetrainParams, TrainParams
 from healthpredict.core.storage import is_s3
 
+# Each command imports what it needs inside its body: importing it all at start-up takes ~5 s
+# instead of ~1.7 s (measured), and `--help` or a usage error should answer at once.
 app = typer.Typer(
     help="Health Predict: notebook-driven readmission-risk pipeline.", no_args_is_help=True
 )
@@ -424,7 +426,3 @@ def export_model_command(
         console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     typer.echo(path)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
