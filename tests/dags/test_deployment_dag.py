@@ -30,12 +30,14 @@ EXPECTED = [
 
 
 def test_deployment_commands_are_the_documented_ones():
-    commands = deploy.deployment_commands(7, REGISTRY, "healthpredict-api", "k8s/", "healthpredict")
+    commands = deploy.deployment_commands(
+        7, deploy.DeploymentTarget(REGISTRY, "healthpredict-api", "k8s/", "healthpredict")
+    )
     assert commands == EXPECTED
-    steps = deploy.deployment_steps("7", REGISTRY)
+    steps = deploy.deployment_steps("7", deploy.DeploymentTarget(REGISTRY))
     assert list(steps) == list(deploy.STEPS)
     assert [c for step in deploy.STEPS for c in steps[step]] == EXPECTED
-    no_context = deploy.deployment_commands(7, REGISTRY, kube_context=None)
+    no_context = deploy.deployment_commands(7, deploy.DeploymentTarget(REGISTRY, kube_context=None))
     assert no_context[3] == ["kubectl", "-n", "healthpredict", "apply", "-k", "k8s/"]
 
 
@@ -49,14 +51,16 @@ def test_deployment_commands_are_the_documented_ones():
 )
 def test_bad_deployment_inputs_are_refused(args, message):
     with pytest.raises(ValueError, match=message):
-        deploy.deployment_commands(*args)
+        deploy.deployment_commands(args[0], deploy.DeploymentTarget(args[1]))
 
 
 def test_other_registry_with_explicit_region_and_bad_timeout():
-    commands = deploy.deployment_commands(3, "localhost:5000", region="us-east-1")
+    commands = deploy.deployment_commands(
+        3, deploy.DeploymentTarget("localhost:5000", region="us-east-1")
+    )
     assert commands[0][-2] == "localhost:5000/healthpredict-api:v3"
     with pytest.raises(ValueError, match="rollout_timeout"):
-        deploy.deployment_commands(3, REGISTRY, rollout_timeout="soon")
+        deploy.deployment_commands(3, deploy.DeploymentTarget(REGISTRY, rollout_timeout="soon"))
 
 
 def test_run_commands_fails_closed(tmp_path):
@@ -145,7 +149,7 @@ def test_dry_run_records_the_commands_and_verifies_the_live_api(airflow_db, api,
     conf = {"dry_run": True, "api_url": api.url, "ecr_registry": REGISTRY, "verify_timeout": 20}
     run = load_dags()["health_predict_api_deployment"].test(run_conf=conf)
     assert run.state == "success", task_states(run)
-    expected = deploy.deployment_steps("1", REGISTRY)
+    expected = deploy.deployment_steps("1", deploy.DeploymentTarget(REGISTRY))
     for task_id, step in [
         ("build_image", "build"),
         ("push_image", "push"),
@@ -158,7 +162,7 @@ def test_dry_run_records_the_commands_and_verifies_the_live_api(airflow_db, api,
     assert record["dry_run"] is True and record["version"] == "1"
     assert record["image"] == f"{REGISTRY}/healthpredict-api:v1"
     recorded = [r["argv"] for step in deploy.STEPS for r in record["steps"][step]]
-    assert recorded == deploy.deployment_commands("1", REGISTRY)
+    assert recorded == deploy.deployment_commands("1", deploy.DeploymentTarget(REGISTRY))
     assert recorded[0] == [
         "docker",
         "build",

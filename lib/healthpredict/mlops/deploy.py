@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,24 +70,11 @@ def ecr_region(registry: str) -> str:
     return match["region"]
 
 
-def deployment_steps(
-    version: str | int,
-    registry: str,
-    image_name: str = DEFAULT_IMAGE_NAME,
-    k8s_dir: str = "k8s/",
-    namespace: str = DEFAULT_NAMESPACE,
-    *,
-    kube_context: str | None = DEFAULT_KUBE_CONTEXT,
-    deployment: str = DEFAULT_DEPLOYMENT,
-    container: str = DEFAULT_CONTAINER,
-    rollout_timeout: str = "180s",
-    dockerfile: str = DOCKERFILE,
-    region: str | None = None,
-) -> dict[str, list[list[str]]]:
-    """The commands of each deployment step, in :data:`STEPS` order; run from the project root.
+@dataclass(frozen=True)
+class DeploymentTarget:
+    """Where and how the serving image is deployed.
 
-    Args:
-        version: Registry version of the champion; the image tag is ``v<version>``.
+    Attributes:
         registry: Image registry host, normally ECR.
         image_name: Repository name inside the registry.
         k8s_dir: Kustomize folder applied with ``kubectl apply -k``.
@@ -98,6 +86,26 @@ def deployment_steps(
         rollout_timeout: How long ``kubectl rollout status`` waits (``180s``).
         dockerfile: Dockerfile of the serving image, relative to the project root.
         region: AWS region for ``aws ecr get-login-password``; default parsed from ``registry``.
+    """
+
+    registry: str
+    image_name: str = DEFAULT_IMAGE_NAME
+    k8s_dir: str = "k8s/"
+    namespace: str = DEFAULT_NAMESPACE
+    kube_context: str | None = DEFAULT_KUBE_CONTEXT
+    deployment: str = DEFAULT_DEPLOYMENT
+    container: str = DEFAULT_CONTAINER
+    rollout_timeout: str = "180s"
+    dockerfile: str = DOCKERFILE
+    region: str | None = None
+
+
+def deployment_steps(version: str | int, target: DeploymentTarget) -> dict[str, list[list[str]]]:
+    """The commands of each deployment step, in :data:`STEPS` order; run from the project root.
+
+    Args:
+        version: Registry version of the champion; the image tag is ``v<version>``.
+        target: Registry, image, cluster and rollout settings.
 
     Returns:
         ``{"build": [...], "push": [...], "deploy": [...], "rollout": [...]}``, each a list of
@@ -106,46 +114,43 @@ def deployment_steps(
     Raises:
         ValueError: Bad version, registry or timeout.
     """
-    image = image_ref(registry, image_name, version)
-    host = registry.strip().rstrip("/")
-    region = region or ecr_region(host)
-    if not re.fullmatch(r"\d+[smh]", rollout_timeout):
-        raise ValueError(f"rollout_timeout must look like 180s, 5m or 1h, got {rollout_timeout!r}")
-    kubectl = ["kubectl", *(["--context", kube_context] if kube_context else []), "-n", namespace]
+    t = target
+    image = image_ref(t.registry, t.image_name, version)
+    host = t.registry.strip().rstrip("/")
+    region = t.region or ecr_region(host)
+    if not re.fullmatch(r"\d+[smh]", t.rollout_timeout):
+        raise ValueError(
+            f"rollout_timeout must look like 180s, 5m or 1h, got {t.rollout_timeout!r}"
+        )
+    context = ["--context", t.kube_context] if t.kube_context else []
+    kubectl = ["kubectl", *context, "-n", t.namespace]
     # The password goes through a pipe, never argv; pipefail makes a failed `aws` fail the step.
     login = (
         f"aws ecr get-login-password --region {shlex.quote(region)} | "
         f"docker login --username AWS --password-stdin {shlex.quote(host)}"
     )
     return {
-        "build": [["docker", "build", "-f", dockerfile, "-t", image, "."]],
+        "build": [["docker", "build", "-f", t.dockerfile, "-t", image, "."]],
         "push": [["bash", "-o", "pipefail", "-c", login], ["docker", "push", image]],
         "deploy": [
-            [*kubectl, "apply", "-k", k8s_dir],
-            [*kubectl, "set", "image", f"deployment/{deployment}", f"{container}={image}"],
+            [*kubectl, "apply", "-k", t.k8s_dir],
+            [*kubectl, "set", "image", f"deployment/{t.deployment}", f"{t.container}={image}"],
         ],
         "rollout": [
             [
                 *kubectl,
                 "rollout",
                 "status",
-                f"deployment/{deployment}",
-                f"--timeout={rollout_timeout}",
+                f"deployment/{t.deployment}",
+                f"--timeout={t.rollout_timeout}",
             ]
         ],
     }
 
 
-def deployment_commands(
-    version: str | int,
-    registry: str,
-    image_name: str = DEFAULT_IMAGE_NAME,
-    k8s_dir: str = "k8s/",
-    namespace: str = DEFAULT_NAMESPACE,
-    **options: Any,
-) -> list[list[str]]:
-    """Every deployment command in order (see :func:`deployment_steps` for the options)."""
-    steps = deployment_steps(version, registry, image_name, k8s_dir, namespace, **options)
+def deployment_commands(version: str | int, target: DeploymentTarget) -> list[list[str]]:
+    """Every deployment command in order (see :func:`deployment_steps`)."""
+    steps = deployment_steps(version, target)
     return [command for step in STEPS for command in steps[step]]
 
 

@@ -52,8 +52,7 @@ def deployment_step(step: str, version: str, params: Mapping[str, Any], run_id: 
     image_registry = params["ecr_registry"]
     if not image_registry:
         raise ValueError("no image registry: set the ecr_registry param or HP_ECR_REGISTRY")
-    commands = deploy.deployment_steps(
-        version,
+    target = deploy.DeploymentTarget(
         image_registry,
         params["image_name"],
         params["k8s_dir"],
@@ -62,7 +61,8 @@ def deployment_step(step: str, version: str, params: Mapping[str, Any], run_id: 
         deployment=params["deployment_name"],
         container=params["container_name"],
         rollout_timeout=params["rollout_timeout"],
-    )[step]
+    )
+    commands = deploy.deployment_steps(version, target)[step]
     dry_run = bool(params["dry_run"])
     records = deploy.run_commands(commands, dry_run=dry_run, cwd=project_root(), log=log.info)
     record_deployment(
