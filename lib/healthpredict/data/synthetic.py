@@ -316,7 +316,28 @@ def generate(n_rows: int, seed: int = 0, start_encounter_id: int = 100_000) -> p
     rng = np.random.default_rng(seed)
     n = int(n_rows)
     cols: dict[str, np.ndarray] = {}
+    # The draws happen in this order: the same seed then gives the identical frame.
+    patient, visit, m, age_idx = _who(rng, n, start_encounter_id, cols)
+    stay = _admission(rng, n, age_idx, cols)
+    _care(rng, (patient, m), stay, cols)
+    _history(rng, n, visit, cols)
+    _drugs(rng, n, cols)
 
+    df = pd.DataFrame({c.name: cols[c.name] for c in RAW_COLUMNS if c.name != TARGET})
+    for col in ("num_procedures", "number_diagnoses"):
+        df[col] = df[col].astype(np.int64)
+    df[TARGET] = _labels(rng, df)
+    df.attrs["data_source"] = SYNTHETIC_MARKER
+    return df
+
+
+Columns = dict[str, np.ndarray]
+
+
+def _who(
+    rng: np.random.Generator, n: int, start_encounter_id: int, cols: Columns
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Encounter ids, patients and their demographics; returns who each row is."""
     gaps = rng.geometric(1 / 4000, size=n).astype(np.int64)
     gaps[0] = 0
     cols["encounter_id"] = start_encounter_id + np.cumsum(gaps)
@@ -333,7 +354,11 @@ def generate(n_rows: int, seed: int = 0, start_encounter_id: int = 100_000) -> p
     ]
     weight[rng.random(n) < _WEIGHT_MISSING] = None
     cols["weight"] = weight
+    return patient, visit, m, age_idx
 
+
+def _admission(rng: np.random.Generator, n: int, age_idx: np.ndarray, cols: Columns) -> np.ndarray:
+    """Admission type and source, discharge disposition and length of stay (returned)."""
     admission_type = _pick_int(rng, _ADMISSION_TYPE, n)
     source = np.zeros(n, dtype=np.int64)
     for t, table in _SOURCE_GIVEN_TYPE.items():
@@ -346,6 +371,15 @@ def generate(n_rows: int, seed: int = 0, start_encounter_id: int = 100_000) -> p
     cols["admission_source_id"] = source
     stay = rng.choice(14, size=n, p=np.asarray(_TIME_IN_HOSPITAL) / sum(_TIME_IN_HOSPITAL)) + 1
     cols["time_in_hospital"] = stay.astype(np.int64)
+    return stay
+
+
+def _care(
+    rng: np.random.Generator, patients: tuple[np.ndarray, int], stay: np.ndarray, cols: Columns
+) -> None:
+    """Payer, specialty, labs, procedures and drugs during the stay."""
+    patient, m = patients
+    n = len(stay)
     cols["payer_code"] = _pick(rng, _PAYER, m)[patient]
     cols["medical_specialty"] = _pick(rng, _SPECIALTY, n)
     # Longer stays mean more labs and drugs, as in the real data.
@@ -357,6 +391,10 @@ def generate(n_rows: int, seed: int = 0, start_encounter_id: int = 100_000) -> p
     drug_mean = 8.5 + 1.7 * stay
     drugs = rng.poisson(drug_mean * rng.gamma(7.0, 1 / 7.0, size=n))
     cols["num_medications"] = np.clip(drugs, 1, 81).astype(np.int64)
+
+
+def _history(rng: np.random.Generator, n: int, visit: np.ndarray, cols: Columns) -> None:
+    """Earlier visits, diagnoses and lab results."""
     visits = _visits(rng, n)
     # Earlier encounters of the same patient in this data are prior inpatient visits.
     visits["number_inpatient"] = visits["number_inpatient"] + visit
@@ -366,6 +404,10 @@ def generate(n_rows: int, seed: int = 0, start_encounter_id: int = 100_000) -> p
     cols["number_diagnoses"] = _pick_int(rng, _NUM_DIAGNOSES, n)
     cols["max_glu_serum"] = _pick(rng, _MAX_GLU, n)
     cols["A1Cresult"] = _pick(rng, _A1C, n)
+
+
+def _drugs(rng: np.random.Generator, n: int, cols: Columns) -> None:
+    """The 23 diabetes medications and the summary columns derived from them."""
     meds = _medications(rng, n)
     cols.update(meds)
     status = np.stack([meds[med] for med in MEDICATIONS])
@@ -375,13 +417,6 @@ def generate(n_rows: int, seed: int = 0, start_encounter_id: int = 100_000) -> p
     switched = any_drug & (rng.random(n) < 0.35)
     cols["change"] = np.where(dose_changed | switched, "Ch", "No").astype(object)
     cols["diabetesMed"] = np.where(any_drug, "Yes", "No").astype(object)
-
-    df = pd.DataFrame({c.name: cols[c.name] for c in RAW_COLUMNS if c.name != TARGET})
-    for col in ("num_procedures", "number_diagnoses"):
-        df[col] = df[col].astype(np.int64)
-    df[TARGET] = _labels(rng, df)
-    df.attrs["data_source"] = SYNTHETIC_MARKER
-    return df
 
 
 def _labels(rng: np.random.Generator, df: pd.DataFrame) -> np.ndarray:
