@@ -304,14 +304,8 @@ def retrain(params: RetrainParams, options: RetrainOptions | None = None) -> Ret
         run_name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}", tags=tracking.run_tags()
     ) as run:
         run_id = run.info.run_id
-        mlflow.set_tags(
-            {
-                **data_tags(manifest),
-                "stage": "retrain",
-                "champion_version": champion.info.version,
-                "model_name": model_name,
-            }
-        )
+        mlflow.set_tags({**data_tags(manifest), "stage": "retrain", "model_name": model_name})
+        mlflow.set_tag("champion_version", champion.info.version)
         _log_settings(params, options, settings, champion.info, data, target)
         study = search(
             data.train,
