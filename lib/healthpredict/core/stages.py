@@ -34,6 +34,14 @@ DEFAULT_TARGET = "<30"
 TARGET_HELP = 'readmission target: "<30" (within 30 days) or "any"'
 
 
+def _model_name_field() -> Any:
+    return Field(None, description="registered model name (None: the HP_MODEL_NAME setting)")
+
+
+def _experiment_field(default: str, what: str) -> Any:
+    return Field(default, description=f"MLflow experiment of the {what}")
+
+
 class StageParams(BaseModel):
     """Base of the parameter models: unknown names and loose types are errors."""
 
@@ -109,12 +117,8 @@ class TrainParams(StageParams):
     target_recall: float | None = Field(
         None, description="choose the threshold reaching this validation recall (None: max F1)"
     )
-    mlflow_experiment_name: str = Field(
-        TRAINING_EXPERIMENT, description="MLflow experiment of the search"
-    )
-    model_name: str | None = Field(
-        None, description="registered model name (None: the HP_MODEL_NAME setting)"
-    )
+    mlflow_experiment_name: str = _experiment_field(TRAINING_EXPERIMENT, "search")
+    model_name: str | None = _model_name_field()
 
 
 class MonitorParams(StageParams):
@@ -138,9 +142,7 @@ class MonitorParams(StageParams):
     evidently_reports_path: str | None = Field(
         None, description="folder/s3:// URI of the HTML reports; None: <run dir>/reports"
     )
-    mlflow_experiment_name: str = Field(
-        MONITORING_EXPERIMENT, description="MLflow experiment of the monitoring runs"
-    )
+    mlflow_experiment_name: str = _experiment_field(MONITORING_EXPERIMENT, "monitoring runs")
     drift_share_threshold: float | None = Field(
         None, description="share of drifted columns meaning data drift; None: one column"
     )
@@ -183,12 +185,8 @@ class RetrainParams(StageParams):
         0.01, description="allowed ROC AUC drop of the challenger on the fixed test split"
     )
     seed: int = Field(42, description="seed of the holdout split, the sampler and the estimators")
-    mlflow_experiment_name: str = Field(
-        RETRAINING_EXPERIMENT, description="MLflow experiment of the retraining run"
-    )
-    model_name: str | None = Field(
-        None, description="registered model name (None: the HP_MODEL_NAME setting)"
-    )
+    mlflow_experiment_name: str = _experiment_field(RETRAINING_EXPERIMENT, "retraining run")
+    model_name: str | None = _model_name_field()
     holdout_output_path: str | None = Field(
         None, description="raw CSV for the new holdout; None: <storage>/monitoring/reference/"
     )

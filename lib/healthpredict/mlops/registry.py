@@ -195,18 +195,7 @@ def log_model(
 
 
 def get_model_info(model_uri: str) -> ModelInfo:
-    """Describe the version behind ``models:/Name@alias`` or ``models:/Name/3``.
-
-    Args:
-        model_uri: Registry URI (the ``models:/`` prefix is optional).
-
-    Returns:
-        The version's :class:`ModelInfo`.
-
-    Raises:
-        ModelNotFoundError: The model, alias or version does not exist.
-        ValueError: The URI is not a registry URI.
-    """
+    """:func:`~healthpredict.modeling.runtime.model_meta.read_model_info` on the configured registry."""
     model_meta.parse_model_uri(model_uri)  # a malformed URI fails before MLflow is set up
     return model_meta.read_model_info(_client(), model_uri)
 

@@ -120,6 +120,10 @@ class _Verdict:
         return gate_verdict(self.promote)
 
 
+# The options that are the search's own settings.
+_SEARCH_OPTIONS = ("timeout_s", "n_workers", "study_storage", "progress")
+
+
 def _search_settings(
     params: RetrainParams, options: RetrainOptions, champion: ModelInfo
 ) -> SearchSettings:
@@ -130,16 +134,8 @@ def _search_settings(
     enqueue = (
         [trial_params_for(champion_family, champion_params)] if champion_family in families else []
     )
-    return SearchSettings(
-        families=families,
-        n_trials=params.n_trials,
-        timeout_s=options.timeout_s,
-        n_workers=options.n_workers,
-        study_storage=options.study_storage,
-        seed=params.seed,
-        enqueue=enqueue,
-        progress=options.progress,
-    )
+    searched = {k: getattr(options, k) for k in _SEARCH_OPTIONS}
+    return SearchSettings(families, params.n_trials, seed=params.seed, enqueue=enqueue, **searched)
 
 
 def _log_settings(

@@ -50,17 +50,20 @@ class TrainOptions:
     progress: bool = True
 
 
+# The stage parameters that are the search's own settings.
+_SEARCH_FIELDS = {
+    "families",
+    "n_trials",
+    "timeout_s",
+    "n_workers",
+    "study_storage",
+    "seed",
+    "cv_folds",
+}
+
+
 def _search_settings(params: TrainParams, options: TrainOptions) -> SearchSettings:
-    return SearchSettings(
-        families=list(params.families),
-        n_trials=params.n_trials,
-        timeout_s=params.timeout_s,
-        n_workers=params.n_workers,
-        study_storage=params.study_storage,
-        seed=params.seed,
-        cv_folds=params.cv_folds,
-        progress=options.progress,
-    )
+    return SearchSettings(**params.model_dump(include=_SEARCH_FIELDS), progress=options.progress)
 
 
 @dataclass
