@@ -19,15 +19,8 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 def _lint(project: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(project / "lib")}
-    return subprocess.run(
-        [str(LINT_IMPORTS), "--no-cache"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    cmd = [str(LINT_IMPORTS), "--no-cache"]
+    return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture()
