@@ -14,6 +14,7 @@ from healthpredict.core.stages import MonitorParams
 from healthpredict.data.schema import RawSchemaError
 from healthpredict.mlops import registry, tracking
 from healthpredict.mlops.monitor import ModelSchemaError, monitor
+from healthpredict.modeling.runtime.model_meta import ModelNotFoundError
 from healthpredict.monitoring import evidence, reference
 from tests.support import drift_scenarios
 
@@ -237,7 +238,7 @@ def test_missing_model_and_foreign_schema_fail_clearly(drift_env):
 
     uri = write_batch(drift_env, "for_models", drift_env.clean_batch)
     before = {r.info.run_id for r in _runs()}
-    with pytest.raises(registry.ModelNotFoundError, match="'HealthPredict'.*'nope'"):
+    with pytest.raises(ModelNotFoundError, match="'HealthPredict'.*'nope'"):
         monitor(MonitorParams(new_data_path=uri, mlflow_model_uri="models:/HealthPredict@nope"))
     tracking.use_experiment("HealthPredict_Training")
     with mlflow.start_run():

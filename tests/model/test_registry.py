@@ -1,6 +1,7 @@
 import pytest
 
 from healthpredict.mlops import registry, tracking
+from healthpredict.modeling.runtime.model_meta import ModelNotFoundError
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def test_aliases_through_log_and_promote(fitted):
     registry.promote(second.name, second.version)
     assert registry.get_model_info("models:/HealthPredict@champion").version == second.version
     assert registry.get_model_info("models:/HealthPredict@previous").version == first.version
-    with pytest.raises(registry.ModelNotFoundError, match="challenger"):
+    with pytest.raises(ModelNotFoundError, match="challenger"):
         registry.get_model_info("models:/HealthPredict@challenger")
 
     loaded, info = registry.load_pipeline(registry.champion_uri())
@@ -56,9 +57,9 @@ def test_aliases_through_log_and_promote(fitted):
 
 def test_missing_alias_names_model_and_alias(hp_env):
     tracking.setup_mlflow()
-    with pytest.raises(registry.ModelNotFoundError, match=r"'HealthPredict'.*'champion'"):
+    with pytest.raises(ModelNotFoundError, match=r"'HealthPredict'.*'champion'"):
         registry.get_model_info(registry.champion_uri())
-    with pytest.raises(registry.ModelNotFoundError, match="version 7"):
+    with pytest.raises(ModelNotFoundError, match="version 7"):
         registry.get_model_info("models:/HealthPredict/7")
     with pytest.raises(ValueError, match="registry model URI"):
         registry.get_model_info("runs:/abc/model")

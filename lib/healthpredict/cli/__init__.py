@@ -96,8 +96,8 @@ def loop_command(
     from healthpredict import runs
     from healthpredict.core import storage
     from healthpredict.data.split import load_split
-    from healthpredict.mlops.registry import ModelNotFoundError
     from healthpredict.mlops.tracking import TrackingUnavailableError
+    from healthpredict.modeling.runtime.model_meta import ModelNotFoundError
     from healthpredict.monitoring.lease import LoopLockedError
     from healthpredict.monitoring.state import LoopState, remaining_batches
 

@@ -131,10 +131,10 @@ def check_model(model_uri: str) -> Any:
     Cheap (no model files are read): the loop calls it before any batch or kernel.
 
     Returns:
-        The version's :class:`~healthpredict.mlops.registry.ModelInfo`.
+        The version's :class:`~healthpredict.modeling.runtime.model_meta.ModelInfo`.
 
     Raises:
-        registry.ModelNotFoundError: No such model, version or alias.
+        ModelNotFoundError: No such model, version or alias.
         ModelSchemaError: The model was trained on another raw schema.
     """
     info = registry.get_model_info(model_uri)
@@ -194,7 +194,7 @@ def monitor(params: MonitorParams, options: MonitorOptions | None = None) -> Mon
         UCIDataError: The batch file is empty, not UTF-8, truncated or not a CSV.
         RawSchemaError: The batch does not match the raw schema (every problem listed).
         BatchTooSmallError: The batch has fewer than ``min_rows`` rows.
-        registry.ModelNotFoundError: No such model, version or alias.
+        ModelNotFoundError: No such model, version or alias.
         ModelSchemaError: The model was trained on another raw schema.
     """
     options = options or MonitorOptions()

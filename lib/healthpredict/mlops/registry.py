@@ -25,10 +25,7 @@ from healthpredict.core.settings import get_settings
 from healthpredict.data.schema import COLUMNS, FEATURE_COLUMNS, schema_hash
 from healthpredict.mlops import tracking
 from healthpredict.modeling.runtime import model_meta
-
-# ModelNotFoundError is what get_model_info, load_pipeline and promote raise; their callers
-# (cli, pipelines, monitoring) catch it as registry.ModelNotFoundError.
-from healthpredict.modeling.runtime.model_meta import ModelInfo, ModelNotFoundError  # noqa: F401
+from healthpredict.modeling.runtime.model_meta import ModelInfo
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline

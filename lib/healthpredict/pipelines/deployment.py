@@ -19,7 +19,7 @@ def champion(model_name: str | None = None) -> dict[str, str]:
     """Version and pinned URI of the champion.
 
     Raises:
-        healthpredict.mlops.registry.ModelNotFoundError: The model has no champion.
+        healthpredict.modeling.runtime.model_meta.ModelNotFoundError: The model has no champion.
     """
     # MLflow's own default would be ./mlflow.db in whatever folder the task runs in.
     tracking.setup_mlflow()

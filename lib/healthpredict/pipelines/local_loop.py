@@ -104,11 +104,11 @@ def preflight(model_uri: str):
     """Check what every batch needs before any batch is written or kernel started.
 
     Returns:
-        The model's :class:`~healthpredict.mlops.registry.ModelInfo`.
+        The model's :class:`~healthpredict.modeling.runtime.model_meta.ModelInfo`.
 
     Raises:
         healthpredict.mlops.tracking.TrackingUnavailableError: MLflow cannot be reached.
-        healthpredict.mlops.registry.ModelNotFoundError: The model or its alias does not exist.
+        healthpredict.modeling.runtime.model_meta.ModelNotFoundError: The model or its alias does not exist.
         healthpredict.mlops.monitor.ModelSchemaError: The model was trained on another raw
             schema.
     """

@@ -110,7 +110,7 @@ def prepare_monitoring(
     :func:`~healthpredict.pipelines.monitoring_step.monitoring_step`.
 
     Raises:
-        healthpredict.mlops.registry.ModelNotFoundError: No champion: train a model first.
+        healthpredict.modeling.runtime.model_meta.ModelNotFoundError: No champion: train a model first.
     """
     # MLflow's own default would be ./mlflow.db in whatever folder the task runs in.
     tracking.setup_mlflow()

@@ -62,7 +62,7 @@ def check_registration(prepared: Mapping[str, Any], model_name: str | None = Non
 
     Raises:
         healthpredict.runs.NotebookRunError: Required scraps are missing.
-        healthpredict.mlops.registry.ModelNotFoundError: The version the run reported does not
+        healthpredict.modeling.runtime.model_meta.ModelNotFoundError: The version the run reported does not
             exist.
         RuntimeError: The run says it promoted its model, but the champion is another version.
     """
