@@ -330,3 +330,25 @@ def upper_cut(null: np.ndarray, alpha: float) -> float:
     if higher.size:
         return float((higher.min() + at) / 2)
     return float(at + max(abs(at) * 0.01, 1e-6))
+
+
+def time_ordered_windows(order_key: Any, batch_size: int, stride: int | None = None) -> np.ndarray:
+    """Row positions of consecutive batches in time order (``(n_windows, batch_size)``).
+
+    The no-drift batches a monitor of a time-ordered stream must tolerate: consecutive held-out
+    encounters of the reference period (patients disjoint from the reference), in encounter
+    order, so coding changes inside the period are part of "no drift". ``stride`` (default:
+    ``batch_size``, disjoint windows) smaller than the batch gives overlapping windows.
+
+    Raises:
+        ValueError: Fewer rows than one batch, or a non-positive size or stride.
+    """
+    key = np.asarray(order_key)
+    stride = batch_size if stride is None else stride
+    if batch_size <= 0 or stride <= 0:
+        raise ValueError(f"batch_size and stride must be positive, got {batch_size}, {stride}")
+    if len(key) < batch_size:
+        raise ValueError(f"{len(key)} rows cannot make a time-ordered batch of {batch_size}")
+    order = np.argsort(key, kind="stable")
+    starts = np.arange(0, len(key) - batch_size + 1, stride)
+    return order[starts[:, None] + np.arange(batch_size)[None, :]]
