@@ -299,3 +299,44 @@ def test_batch_and_reports_on_s3(drift_env, s3_bucket):
     assert run.data.params["new_data_path"] == uri and run.info.status == "FINISHED"
     listed = MlflowClient().list_artifacts(run.info.run_id, "drift_reports")
     assert "drift_reports/data_drift.html" in {a.path for a in listed}
+
+
+def test_labels_that_arrived_late_decide_the_retraining(drift_env):
+    """An unlabelled batch is estimated; the batch labelled since is what the labels showed."""
+    batch = drift_env.clean_batch.drop(columns=["readmitted"])
+    unlabelled = write_batch(drift_env, "unlabelled", batch)
+    arrived = drift_env.clean_batch.copy()
+    # Labels the model cannot rank: the realised ROC AUC falls to chance.
+    arrived["readmitted"] = arrived["readmitted"].sample(frac=1, random_state=3).to_numpy()
+    labelled = write_batch(drift_env, "labelled_late", arrived)
+    result = monitor(
+        MonitorParams(
+            new_data_path=unlabelled,
+            model_reference_path=drift_env.validation_uri,
+            evidently_reports_path=str(drift_env.tmp / "reports" / "late"),
+            labelled_data_path=[labelled],
+            new_labelled_rows=len(arrived),
+        )
+    )
+    assert result.performance is None  # the batch itself has no labels
+    perf = result.performance_signals
+    assert perf.realised_rows == len(arrived) and perf.realised_roc_auc < 0.6
+    assert perf.realised_drop > result.thresholds.performance_tolerance
+    assert result.retrain.retrain and "realised_performance" in result.retrain.triggers
+    scraps = result.scraps()
+    assert scraps["retrain"] is True and scraps["retrain_reasons"][0].startswith("realised ROC AUC")
+    assert scraps["realised_roc_auc"] == pytest.approx(perf.realised_roc_auc)
+    assert scraps["estimated_roc_auc"] == pytest.approx(perf.estimated_roc_auc)
+    assert scraps["new_labelled_rows"] == len(arrived)
+    run = next(r for r in _runs() if r.info.run_id == result.mlflow_run_id)
+    assert run.data.tags["retrain"] == "true" and run.data.metrics["retrain_recommended"] == 1.0
+    assert run.data.metrics["realised_roc_auc"] == pytest.approx(perf.realised_roc_auc)
+
+
+def test_a_labelled_batch_without_its_labels_is_refused(drift_env):
+    batch = write_batch(drift_env, "plain", drift_env.clean_batch)
+    no_labels = write_batch(
+        drift_env, "no_labels", drift_env.clean_batch.drop(columns=["readmitted"])
+    )
+    with pytest.raises(RawSchemaError, match="readmitted"):
+        monitor(MonitorParams(new_data_path=batch, labelled_data_path=no_labels))

@@ -7,8 +7,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from healthpredict.modeling.gate import (
-    NON_INFERIOR_MORE_DATA,
     NO_RULE,
+    NON_INFERIOR_MORE_DATA,
     SUPERIOR,
     GateRule,
     paired_auc_difference,
