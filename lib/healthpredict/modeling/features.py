@@ -8,8 +8,10 @@ so the logged model takes raw encounter fields.
 The 3-digit ICD-9 categories of the diagnoses (``CODE_FEATURES``, ~700 values) are too many to
 one-hot: they are target-encoded inside the pipeline, cross-fitted on the training rows in folds
 grouped by patient (:class:`PatientGroupedTargetEncoder`). They add 0.004 ± 0.008 test ROC AUC
-over ten real splits (``make bench-train-ceiling``). Drift is watched on the clinical groups
-instead (``NUMERIC_FEATURES`` + ``CATEGORICAL_FEATURES``).
+over ten real splits (``make bench-train-ceiling``, measured with ungrouped folds; grouping the
+folds moved its ``default`` test ROC AUC by +0.0001 ± 0.004 over seeds 42, 1, 2: it removes a
+leak from the training encodings, not a measurable loss). Drift is watched on the clinical
+groups instead (``NUMERIC_FEATURES`` + ``CATEGORICAL_FEATURES``).
 """
 
 from __future__ import annotations
