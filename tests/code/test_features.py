@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from healthpredict.data import synthetic
 from healthpredict.data.schema import TARGET, make_target
 from healthpredict.modeling.features import (
     CODE_FEATURES,
     MODEL_FEATURES,
+    PATIENT,
+    PatientGroupedTargetEncoder,
     build_preprocessor,
     clean_data,
     diag_category,
@@ -98,3 +101,42 @@ def test_icd9_categories_are_target_encoded_with_cross_fitting(raw):
     encoder = pre[-1].named_transformers_["codes"]
     unseen = raw.iloc[1000:1001].assign(diag_1="Z99.9")
     assert pre.transform(unseen)[0, cols[0]] == pytest.approx(encoder.target_mean_)
+
+
+def _code_column(pre) -> int:
+    return list(pre[-1].get_feature_names_out()).index(CODE_FEATURES[0])
+
+
+def test_icd9_cross_fitting_is_grouped_by_patient(raw):
+    # Each patient has two encounters sharing a diagnosis code no other patient has, and one
+    # outcome for both. Only the patient's other encounter knows the code's outcome: an
+    # out-of-fold encoding that sees it (ungrouped folds) predicts the label; grouped, it can't.
+    frame = raw.iloc[:1200].copy()
+    patient = np.repeat(np.arange(600), 2)
+    frame[PATIENT] = 10_000 + patient
+    frame["diag_1"] = [f"P{p}" for p in patient]
+    frame["readmitted"] = np.where(patient % 3 == 0, "<30", "NO")
+    y = make_target(frame)
+    pre = build_preprocessor()
+    grouped = pre.fit_transform(frame, y)[:, _code_column(pre)]
+    assert roc_auc_score(y, grouped) < 0.6
+    # Without patient ids every row is its own patient: the leak the grouping removes.
+    ungrouped_pre = build_preprocessor()
+    ungrouped = ungrouped_pre.fit_transform(frame.drop(columns=[PATIENT]), y)
+    assert roc_auc_score(y, ungrouped[:, _code_column(ungrouped_pre)]) > 0.8
+    # Transform is the ordinary encoding fitted on all rows, whatever the folds were.
+    np.testing.assert_array_equal(pre.transform(frame), ungrouped_pre.transform(frame))
+
+
+def test_prepare_features_labels_rows_by_patient(raw):
+    feats = prepare_features(raw)
+    assert feats.index.name == PATIENT and list(feats.index) == list(raw[PATIENT])
+    assert PATIENT not in feats.columns
+    anonymous = prepare_features(raw.drop(columns=[PATIENT]))
+    assert anonymous.index.equals(raw.index)
+
+
+def test_grouped_encoder_refuses_routed_parameters(raw):
+    codes = prepare_features(raw)[list(CODE_FEATURES)]
+    with pytest.raises(TypeError, match="from X's index"):
+        PatientGroupedTargetEncoder().fit_transform(codes, make_target(raw), groups=[1])

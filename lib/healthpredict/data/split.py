@@ -1,9 +1,12 @@
-"""Leakage-free chronological split of the encounters, written with a manifest.
+"""Leakage-free split of the encounters, written with a manifest.
 
-Encounters are ordered by ``encounter_id`` (it grows with time). The first part is the initial
-period: unreadmittable dispositions removed, then split into ``initial_train`` / ``validation``
-/ ``test`` grouped by ``patient_nbr`` so no patient is on two sides. The rest, in order, is
-``future_data``: the stream the monitor sees in batches.
+Encounters are ordered by ``encounter_id`` (it grows with time) and cut in two periods: the
+first ``initial_fraction`` of them is the initial period, the rest, in order, is
+``future_data``: the stream the monitor sees in batches. One exclusion rule applies to both
+periods (encounters ending in death or hospice cannot be readmitted); the manifest records how
+many rows it removed from each. Inside the initial period the split is not chronological:
+``initial_train`` / ``validation`` / ``test`` are random groups of patients (``patient_nbr``),
+so no patient is on two sides.
 """
 
 from __future__ import annotations
@@ -63,9 +66,18 @@ class SplitParams:
             )
 
 
+def unreadmittable(df: pd.DataFrame) -> np.ndarray:
+    """Mask of the encounters ending in death or hospice (``EXCLUDED_DISPOSITIONS``).
+
+    They cannot be readmitted, so their label is NO by construction: they are removed from every
+    split, reference and stream alike.
+    """
+    return df["discharge_disposition_id"].isin(EXCLUDED_DISPOSITIONS).to_numpy()
+
+
 def drop_unreadmittable(df: pd.DataFrame) -> pd.DataFrame:
-    """Remove encounters ending in death or hospice: they cannot be readmitted."""
-    return df[~df["discharge_disposition_id"].isin(EXCLUDED_DISPOSITIONS)]
+    """``df`` without the encounters :func:`unreadmittable` marks."""
+    return df[~unreadmittable(df)]
 
 
 def resolve_source(source: str | None = None, *, n_synthetic: int = 30_000) -> LoadedData:
@@ -90,12 +102,22 @@ def resolve_source(source: str | None = None, *, n_synthetic: int = 30_000) -> L
     return load_uci(source)
 
 
-def split_frame(raw: pd.DataFrame, params: SplitParams) -> dict[str, pd.DataFrame]:
-    """Split a validated raw frame into the four named parts (see the module docstring)."""
+def split_parts(raw: pd.DataFrame, params: SplitParams) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Split a validated raw frame into the four named parts (see the module docstring).
+
+    The period boundary is counted on all encounters, before the exclusion, so the initial
+    period covers the same time span whatever the exclusion removes.
+
+    Returns:
+        The parts by name, and the exclusion record of the manifest: the rule and the rows it
+        removed from each period and by disposition.
+    """
     ordered = raw.sort_values("encounter_id", kind="stable").reset_index(drop=True)
     n_initial = int(round(len(ordered) * params.initial_fraction))
-    initial = drop_unreadmittable(ordered.iloc[:n_initial])
-    future = ordered.iloc[n_initial:]
+    excluded = unreadmittable(ordered)
+    in_initial = np.arange(len(ordered)) < n_initial
+    initial = ordered[in_initial & ~excluded]
+    future = ordered[~in_initial & ~excluded]
     held_out = params.validation_fraction + params.test_fraction
     outer = GroupShuffleSplit(n_splits=1, test_size=held_out, random_state=params.seed)
     train_idx, rest_idx = next(outer.split(initial, groups=initial["patient_nbr"]))
@@ -104,12 +126,29 @@ def split_frame(raw: pd.DataFrame, params: SplitParams) -> dict[str, pd.DataFram
         n_splits=1, test_size=params.test_fraction / held_out, random_state=params.seed + 1
     )
     val_idx, test_idx = next(inner.split(rest, groups=rest["patient_nbr"]))
-    return {
+    parts = {
         "initial_train": initial.iloc[np.sort(train_idx)],
         "validation": rest.iloc[np.sort(val_idx)],
         "test": rest.iloc[np.sort(test_idx)],
         "future_data": future,
     }
+    by_disposition = ordered.loc[excluded, "discharge_disposition_id"].value_counts().sort_index()
+    record = {
+        "rule": "discharge_disposition_id in EXCLUDED_DISPOSITIONS (expired or hospice: "
+        "cannot be readmitted), removed from the initial period and the stream alike",
+        "dispositions": sorted(int(d) for d in EXCLUDED_DISPOSITIONS),
+        "rows_removed": {
+            "initial_period": int((excluded & in_initial).sum()),
+            "future_data": int((excluded & ~in_initial).sum()),
+        },
+        "rows_removed_by_disposition": {str(int(d)): int(n) for d, n in by_disposition.items()},
+    }
+    return parts, record
+
+
+def split_frame(raw: pd.DataFrame, params: SplitParams) -> dict[str, pd.DataFrame]:
+    """The four named parts of :func:`split_parts`, without the exclusion record."""
+    return split_parts(raw, params)[0]
 
 
 def summarize(df: pd.DataFrame, target: str) -> dict:
@@ -142,7 +181,7 @@ def prepare(
     out_dir = out_dir or layout.processed_data()
     loaded = resolve_source(source, n_synthetic=n_synthetic)
     validate_raw(loaded.frame, require_target=True, source=loaded.source)
-    parts = split_frame(loaded.frame, params)
+    parts, excluded = split_parts(loaded.frame, params)
     files = {}
     for name in SPLITS:
         payload = parts[name].to_csv(index=False).encode("utf-8")
@@ -156,6 +195,7 @@ def prepare(
         "source_rows": int(len(loaded.frame)),
         "schema_hash": schema_hash(),
         "split_params": asdict(params),
+        "excluded": excluded,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "splits": files,
     }

@@ -6,17 +6,21 @@ interpretable model inputs. ``build_preprocessor`` is the first step of every mo
 so the logged model takes raw encounter fields.
 
 The 3-digit ICD-9 categories of the diagnoses (``CODE_FEATURES``, ~700 values) are too many to
-one-hot: they are target-encoded inside the pipeline (cross-fitted on the training rows). They
-add 0.004 ± 0.008 test ROC AUC over ten real splits (``make bench-train-ceiling``). Drift is
-watched on the clinical groups instead (``NUMERIC_FEATURES`` + ``CATEGORICAL_FEATURES``).
+one-hot: they are target-encoded inside the pipeline, cross-fitted on the training rows in folds
+grouped by patient (:class:`PatientGroupedTargetEncoder`). They add 0.004 ± 0.008 test ROC AUC
+over ten real splits (``make bench-train-ceiling``, measured with ungrouped folds; grouping the
+folds moved its ``default`` test ROC AUC by +0.0001 ± 0.004 over seeds 42, 1, 2: it removes a
+leak from the training encodings, not a measurable loss). Drift is watched on the clinical
+groups instead (``NUMERIC_FEATURES`` + ``CATEGORICAL_FEATURES``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn import config_context
 from sklearn.compose import ColumnTransformer
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import (
     FunctionTransformer,
@@ -25,7 +29,7 @@ from sklearn.preprocessing import (
     TargetEncoder,
 )
 
-from healthpredict.data.schema import AGE_BRACKETS, MEDICATIONS, RAW_COLUMNS, TARGET
+from healthpredict.data.schema import AGE_BRACKETS, ID_COLUMNS, MEDICATIONS, RAW_COLUMNS, TARGET
 
 MISSING = "Missing"
 
@@ -69,6 +73,9 @@ VISIT_COLUMNS = ("number_outpatient", "number_emergency", "number_inpatient")
 # Medication statuses counted by ``n_med_changes``; ``n_meds_prescribed`` counts all but NOT_PRESCRIBED.
 DOSE_CHANGES = ("Up", "Down")
 NOT_PRESCRIBED = "No"
+# The patient id column: ``prepare_features`` labels its rows with it (the index), which is how
+# the target encoder's cross-fitting, deep inside the pipeline, knows each row's patient.
+PATIENT = ID_COLUMNS[1]
 
 
 def clean_data(df: pd.DataFrame) -> pd.DataFrame:
@@ -139,16 +146,58 @@ def engineer_features(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def prepare_features(df: pd.DataFrame) -> pd.DataFrame:
-    """Raw frame -> model input features (``clean_data`` then ``engineer_features``), no target."""
-    return engineer_features(clean_data(df))[list(MODEL_FEATURES)]
+    """Raw frame -> model input features (``clean_data`` then ``engineer_features``), no target.
+
+    When ``df`` has ``patient_nbr``, the rows are indexed by it (index name ``patient_nbr``):
+    the pipeline's :class:`PatientGroupedTargetEncoder` reads it to group its folds. The
+    features themselves never include it.
+    """
+    out = engineer_features(clean_data(df))[list(MODEL_FEATURES)]
+    if PATIENT in df.columns:
+        out.index = pd.Index(df[PATIENT].to_numpy(), name=PATIENT)
+    return out
+
+
+def row_patients(X: pd.DataFrame | np.ndarray) -> np.ndarray:
+    """The patient of each row of a :func:`prepare_features` output (or a column subset of it).
+
+    Rows without a known patient (no ``patient_nbr`` index) count as one patient each.
+    """
+    index = getattr(X, "index", None)
+    if index is not None and index.name == PATIENT:
+        return index.to_numpy()
+    return np.arange(X.shape[0])
+
+
+class PatientGroupedTargetEncoder(TargetEncoder):
+    """``TargetEncoder`` whose cross-fitting keeps all encounters of a patient in one fold.
+
+    ``fit_transform`` encodes each training row with encodings learnt on the other folds; with
+    ungrouped folds a patient's other encounters (38 % of the real training rows have one) would
+    leak that patient's outcome into the row's encoding. The patients come from the rows' index
+    (:func:`row_patients`) and reach ``cv`` (a group splitter) through scikit-learn's metadata
+    routing, enabled for this call only. ``fit`` and ``transform`` are the parent's, so the
+    fitted encoding, and the fast serving path compiled from it, are those of a ``TargetEncoder``.
+    """
+
+    def fit_transform(self, X, y, **params):
+        """Fit on all rows; return the out-of-fold encoding of each row (folds by patient)."""
+        if params:
+            raise TypeError(
+                f"{type(self).__name__}.fit_transform takes the patients from X's index, "
+                f"not from parameters: got {sorted(params)}"
+            )
+        with config_context(enable_metadata_routing=True):
+            return super().fit_transform(X, y, groups=row_patients(X))
 
 
 def build_preprocessor(*, scale_numeric: bool = True, min_frequency: int = 20) -> Pipeline:
     """The transformer every model pipeline starts with: raw encounter fields -> numeric matrix.
 
     Fit it with ``fit_transform`` (as ``Pipeline.fit`` does) to get the training matrix: the
-    target encoding of ``CODE_FEATURES`` is then cross-fitted, so no training row sees its own
-    label; ``transform`` applies the encoding fitted on all training rows.
+    target encoding of ``CODE_FEATURES`` is then cross-fitted in folds grouped by patient, so no
+    training row sees its own label or its patient's other labels; ``transform`` applies the
+    encoding fitted on all training rows.
 
     Args:
         scale_numeric: Standardise numeric features (linear models need it; trees ignore it).
@@ -156,7 +205,9 @@ def build_preprocessor(*, scale_numeric: bool = True, min_frequency: int = 20) -
             and unseen ones at scoring time fall into that bucket instead of failing.
     """
     # Fixed folds: the same data and seed must give the same model (reproducibility test).
-    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    # GroupKFold, not StratifiedGroupKFold: the latter takes ~30 s on 14k rows here, and the
+    # fold prior it would balance moves the encodings by well under 1 %.
+    folds = GroupKFold(n_splits=5, shuffle=True, random_state=0)
     encode = ColumnTransformer(
         [
             ("num", StandardScaler() if scale_numeric else "passthrough", list(NUMERIC_FEATURES)),
@@ -169,7 +220,11 @@ def build_preprocessor(*, scale_numeric: bool = True, min_frequency: int = 20) -
                 ),
                 list(CATEGORICAL_FEATURES),
             ),
-            ("codes", TargetEncoder(target_type="binary", cv=folds), list(CODE_FEATURES)),
+            (
+                "codes",
+                PatientGroupedTargetEncoder(target_type="binary", cv=folds),
+                list(CODE_FEATURES),
+            ),
         ],
         verbose_feature_names_out=False,
     )
