@@ -24,6 +24,7 @@ from healthpredict.monitoring.labels import (
     LabelConflictError,
     LabelStoreError,
     read_label_store,
+    set_aside,
 )
 from healthpredict.monitoring.state import LoopState, next_window, write_batch
 from healthpredict.pipelines.monitoring_step import (
@@ -339,3 +340,12 @@ def test_label_store_round_trip_on_s3(s3_bucket, stream):
     (uri,) = entry["labels"]["labelled"]
     assert uri.startswith(s3_bucket) and len(storage.read_csv(uri)) == B
     assert LoopState.load(s3_bucket).new_labelled == [uri]
+
+
+def test_a_restarted_stream_sets_the_old_labels_aside(tmp_path, stream):
+    root = str(tmp_path)
+    step(root, stream, LoopParams(batch_size=B, label_delay_batches=0))
+    moved = set_aside("t1", root)
+    assert sorted(p.rsplit("/", 2)[-2] for p in moved) == ["labelled", "labels"]
+    assert all("/monitoring/set-aside-t1/" in p for p in moved)
+    assert read_label_store(root).empty

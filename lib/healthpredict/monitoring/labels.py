@@ -329,3 +329,25 @@ def plan_labels(
     still, labelled, gaps = attach_labels(waiting, store, step, timeout, root)
     unknown = unknown_labels(store, [*monitored, batch["batch_uri"]])
     return LabelPlan(still, labelled, gaps, unknown, delivered)
+
+
+def set_aside(tag: str, root: str | None = None) -> list[str]:
+    """Move the label store and the labelled batches aside, for a loop that starts the stream again.
+
+    A restarted stream (``healthpredict demo``, a deleted ``state.json``) may be other data
+    whose encounter ids clash with the old labels; they are kept, not lost, under
+    ``<storage>/monitoring/set-aside-<tag>/``.
+
+    Returns:
+        The files moved (their new URIs).
+    """
+    base = layout.monitoring_dir(root)
+    moved = []
+    for folder in (layout.labels_dir(root), storage.join(base, "labelled")):
+        for uri in storage.list_uris(folder):
+            relative = uri[len(base) :].lstrip("/")
+            target = storage.join(base, f"set-aside-{tag}", relative)
+            storage.write_bytes(target, storage.read_bytes(uri))
+            storage.delete(uri)
+            moved.append(target)
+    return moved
