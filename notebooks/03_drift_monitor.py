@@ -16,8 +16,15 @@
 # %% [markdown]
 # # 03 · Drift monitor
 #
-# Is a new batch of encounters still like the data the production model was built on? Three
-# signals are checked, each against the reference:
+# Is the production model getting worse, or about to? Labels of 30-day readmission arrive a
+# month or more after discharge, so a new batch is monitored without them: its performance is
+# *estimated* from the model's calibrated probabilities (confidence-based estimation, as
+# NannyML's CBPE), and the *realised* ROC AUC is measured on the earlier batches whose labels
+# have arrived. The retraining decision (first screen) weighs realised performance first, the
+# estimate for what it can see, and how much labelled data the model never learned from; each
+# band is calibrated on time-ordered batches of held-out patients of the reference period. The
+# drift status below is reported as evidence of *what* moved. Three signals are checked, each
+# against the reference:
 #
 # 1. **data drift** of every engineered model input (normed Wasserstein distance for numbers,
 #    Jensen–Shannon distance for categories, computed by Evidently);
@@ -43,12 +50,16 @@ prediction_drift_threshold = None  # threshold on the probabilities' distance; N
 performance_tolerance = None  # largest ROC AUC drop that is no drift; None: calibrated
 false_alarm_rate = 0.05  # target share of no-drift batches reported as drift (calibration)
 n_null_batches = 1000  # random no-drift batches drawn from the reference to calibrate
+labelled_data_path = None  # labelled batch CSV(s) whose labels arrived since the last batch
+new_labelled_rows = 0  # labelled rows the model never learned from (the growth trigger)
+growth_trigger = 0.5  # retrain when new labelled rows reach this share of the training rows
 run_dir = None  # set by the runner: the folder this run writes into
 
 # %%
 import gc
 import warnings
 
+import pandas as pd
 from IPython.display import Markdown, display
 
 # tqdm (imported by a dependency) complains that this headless kernel has no widgets.
@@ -73,9 +84,28 @@ if result.data_source == "synthetic":
 else:
     display(Markdown(f"**Data source: {result.data_source}**"))
 t = result.thresholds
+perf = result.performance_signals
 in_sample = ", the reference itself: in-sample" if result.model_reference_in_sample else ""
+verdict = "RETRAIN" if result.retrain.retrain else "KEEP THE MODEL"
 lines = [
-    f"# {result.status}",
+    f"# {verdict} · {result.status}",
+    *(f"- **{reason}**" for reason in result.retrain.reasons),
+    "" if result.retrain.retrain else "No retraining trigger fired.",
+    "",
+    (
+        f"ROC AUC: reference {perf.reference_roc_auc:.3f}; estimated for this batch "
+        f"**{perf.estimated_roc_auc:.3f}** (label-free expected change "
+        f"{-perf.expected_drop:+.3f}); realised on the batches just labelled "
+        + (
+            f"**{perf.realised_roc_auc:.3f}** ({perf.realised_rows:,} rows)."
+            if perf.realised_roc_auc is not None
+            else "- (no labels arrived yet)."
+        )
+    )
+    if perf
+    else "The held-out rows have no labels: performance is neither estimated nor measured.",
+    "",
+    f"## Drift status: {result.status}",
     f"Batch `{new_data_path}` ({result.batch_rows:,} rows) against model "
     f"**{result.model_name} v{result.model_version}** and a reference of "
     f"{result.reference_rows:,} rows ({result.model_reference_rows:,} held-out rows for the "
@@ -119,8 +149,22 @@ display(result.prediction_table.style.format("{:.4f}"))
 plots.show(plot_predictions(result.predictions, result.decision_threshold))
 
 # %% [markdown]
-# ## Performance
-# Only when the batch carries labels (`readmitted`); the reference is the held-out rows.
+# ## Performance: estimated now, realised when labels arrive
+# The estimate uses probabilities calibrated (isotonic) on the held-out rows; it sees changes of
+# case mix, not concept drift, which only labels show.
+
+# %%
+if perf is not None:
+    display(pd.DataFrame(perf.arrived) if perf.arrived else Markdown("No labels arrived."))
+    print(
+        f"realised drop tolerance {t.performance_tolerance}, estimated drop tolerance "
+        f"{t.estimated_tolerance}; labelled rows the model never learned from: "
+        f"{result.new_labelled_rows:,} (growth trigger {growth_trigger})"
+    )
+
+# %% [markdown]
+# ## Performance of this batch
+# Only when the batch itself carries labels (`readmitted`); the reference is the held-out rows.
 
 # %%
 if result.performance is None:

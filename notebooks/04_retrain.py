@@ -16,21 +16,25 @@
 # %% [markdown]
 # # 04 · Retraining with a promotion gate
 #
-# New labelled encounters arrived (usually because 03_drift_monitor found drift). They are
-# split by patient into *new-train* and a *new holdout* that no model trains on. A challenger is
-# refit on `initial_train` + new-train with a small search that starts from the champion's
-# parameters. Champion and challenger are then scored on the same rows (the fixed test split and
-# the new holdout), and the challenger is promoted only if it is better on the new holdout and
-# not worse than `tolerance` on the fixed test split. The logic lives in
-# `healthpredict.mlops.retrain` (the gate in `healthpredict.modeling.gate`); this notebook
-# shows it.
+# The monitor recommended a retraining (see its reasons). The labelled encounters the champion
+# never learned from are split by patient into *new-train* and a *gate holdout* that no model
+# trains on. A challenger is refit on `initial_train` + every other labelled encounter
+# (cumulative: on this stream more labelled data beats recency, see `docs/loop_backtest.md`)
+# with a small search that starts from the champion's parameters. Both models are scored on the
+# same holdout rows; a paired bootstrap over patients gives an interval for the challenger's ROC
+# AUC gain, and the challenger is promoted only when the gain is beyond noise, or, when it
+# learned from clearly more data, when it is not worse by more than `non_inferiority_margin`.
+# The logic lives in `healthpredict.mlops.retrain` (the gate in `healthpredict.modeling.gate`);
+# this notebook shows it.
 
 # %% tags=["parameters"]
-retraining_data_path = None  # labelled raw batch CSV(s): list of paths/s3:// URIs, or one string
+retraining_data_path = None  # every labelled raw batch CSV to learn from
+gate_data_path = None  # those the champion never learned from (the gate holdout's source); None: all
 data_dir = None  # prepared data folder with the fixed splits (None: <storage>/processed_data)
-holdout_fraction = 0.3  # share of the new patients held out of training, for the gate
+holdout_fraction = 0.3  # share of the gate data's patients held out of training, for the gate
 n_trials = 8  # search trials; the first re-evaluates the champion's parameters
-tolerance = 0.01  # allowed ROC AUC drop of the challenger on the fixed test split
+non_inferiority_margin = 0.01  # promote with clearly more data unless worse by more than this
+gate_confidence = 0.95  # level of the paired bootstrap interval of the ROC AUC gain
 seed = 42  # seed of the holdout split, the sampler and the estimators
 mlflow_experiment_name = "HealthPredict_Retraining"  # MLflow experiment of the retraining run
 model_name = None  # registered model name (None: the HP_MODEL_NAME setting)
@@ -60,7 +64,9 @@ display(result.trials.style.format({"val_roc_auc": "{:.4f}", "seconds": "{:.1f}"
 
 # %% [markdown]
 # ## Champion vs challenger, on the same rows
-# Each model at its own registered decision threshold.
+# Each model at its own registered decision threshold. The gate judges the holdout (rows the
+# champion never saw and the challenger was not fitted on); the fixed test split is shown for
+# the record (the champion may have learned from later encounters of its patients' peers).
 
 # %%
 table = result.comparison()
@@ -81,9 +87,15 @@ record("challenger_metrics", result.challenger_metrics)
 record("champion_metrics", result.champion_metrics)
 record("mlflow_run_id", result.mlflow_run_id)
 record("holdout_path", result.holdout_path)
+record("gate", result.gate)
+g = result.gate
 display(
     Markdown(
         f"## {result.decision}\n{result.reason}.\n\n"
+        f"ROC AUC on the {g['n_rows']:,} holdout rows ({g['n_positives']} readmitted, "
+        f"{g['n_patients']:,} patients): champion {g['champion_roc_auc']:.4f}, challenger "
+        f"{g['challenger_roc_auc']:.4f}; gain {g['gain']:+.4f}, {g['confidence']:.0%} paired "
+        f"interval {g['ci_low']:+.4f} to {g['ci_high']:+.4f}; rule: {g['rule']}.\n\n"
         f"Challenger **v{result.challenger_version}** ({result.challenger_family}) vs champion "
         f"**v{result.champion_version}**; MLflow run `{result.mlflow_run_id}`."
     )

@@ -41,3 +41,8 @@ STREAM_SPLIT = "future_data"
 def champion_uri(model_name: str) -> str:
     """Registry URI of the champion of ``model_name`` (``models:/<name>@champion``)."""
     return f"models:/{model_name}@{CHAMPION}"
+
+
+# The loop refreshes a model once labelled rows it never learned from reach this share of its
+# training rows: on the real stream more labelled data beats recency (docs/loop_backtest.md).
+GROWTH_TRIGGER = 0.5

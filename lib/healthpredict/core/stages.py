@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 
 from healthpredict.core.constants import (
     FAMILIES,
+    GROWTH_TRIGGER,
     MIN_BATCH_ROWS,
     MONITORING_EXPERIMENT,
     REFERENCE_SPLIT,
@@ -158,6 +159,19 @@ class MonitorParams(StageParams):
     n_null_batches: int = Field(
         1000, ge=1, description="random no-drift batches drawn from the reference to calibrate"
     )
+    labelled_data_path: str | list[str] | None = Field(
+        None,
+        description="labelled batch CSV(s) whose labels arrived since the last batch: the "
+        "model's realised ROC AUC is measured on them",
+    )
+    new_labelled_rows: int = Field(
+        0, ge=0, description="labelled rows the model never learned from (the growth trigger)"
+    )
+    growth_trigger: float | None = Field(
+        GROWTH_TRIGGER,
+        description="retrain when new labelled rows reach this share of the model's training "
+        "rows (None: off)",
+    )
     run_dir: str | None = Field(
         None, description="set by the runner: the folder this run writes into"
     )
@@ -169,20 +183,31 @@ class RetrainParams(StageParams):
     notebook: ClassVar[str] = "04_retrain"
 
     retraining_data_path: str | list[str] | None = Field(
-        None, description="labelled raw batch CSV(s): list of paths/s3:// URIs, or one string"
+        None,
+        description="every labelled raw batch CSV to learn from (paths/s3:// URIs, or one string)",
+    )
+    gate_data_path: str | list[str] | None = Field(
+        None,
+        description="those of them the champion never learned from (the gate holdout is drawn "
+        "from them); None: all",
     )
     data_dir: str | None = Field(
         None,
         description="prepared data folder with the fixed splits (None: <storage>/processed_data)",
     )
     holdout_fraction: float = Field(
-        0.3, description="share of the new patients held out of training, for the gate"
+        0.3, description="share of the gate data's patients held out of training, for the gate"
     )
     n_trials: int = Field(
         8, ge=1, description="search trials; the first re-evaluates the champion's parameters"
     )
-    tolerance: float = Field(
-        0.01, description="allowed ROC AUC drop of the challenger on the fixed test split"
+    non_inferiority_margin: float | None = Field(
+        0.01,
+        description="promote a challenger trained on clearly more data unless its ROC AUC may be "
+        "lower by more than this (None: only a gain beyond noise promotes)",
+    )
+    gate_confidence: float = Field(
+        0.95, description="level of the paired bootstrap interval of the ROC AUC gain"
     )
     seed: int = Field(42, description="seed of the holdout split, the sampler and the estimators")
     mlflow_experiment_name: str = _experiment_field(RETRAINING_EXPERIMENT, "retraining run")

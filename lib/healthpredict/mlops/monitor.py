@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 from healthpredict.core import layout, storage
 from healthpredict.core.constants import (
+    DRIFT_DETECTED,
     MIN_BATCH_ROWS,
+    PROBA_COLUMN,
     REFERENCE_SPLIT,
     champion_uri,
 )
 from healthpredict.core.settings import get_settings
 from healthpredict.core.stages import MonitorParams
-from healthpredict.data.schema import schema_hash, validate_raw
+from healthpredict.data.schema import make_target, schema_hash, validate_raw
 from healthpredict.data.uci import read_raw_csv
 from healthpredict.mlops import registry, tracking
 from healthpredict.monitoring.decision import MonitorResult, decide
@@ -37,13 +39,18 @@ from healthpredict.monitoring.evidence import (
     gather_evidence,
     score_batch,
 )
+from healthpredict.monitoring.policy import PolicySettings, Signals, retrain_decision
 from healthpredict.monitoring.reference import (
+    TARGET_COLUMN,
     PreparedReference,
     default_model_reference,
+    predict_proba,
     prepare_reference,
     reference_info,
+    target_name,
 )
 from healthpredict.monitoring.reports import save_html
+from healthpredict.monitoring.signals import ArrivedBatch, PerformanceSignals, performance_signals
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -82,6 +89,7 @@ class _Paths:
     model_uri: str
     reports_dir: str
     held_out: list[str]
+    labelled: list[str]
 
 
 class _Stopwatch:
@@ -122,6 +130,7 @@ def _paths(params: MonitorParams) -> _Paths:
         model_uri=params.mlflow_model_uri or champion_uri(get_settings().model_name),
         reports_dir=_resolve_local(reports_dir),
         held_out=held_out or default_model_reference(reference),
+        labelled=[_resolve_local(u) for u in _as_list(params.labelled_data_path)],
     )
 
 
@@ -155,6 +164,30 @@ def _load_model(model_uri: str) -> tuple[Pipeline, Any]:
     info = check_model(model_uri)
     # The version resolved once: the pipeline matches the info even if the alias moves meanwhile.
     return mlflow.sklearn.load_model(info.model_uri), info
+
+
+def _read_labelled(uris: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
+    """The batches whose labels arrived, validated with their labels (before any MLflow run)."""
+    batches = []
+    for uri in uris:
+        frame = read_raw_csv(storage.read_bytes(uri), source=uri)
+        validate_raw(frame, require_target=True, source=uri)
+        batches.append((uri, frame))
+    return batches
+
+
+def _arrived(
+    labelled: list[tuple[str, pd.DataFrame]], batch: ScoredBatch, batch_uri: str, pipeline, info
+) -> list[ArrivedBatch]:
+    """The labelled batches scored by the model; the batch itself when it came labelled."""
+    target = target_name(info)
+    arrived = [
+        ArrivedBatch(uri, predict_proba(pipeline, frame), make_target(frame, target))
+        for uri, frame in labelled
+    ]
+    if not arrived and batch.labelled:  # no label delay: the batch's own labels
+        arrived = [ArrivedBatch(batch_uri, batch.proba, batch.target)]
+    return arrived
 
 
 def _read_batch(uri: str, min_rows: int) -> pd.DataFrame:
@@ -201,6 +234,7 @@ def monitor(params: MonitorParams, options: MonitorOptions | None = None) -> Mon
     watch = _Stopwatch()
     paths = _paths(params)
     batch_raw = _read_batch(paths.new_data, options.min_rows)
+    labelled = _read_labelled(paths.labelled)
     watch.lap("read_validate")
     tracking.setup_mlflow()
     pipeline, info = _load_model(paths.model_uri)
@@ -218,7 +252,9 @@ def monitor(params: MonitorParams, options: MonitorOptions | None = None) -> Mon
         nested=mlflow.active_run() is not None,
     )
     try:
-        result = _monitor_in_run((params, options), paths, batch_raw, pipeline, info, watch)
+        result = _monitor_in_run(
+            (params, options), paths, (batch_raw, labelled), (pipeline, info), watch
+        )
         result.mlflow_run_id = run.info.run_id
     except BaseException:
         mlflow.end_run(status="FAILED")
@@ -230,13 +266,14 @@ def monitor(params: MonitorParams, options: MonitorOptions | None = None) -> Mon
 def _monitor_in_run(
     stage: tuple[MonitorParams, MonitorOptions],
     paths: _Paths,
-    batch_raw: pd.DataFrame,
-    pipeline: Pipeline,
-    info: Any,
+    data: tuple[pd.DataFrame, list[tuple[str, pd.DataFrame]]],
+    model: tuple[Pipeline, Any],
     watch: _Stopwatch,
 ) -> MonitorResult:
     """The body of :func:`monitor` once its MLflow run is active."""
     params, options = stage
+    batch_raw, labelled = data
+    pipeline, info = model
     # mlflow costs ~3 s to import: only once a batch passed validation
     import mlflow
 
@@ -259,9 +296,10 @@ def _monitor_in_run(
         )
 
     batch = score_batch(batch_raw, pipeline, info, prepared)
+    arrived = _arrived(labelled, batch, paths.new_data, pipeline, info)
     thresholds = prepared.calibration.thresholds(
         params.false_alarm_rate,
-        labelled=batch.labelled,
+        labelled=bool(arrived),
         share_threshold=params.drift_share_threshold,
         prediction_drift_threshold=params.prediction_drift_threshold,
         performance_tolerance=params.performance_tolerance,
@@ -277,6 +315,20 @@ def _monitor_in_run(
         evidence.performance_drop,
         thresholds.performance_tolerance,
     )
+    performance = _performance_signals(prepared, batch, arrived)
+    retrain = retrain_decision(
+        Signals(
+            realised_drop=performance.realised_drop if performance else None,
+            realised_tolerance=thresholds.performance_tolerance,
+            estimated_drop=performance.expected_drop if performance else None,
+            estimated_tolerance=thresholds.estimated_tolerance,
+            data_drift=verdict[0] == DRIFT_DETECTED,
+            new_labelled_rows=params.new_labelled_rows,
+            champion_train_rows=info.train_rows,
+        ),
+        PolicySettings(growth_trigger=params.growth_trigger),
+    )
+    watch.lap("decide")
     report_paths = {
         name: save_html(snap, storage.join(paths.reports_dir, f"{name}.html"))
         for name, snap in evidence.snapshots.items()
@@ -284,10 +336,23 @@ def _monitor_in_run(
     watch.lap("save_html")
 
     result = _result(paths, info, prepared, batch, evidence, verdict, report_paths, watch.seconds)
+    result.performance_signals = performance
+    result.retrain = retrain
+    result.new_labelled_rows = params.new_labelled_rows
     _log_run(result, evidence.snapshots, paths, prepared, options.seed)
     watch.lap("mlflow")
     mlflow.set_tag("seconds", json.dumps(watch.seconds))
     return result
+
+
+def _performance_signals(
+    prepared: PreparedReference, batch: ScoredBatch, arrived: list[ArrivedBatch]
+) -> PerformanceSignals | None:
+    """Estimated and realised ROC AUC; None when the held-out rows have no labels."""
+    ref = prepared.model_reference
+    if TARGET_COLUMN not in ref or ref[TARGET_COLUMN].nunique() < 2:
+        return None
+    return performance_signals(ref[PROBA_COLUMN], ref[TARGET_COLUMN], batch.proba, arrived)
 
 
 def _result(
@@ -370,6 +435,9 @@ def _log_run(
             "n_null": prepared.calibration.n_null,
             "calibration_seed": seed,
             "reference_sha256": prepared.reference_sha256,
+            "labelled_data_path": ",".join(paths.labelled)[:6000],
+            "new_labelled_rows": result.new_labelled_rows,
+            "estimated_tolerance": t.estimated_tolerance,
         }
     )
     mlflow.log_metrics(_metrics(result))
@@ -380,6 +448,8 @@ def _log_run(
             "data_source": result.data_source,
             "model_version": result.model_version,
             "drift_reasons": "; ".join(result.reasons)[:5000] or "none",
+            "retrain": str(result.retrain.retrain).lower(),
+            "retrain_reasons": "; ".join(result.retrain.reasons)[:5000] or "none",
         }
     )
 
@@ -405,6 +475,12 @@ def _metrics(result: MonitorResult) -> dict[str, float]:
             metrics[key] = value
     if result.performance_drop is not None:
         metrics["roc_auc_drop"] = result.performance_drop
+    metrics["retrain_recommended"] = float(result.retrain.retrain)
+    signals = result.performance_signals.as_dict() if result.performance_signals else {}
+    for key in ("estimated_roc_auc", "expected_roc_auc", "expected_drop", "realised_roc_auc"):
+        value = signals.get(key)
+        if value is not None and math.isfinite(value):
+            metrics[key] = float(value)
     return metrics
 
 

@@ -120,6 +120,7 @@ def log_model(
     input_example: pd.DataFrame,
     data_source: str,
     params: dict[str, Any],
+    train_rows: int | None = None,
     name: str | None = None,
 ) -> ModelInfo:
     """Log a fitted pipeline in the active MLflow run and register it as a new version.
@@ -136,6 +137,8 @@ def log_model(
             non-schema column are dropped).
         data_source: ``real`` or ``synthetic`` (the manifest's ``data_source``).
         params: Model family and hyperparameters (stored as JSON in the ``params`` tag).
+        train_rows: Rows the model was fitted on (the gate's more-data rule reads it; None:
+            not recorded).
         name: Registered model name (default ``settings.model_name``).
 
     Returns:
@@ -181,6 +184,7 @@ def log_model(
         "data_source": data_source,
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "params": json.dumps(params, sort_keys=True, default=str),
+        **({"train_rows": str(int(train_rows))} if train_rows is not None else {}),
         **{f"{METRIC_TAG_PREFIX}{k}": repr(float(v)) for k, v in test_metrics.items()},
     }
     for key, value in tags.items():

@@ -1,11 +1,12 @@
-"""The recorded retraining on new labelled batches, with a promotion gate judged on shared data.
+"""The recorded retraining on every labelled batch, with a paired promotion gate.
 
-The new encounters are split by patient into *new-train* and *new-holdout*; neither model ever
-trains on the holdout. The challenger is refitted on ``initial_train`` + new-train with a small
-search warm-started from the champion's parameters, then champion and challenger are scored on
-the SAME rows: the fixed ``test`` split and the new holdout.
-:func:`healthpredict.modeling.gate.gate_decision` (pure) decides; the alias moves only after
-everything else, logging included, succeeded.
+The batches the champion never learned from are split by patient into *new-train* and the gate
+*holdout*; no model ever trains on the holdout. The challenger is refitted on ``initial_train``
++ every other labelled row (cumulative: on this stream more data beats recency) with a small
+search warm-started from the champion's parameters; then both are scored on the SAME holdout
+rows and :func:`healthpredict.modeling.gate.paired_gate` (pure) decides from the paired
+interval of the ROC AUC gain. The alias moves only after everything else, logging included,
+succeeded.
 """
 
 from __future__ import annotations
@@ -22,14 +23,20 @@ from healthpredict.core import layout, storage
 from healthpredict.core.constants import champion_uri
 from healthpredict.core.settings import get_settings
 from healthpredict.core.stages import RetrainParams
+from healthpredict.data.schema import make_target
 from healthpredict.data.split import drop_unreadmittable
 from healthpredict.mlops import registry, tracking
 from healthpredict.mlops.run_logging import TrialLogger, log_metrics_prefixed
 from healthpredict.modeling.evaluation import score
 from healthpredict.modeling.fitting import FittedModel, data_tags, fit_final, load_training_splits
-from healthpredict.modeling.gate import gate_decision, gate_verdict
+from healthpredict.modeling.gate import GateRule, GateVerdict, paired_gate
 from healthpredict.modeling.models import FAMILIES, split_trial_params, trial_params_for
-from healthpredict.modeling.retrain_data import RetrainData, load_batches, retrain_data
+from healthpredict.modeling.retrain_data import (
+    RetrainData,
+    RetrainDataError,
+    load_batches,
+    retrain_data,
+)
 from healthpredict.modeling.runtime.model_meta import ModelInfo
 from healthpredict.modeling.search import SearchSettings, search, trials_frame
 
@@ -81,7 +88,7 @@ class RetrainResult:
     trials: pd.DataFrame
     wall_s: float
     model_name: str = ""
-    tolerance: float = 0.01
+    gate: dict[str, Any] = field(default_factory=dict)  # GateVerdict.as_dict(): interval, rule
     manifest: dict = field(repr=False, default_factory=dict)
     holdout_path: str = ""  # raw CSV of the new holdout: the monitor's prediction reference
 
@@ -107,17 +114,26 @@ class _Champion:
 
 @dataclass
 class _Verdict:
-    """The gate's comparison of the two models on the same rows."""
+    """The two models' metrics on the same rows and the gate's verdict."""
 
     challenger_metrics: dict[str, float]
     champion_metrics: dict[str, float]
-    promote: bool
-    reason: str
+    gate: GateVerdict
+
+    @property
+    def promote(self) -> bool:
+        """Whether the challenger replaces the champion."""
+        return self.gate.promote
 
     @property
     def decision(self) -> str:
         """``PROMOTED`` or ``REJECTED``."""
-        return gate_verdict(self.promote)
+        return self.gate.decision
+
+    @property
+    def reason(self) -> str:
+        """The gate's sentence."""
+        return self.gate.reason
 
 
 # The options that are the search's own settings.
@@ -150,9 +166,11 @@ def _log_settings(
     mlflow.log_params(
         {
             "new_data_uris": ",".join(map(str, batches))[:6000],
+            "gate_data_uris": ",".join(_gate_uris(params))[:6000],
             "holdout_fraction": params.holdout_fraction,
             "n_trials": params.n_trials,
-            "tolerance": params.tolerance,
+            "non_inferiority_margin": params.non_inferiority_margin,
+            "gate_confidence": params.gate_confidence,
             "seed": params.seed,
             "target": target,
             "families": ",".join(settings.families),
@@ -164,9 +182,9 @@ def _log_settings(
 
 
 def _judge(
-    fitted: FittedModel, champion: _Champion, data: RetrainData, target: str, tolerance: float
+    fitted: FittedModel, champion: _Champion, data: RetrainData, target: str, rule: GateRule
 ) -> _Verdict:
-    """Score both models on the same rows, each at its own registered threshold; gate."""
+    """Score both models on the same rows, each at its own threshold; gate on the holdout."""
     challenger_metrics = {
         **score(fitted.pipeline, data.test, target, fitted.threshold, "test_"),
         **score(fitted.pipeline, data.holdout, target, fitted.threshold, "holdout_"),
@@ -176,8 +194,16 @@ def _judge(
         **score(champion.pipeline, data.test, target, threshold, "test_"),
         **score(champion.pipeline, data.holdout, target, threshold, "holdout_"),
     }
-    promote, reason = gate_decision(challenger_metrics, champion_metrics, tolerance)
-    return _Verdict(challenger_metrics, champion_metrics, promote, reason)
+    gate = paired_gate(
+        make_target(data.holdout, target),
+        champion.pipeline.predict_proba(data.holdout)[:, 1],
+        fitted.pipeline.predict_proba(data.holdout)[:, 1],
+        groups=data.holdout["patient_nbr"].to_numpy(),
+        champion_train_rows=champion.info.train_rows,
+        challenger_train_rows=len(data.train),
+        rule=rule,
+    )
+    return _Verdict(challenger_metrics, champion_metrics, gate)
 
 
 def _log_verdict(
@@ -189,10 +215,16 @@ def _log_verdict(
         {
             "challenger": verdict.challenger_metrics,
             "champion": verdict.champion_metrics,
-            "decision": verdict.decision,
-            "reason": verdict.reason,
+            **verdict.gate.as_dict(),
         },
         "gate.json",
+    )
+    log_metrics_prefixed(
+        "gate.",
+        {
+            k: getattr(verdict.gate, k)
+            for k in ("gain", "ci_low", "ci_high", "n_rows", "n_positives")
+        },
     )
     mlflow.log_table(trials, "trials.json")
     mlflow.set_tags(
@@ -230,7 +262,12 @@ def _challenge(
         seed=params.seed,
         target_recall=options.target_recall,
     )
-    return fitted, _judge(fitted, champion, data, target, params.tolerance)
+    rule = GateRule(
+        confidence=params.gate_confidence,
+        non_inferiority_margin=params.non_inferiority_margin,
+        seed=params.seed,
+    )
+    return fitted, _judge(fitted, champion, data, target, rule)
 
 
 def _register_challenger(
@@ -252,22 +289,48 @@ def _register_challenger(
         input_example=data.train,
         data_source=str(manifest.get("data_source", "unknown")),
         params={"family": fitted.family, **fitted.params},
+        train_rows=len(data.train),
         name=name,
     )
 
 
+def _uris(value: str | Sequence[str] | None) -> list[str]:
+    return [value] if isinstance(value, str) else [str(v) for v in (value or [])]
+
+
 def _batch_uris(params: RetrainParams) -> list[str]:
-    """The labelled batches to learn from, as a list."""
-    batches = params.retraining_data_path
-    return [batches] if isinstance(batches, str) else list(batches or [])
+    """Every labelled batch to learn from, as a list."""
+    return _uris(params.retraining_data_path)
+
+
+def _gate_uris(params: RetrainParams) -> list[str]:
+    """The batches the champion never learned from (default: all of them).
+
+    Raises:
+        RetrainDataError: A gate batch is not among the batches to learn from.
+    """
+    batches = _batch_uris(params)
+    gate = _uris(params.gate_data_path) or batches
+    stray = [u for u in gate if u not in batches]
+    if stray:
+        raise RetrainDataError(
+            f"gate_data_path must name batches of retraining_data_path; not there: {stray[:3]}"
+        )
+    return gate
 
 
 def _load_data(params: RetrainParams, target: str) -> tuple[dict, RetrainData]:
-    """The manifest and the rows of the comparison: fixed splits plus the new batches."""
+    """The manifest and the rows of the comparison: fixed splits plus the labelled batches."""
     manifest, frames = load_training_splits(params.data_dir)
-    new = drop_unreadmittable(load_batches(_batch_uris(params)))
+    gate = _gate_uris(params)
+    learned = [u for u in _batch_uris(params) if u not in gate]
     data = retrain_data(
-        frames, new, target=target, holdout_fraction=params.holdout_fraction, seed=params.seed
+        frames,
+        drop_unreadmittable(load_batches(gate)),
+        learned=drop_unreadmittable(load_batches(learned)) if learned else None,
+        target=target,
+        holdout_fraction=params.holdout_fraction,
+        seed=params.seed,
     )
     return manifest, data
 
@@ -277,8 +340,8 @@ def retrain(params: RetrainParams, options: RetrainOptions | None = None) -> Ret
 
     Args:
         params: The stage's parameters, as the 04 notebook takes them: the labelled batches
-            (``retraining_data_path``), data folder, holdout share, search budget, tolerance,
-            experiment, model name and where the new holdout is written.
+            (``retraining_data_path``; those the champion never saw: ``gate_data_path``), data
+            folder, holdout share, search budget, gate rule, experiment, model name and where the new holdout is written.
         options: Search families, time limit, workers, storage, threshold rule, progress
             (default: :class:`RetrainOptions` as is).
 
@@ -345,7 +408,7 @@ def retrain(params: RetrainParams, options: RetrainOptions | None = None) -> Ret
         trials=trials,
         wall_s=wall,
         model_name=model_name,
-        tolerance=params.tolerance,
+        gate=verdict.gate.as_dict(),
         manifest=manifest,
         holdout_path=holdout_path,
     )

@@ -155,6 +155,7 @@ def _register(
         input_example=input_example,
         data_source=str(manifest.get("data_source", "unknown")),
         params={"family": fitted.family, **fitted.params},
+        train_rows=len(input_example),  # fit_final fits on exactly these rows
         name=model_name,
     )
     mlflow.set_tags(

@@ -71,10 +71,12 @@ class RetrainData:
     """The rows of one retraining: what the challenger learns from and what both are judged on.
 
     Attributes:
-        train: ``initial_train`` + new-train (the challenger's training rows).
+        train: ``initial_train`` + every labelled batch row except the gate holdout (the
+            challenger's training rows: cumulative, as the backtest recommends).
         val: The fixed validation split (threshold and search).
-        test: The fixed test split (judged for both models).
-        holdout: The new holdout (judged for both models; nobody trains on it).
+        test: The fixed test split (reported for both models).
+        holdout: The gate holdout: patients of the rows the champion never learned from, kept
+            out of the challenger's fit; both models are judged on it.
         rows: Row counts for the record.
     """
 
@@ -87,41 +89,48 @@ class RetrainData:
 
 def retrain_data(
     frames: dict[str, pd.DataFrame],
-    new: pd.DataFrame,
+    fresh: pd.DataFrame,
     *,
     target: str,
     holdout_fraction: float,
     seed: int,
+    learned: pd.DataFrame | None = None,
 ) -> RetrainData:
-    """Combine the fixed splits with the new encounters into the rows of a fair comparison.
+    """Combine the fixed splits with the labelled batches into the rows of a fair comparison.
 
     Args:
         frames: The fixed ``initial_train``, ``validation`` and ``test`` frames.
-        new: The new labelled encounters (readmittable only).
+        fresh: Labelled encounters the champion never learned from (readmittable only); the
+            gate holdout is drawn from their patients.
         target: Label definition.
-        holdout_fraction: Share of the new patients kept out of training for the gate.
+        holdout_fraction: Share of the fresh patients kept out of training for the gate.
         seed: Seed of the patient split.
+        learned: Labelled stream encounters the champion already learned from (None: none);
+            the challenger learns from them too.
 
     Raises:
-        RetrainDataError: The new holdout has one class only (the gate could not compare).
+        RetrainDataError: The holdout has one class only (the gate could not compare).
     """
     fixed_patients = set(frames["validation"]["patient_nbr"]) | set(frames["test"]["patient_nbr"])
-    new_train, holdout, dropped = split_new_data(
-        new, holdout_fraction=holdout_fraction, seed=seed, exclude_patients=fixed_patients
+    fresh_train, holdout, dropped = split_new_data(
+        fresh, holdout_fraction=holdout_fraction, seed=seed, exclude_patients=fixed_patients
     )
     if len(np.unique(make_target(holdout, target))) < 2:
         raise RetrainDataError(
-            f"the new holdout ({len(holdout)} rows) has only one class for target {target!r}; "
+            f"the gate holdout ({len(holdout)} rows) has only one class for target {target!r}; "
             "the gate could not compare ROC AUC: give more new data"
         )
-    train = pd.concat([frames["initial_train"], new_train], ignore_index=True)
+    learned = learned if learned is not None else fresh.iloc[:0]
+    keep = ~learned["patient_nbr"].isin(fixed_patients)
+    train = pd.concat([frames["initial_train"], learned[keep], fresh_train], ignore_index=True)
     val, test = frames["validation"], frames["test"]
     rows = {
         "initial_train": len(frames["initial_train"]),
-        "new_rows": len(new),
-        "new_train": len(new_train),
+        "learned_rows": int(keep.sum()),
+        "new_rows": len(fresh),
+        "new_train": len(fresh_train),
         "new_holdout": len(holdout),
-        "new_train_dropped_fixed_patients": dropped,
+        "new_train_dropped_fixed_patients": dropped + int((~keep).sum()),
         "train_total": len(train),
         "validation": len(val),
         "test": len(test),

@@ -57,6 +57,8 @@ class Thresholds:
         alpha: False-alarm budget of each signal (the target split evenly).
         expected_false_alarm: Signal -> false-alarm rate measured on the null batches.
         calibrated: Which thresholds came from the calibration (the rest were given).
+        estimated_tolerance: Largest drop of the label-free expected ROC AUC that is noise
+            (None: not calibrated).
     """
 
     per_column: dict[str, float]
@@ -68,6 +70,7 @@ class Thresholds:
     alpha: float
     expected_false_alarm: dict[str, float]
     calibrated: dict[str, bool]
+    estimated_tolerance: float | None = None
 
     @property
     def expected_false_alarm_rate(self) -> float:

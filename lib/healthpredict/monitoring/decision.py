@@ -15,6 +15,8 @@ import pandas as pd
 
 from healthpredict.core.constants import DRIFT_DETECTED, NO_DRIFT
 from healthpredict.monitoring.calibration import Thresholds
+from healthpredict.monitoring.policy import RetrainDecision
+from healthpredict.monitoring.signals import PerformanceSignals
 
 
 def decide(
@@ -104,6 +106,10 @@ class MonitorResult:
         seconds: Wall time of each step.
         predictions: Predicted probabilities, ``set`` (reference/batch) and ``prediction_proba``.
         decision_threshold: The model's threshold on the probability.
+        performance_signals: Estimated and realised ROC AUC (None without labelled held-out
+            rows).
+        retrain: The retraining policy's decision and its reasons.
+        new_labelled_rows: Labelled rows the model never learned from (as the loop said).
     """
 
     status: str
@@ -134,6 +140,9 @@ class MonitorResult:
     seconds: dict[str, float] = field(default_factory=dict)
     predictions: pd.DataFrame | None = None
     decision_threshold: float = 0.5
+    performance_signals: PerformanceSignals | None = None
+    retrain: RetrainDecision = field(default_factory=lambda: RetrainDecision(False))
+    new_labelled_rows: int = 0
 
     @property
     def drift_detected(self) -> bool:
@@ -170,6 +179,20 @@ class MonitorResult:
             "prediction_drift_threshold": float(self.thresholds.prediction_drift_threshold),
             "expected_false_alarm_rate": float(self.thresholds.expected_false_alarm_rate),
         }
+        signals = self.performance_signals.as_dict() if self.performance_signals else {}
+        out.update(
+            {
+                "retrain": bool(self.retrain.retrain),
+                "retrain_triggers": list(self.retrain.triggers),
+                "retrain_reasons": list(self.retrain.reasons),
+                "estimated_roc_auc": signals.get("estimated_roc_auc"),
+                "realised_roc_auc": signals.get("realised_roc_auc"),
+                "reference_roc_auc": signals.get("reference_roc_auc"),
+                "performance_signals": signals or None,
+                "new_labelled_rows": int(self.new_labelled_rows),
+                "estimated_tolerance": self.thresholds.estimated_tolerance,
+            }
+        )
         if self.performance is not None:
             out["performance"] = self.performance_metrics()
             out["performance_drop"] = self.performance_drop

@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from healthpredict.core.constants import GROWTH_TRIGGER
+
 REALISED = "realised_performance"
 ESTIMATED = "estimated_performance"
 DATA_GROWTH = "data_growth"
@@ -32,7 +34,7 @@ class PolicySettings:
         use_data_drift: Whether data drift alone may trigger one (off: see the module doc).
     """
 
-    growth_trigger: float | None = 0.5
+    growth_trigger: float | None = GROWTH_TRIGGER
     use_estimated: bool = True
     use_data_drift: bool = False
 

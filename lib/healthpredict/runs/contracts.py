@@ -18,17 +18,18 @@ REQUIRED_SCRAPS: dict[str, list[str]] = {
     "03_drift_monitor": [
         "data_source", "drift_status", "drifted_share", "n_drifted_columns", "drifted_columns",
         "prediction_drift", "report_paths", "model_version", "mlflow_run_id",
+        "retrain", "retrain_triggers", "retrain_reasons", "estimated_roc_auc",
     ],
     "04_retrain": [
         "data_source", "decision", "promoted", "reason", "challenger_version",
         "champion_version", "challenger_metrics", "champion_metrics", "mlflow_run_id",
-        "holdout_path",
+        "holdout_path", "gate",
     ],
 }  # fmt: skip
 
 # Scraps whose value other steps switch on: anything else is a bug in the notebook.
 ALLOWED_VALUES: dict[str, dict[str, tuple[Any, ...]]] = {
-    "03_drift_monitor": {"drift_status": ("DRIFT_DETECTED", "NO_DRIFT")},
+    "03_drift_monitor": {"drift_status": ("DRIFT_DETECTED", "NO_DRIFT"), "retrain": (True, False)},
 }
 
 

@@ -40,6 +40,7 @@ class ModelInfo:
         schema_hash: Raw schema hash the model was trained against.
         data_source: ``real`` or ``synthetic`` (the manifest's ``data_source``).
         params: Model family and hyperparameters.
+        train_rows: Rows it was fitted on (None: not recorded, older versions).
     """
 
     name: str
@@ -54,6 +55,7 @@ class ModelInfo:
     schema_hash: str = ""
     data_source: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    train_rows: int | None = None
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -134,4 +136,5 @@ def read_model_info(client: Any, model_uri: str) -> ModelInfo:
         schema_hash=tags.get("schema_hash", ""),
         data_source=tags.get("data_source", ""),
         params=json.loads(tags["params"]) if tags.get("params") else {},
+        train_rows=int(tags["train_rows"]) if tags.get("train_rows", "").isdigit() else None,
     )
