@@ -2,7 +2,9 @@
 
 Three batches of a synthetic stream, labels one batch late (the replay): the monitor sees each
 batch without its target and the batches labelled since the last step with theirs; a retraining
-learns from labelled batches only, and its gate from those the champion never learned from.
+learns from labelled batches only, and its gate from those the champion never learned from. The
+growth trigger is set to 0 so that the monitor asks for a retraining at every batch: at the
+first, with no labels yet, the loop declines and says why.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ def test_loop_monitors_without_labels_and_learns_them_one_batch_late(hp_env, syn
     synthetic_champion(6000)
     outcomes = local_loop.run_loop(
         LoopParams(batch_size=BATCH, max_batches=3),
-        local_loop.LoopOptions(retrain_params={"n_trials": 1}),
+        local_loop.LoopOptions(
+            monitor_params={"growth_trigger": 0.0}, retrain_params={"n_trials": 1}
+        ),
     )
     assert [o.window.start for o in outcomes] == [0, BATCH, 2 * BATCH]
     state = LoopState.load()
@@ -51,18 +55,23 @@ def test_loop_monitors_without_labels_and_learns_them_one_batch_late(hp_env, syn
         frame = storage.read_csv(uri, keep_default_na=False)
         assert len(frame) == BATCH and frame[TARGET].isin(["NO", "<30", ">30"]).all()
 
-    # Retrainings (if the monitor asked) learned from labelled batches only, gated on new ones.
+    # The first batch: asked, declined (nothing labelled); then retrained on labelled rows only.
+    first, *later = state.history
+    assert first["retrain"] is None and "no labelled rows yet" in first["retrain_skipped"]
+    assert first["retrain_triggers"] == ["data_growth"]
     learned: set[str] = set()
-    for step, entry in enumerate(state.history):
+    for step, entry in enumerate(later, start=1):
         available = labelled[:step]
         new = [u for u in available if u not in learned]
         assert given[step]["new_labelled_rows"] == BATCH * len(new)
-        if entry["retrain"]:
-            retrain = _run_json(entry["retrain"]["run_dir"])["given_parameters"]
-            assert retrain["retraining_data_path"] == available
-            assert retrain["gate_data_path"] == new
-            if entry["retrain"]["promoted"]:
-                learned |= set(available)
-        elif entry["retrain_skipped"]:
-            assert not new and entry["retrain_triggers"]
+        assert entry["retrain"] and entry["retrain_skipped"] is None
+        retrain = _run_json(entry["retrain"]["run_dir"])["given_parameters"]
+        assert retrain["retraining_data_path"] == available
+        assert retrain["gate_data_path"] == new
+        if entry["retrain"]["promoted"]:
+            learned |= set(available)
     assert state.new_labelled == [u for u in labelled if u not in learned]
+    if learned:  # the drift reference is the labelled data the new champion learned from
+        assert len(storage.read_csv(state.reference_uri)) == BATCH * len(
+            [u for u in labelled if u in learned]
+        )
