@@ -27,10 +27,17 @@ def _run_json(run_dir: str) -> dict:
 
 
 def test_loop_monitors_without_labels_and_learns_them_one_batch_late(hp_env, synthetic_champion):
+    from mlflow import MlflowClient
+
     from healthpredict.monitoring.state import LoopState
     from healthpredict.pipelines import local_loop
 
-    synthetic_champion(6000)
+    made = synthetic_champion(6000)
+    # What registry.log_model records for a trained model (the fixture's champion predates it):
+    # the growth trigger compares new labelled rows with it.
+    MlflowClient().set_model_version_tag(
+        made.info.name, made.info.version, "train_rows", str(len(made.train))
+    )
     outcomes = local_loop.run_loop(
         LoopParams(batch_size=BATCH, max_batches=3),
         local_loop.LoopOptions(
