@@ -1,12 +1,16 @@
 """Monitoring and retraining: one batch of the future stream per run.
 
 Each run cuts the next batch of the stream at the loop's cursor (`LoopState` in
-`<storage>/monitoring/state.json`, shared with `healthpredict loop`), monitors it with the
-`03_drift_monitor` notebook against the pinned champion, and branches on the notebook's
-`drift_status` scrap: on drift it triggers `health_predict_training_hpo` with the recent batches
-(`is_retraining_run: true`) and, when that run was awaited and promoted a new champion,
-`health_predict_api_deployment`. `advance_state` moves the cursor last, so a failed or killed
-run processes the same batch again. `end_pipeline` marks an exhausted stream.
+`<storage>/monitoring/state.json`, shared with `healthpredict loop`) and writes it without its
+labels; it attaches the labels that arrived (in the replay, the loop delivers the labels of the
+batch `label_delay_batches` back, as the hospital would), monitors the batch with the
+`03_drift_monitor` notebook against the pinned champion (realised ROC AUC on the batches just
+labelled), and branches on the notebook's `retrain` scrap: it triggers
+`health_predict_training_hpo` with all labelled batches so far (`is_retraining_run: true`; the
+gate's holdout comes from those the champion never learned from) and, when that run was awaited
+(`wait_for_retraining`, on by default) and promoted a new champion,
+`health_predict_api_deployment`. `advance_state` moves the cursor last, labels and all, so a
+failed or killed run processes the same batch again. `end_pipeline` marks an exhausted stream.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from airflow.sdk import DAG, Param, task
 from healthpredict.core import layout
 from healthpredict.core.constants import REFERENCE_SPLIT, STREAM_SPLIT
 from healthpredict.core.settings import get_settings
-from healthpredict.core.stages import LoopParams, MonitorParams, dag_params
+from healthpredict.core.stages import LABEL_SOURCES, LoopParams, MonitorParams, dag_params
 from healthpredict.pipelines import monitoring
 from healthpredict.runs.papermill_task import papermill_args
 
@@ -29,10 +33,13 @@ DAG_ID = "health_predict_monitoring_retraining"
 TRAINING_DAG_ID = "health_predict_training_hpo"
 DEPLOYMENT_DAG_ID = "health_predict_api_deployment"
 _settings = get_settings()
+_LOOP_PARAMS = dag_params(LoopParams, list(monitoring.LOOP_DAG_PARAMS))
+_LOOP_PARAMS["label_source"]["enum"] = list(LABEL_SOURCES)
 
 with DAG(
     dag_id=DAG_ID,
-    description="Monitor the next batch for drift; retrain and redeploy on drift.",
+    description="Monitor the next batch, attach arrived labels; retrain and redeploy when the "
+    "monitor asks.",
     schedule=None,
     start_date=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
     catchup=False,
@@ -51,17 +58,17 @@ with DAG(
             type="string",
             description="Drift reference until a promotion sets the loop's own reference.",
         ),
-        **{
-            name: Param(**spec)
-            for name, spec in dag_params(LoopParams, ["batch_size", "retrain_window"]).items()
-        },
+        **{name: Param(**spec) for name, spec in _LOOP_PARAMS.items()},
         "mlflow_model_name": Param(_settings.model_name, type="string"),
         **{
             name: Param(**spec)
             for name, spec in dag_params(MonitorParams, ["mlflow_experiment_name"]).items()
         },
+        # On by default: only an awaited retraining's promotion is seen (and deployed, and
+        # makes its batches no longer new); tests under dag.test() turn it off (nothing runs
+        # the triggered DAG there, so waiting would hang).
         "wait_for_retraining": Param(
-            False,
+            True,
             type="boolean",
             description="Wait for the retraining run, then deploy if it promoted a champion.",
         ),
@@ -78,12 +85,11 @@ with DAG(
 
     @task
     def simulate_data_batch(ti=None, params=None):
-        """Write the batch at the cursor, named by its start index."""
-        state = ti.xcom_pull(task_ids="get_iteration_state")
+        """Write the batch at the cursor without labels; deliver (replay) and attach labels."""
         return monitoring.simulate_batch(
             params["s3_full_future_data_path"],
-            state["next_batch_start_index"],
-            params["batch_size"],
+            ti.xcom_pull(task_ids="get_iteration_state"),
+            monitoring.loop_params(params),
         )
 
     @task.branch
@@ -117,7 +123,7 @@ with DAG(
 
     @task.branch
     def decide_on_retraining(ti=None, params=None):
-        """Branch on the notebook's drift_status scrap, as `healthpredict loop` decides."""
+        """Branch on the notebook's retrain scrap, as `healthpredict loop` decides."""
         decision = monitoring.decide_from_run(
             ti.xcom_pull(task_ids="get_production_model_uri")["monitor"],
             ti.xcom_pull(task_ids="get_iteration_state"),
@@ -125,7 +131,7 @@ with DAG(
             params["retrain_window"],
         )
         ti.xcom_push(key="decision", value=decision)
-        return "trigger_retraining_dag" if decision["retrain"] else "log_no_drift_and_loop"
+        return "trigger_retraining_dag" if decision["retrain"] else "log_no_retraining"
 
     trigger_retraining_dag = TriggerDagRunOperator(
         task_id="trigger_retraining_dag",
@@ -134,7 +140,9 @@ with DAG(
         conf={
             "is_retraining_run": True,
             "retraining_data_path": "{{ ti.xcom_pull(task_ids='decide_on_retraining', "
-            "key='decision')['recent_batches'] }}",
+            "key='decision')['retraining_data'] }}",
+            "gate_data_path": "{{ ti.xcom_pull(task_ids='decide_on_retraining', "
+            "key='decision')['gate_data'] }}",
             "mlflow_model_name": "{{ params.mlflow_model_name }}",
         },
         wait_for_completion="{{ params.wait_for_retraining }}",
@@ -152,10 +160,11 @@ with DAG(
     )
 
     @task
-    def log_no_drift_and_loop(ti=None):
-        """No drift: nothing to retrain; the next run monitors the next batch."""
+    def log_no_retraining(ti=None):
+        """No retraining (none asked for, or no labelled rows to learn from); on to the next."""
         decision = ti.xcom_pull(task_ids="decide_on_retraining", key="decision")
         print(
+            f"{decision['skipped'] or 'no retraining: no signal asked for one'}; data drift "
             f"{decision['drift_status']} (drifted share {decision['drifted_share']}); "
             f"evidence in {decision['monitor_run_dir']}"
         )
@@ -188,10 +197,10 @@ with DAG(
     more = check_for_more_data()
     model = get_production_model_uri()
     decide = decide_on_retraining()
-    no_drift = log_no_drift_and_loop()
+    no_retraining = log_no_retraining()
     advance = advance_state()
 
     state >> batch >> more >> [model, end_pipeline]
-    model >> run_drift_monitoring >> decide >> [trigger_retraining_dag, no_drift]
+    model >> run_drift_monitoring >> decide >> [trigger_retraining_dag, no_retraining]
     trigger_retraining_dag >> trigger_deployment_after_retraining
-    [no_drift, trigger_retraining_dag, trigger_deployment_after_retraining] >> advance
+    [no_retraining, trigger_retraining_dag, trigger_deployment_after_retraining] >> advance

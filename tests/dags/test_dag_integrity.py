@@ -16,10 +16,10 @@ MONITORING_EDGES = {
     ("get_production_model_uri", "run_drift_monitoring"),
     ("run_drift_monitoring", "decide_on_retraining"),
     ("decide_on_retraining", "trigger_retraining_dag"),
-    ("decide_on_retraining", "log_no_drift_and_loop"),
+    ("decide_on_retraining", "log_no_retraining"),
     ("trigger_retraining_dag", "trigger_deployment_after_retraining"),
     # The cursor moves last, after either branch.
-    ("log_no_drift_and_loop", "advance_state"),
+    ("log_no_retraining", "advance_state"),
     ("trigger_retraining_dag", "advance_state"),
     ("trigger_deployment_after_retraining", "advance_state"),
 }
@@ -83,10 +83,14 @@ def test_monitoring_dag_wiring(dags):
         "batch_size": 2000,
         "mlflow_model_name": "HealthPredict",
         "mlflow_experiment_name": "HealthPredict_Monitoring",
-        "wait_for_retraining": False,
-        "retrain_window": 5,
+        "wait_for_retraining": True,  # a promotion must not go unseen
+        "retrain_window": None,  # cumulative: all labelled batches
+        "label_delay_batches": 1,
+        "label_timeout_batches": 3,
+        "label_source": "replay",
         "monitor_params": {},
     }
+    assert dag.params.get_param("label_source").schema["enum"] == ["replay", "external"]
     assert dag.params["s3_full_future_data_path"].endswith("processed_data/future_data.csv")
     assert dag.params["s3_reference_data_path"].endswith("processed_data/initial_train.csv")
     assert type(tasks["run_drift_monitoring"]).__name__ == "PapermillOperator"
@@ -95,7 +99,8 @@ def test_monitoring_dag_wiring(dags):
     assert type(retrain).__name__ == "TriggerDagRunOperator"
     assert retrain.trigger_dag_id == "health_predict_training_hpo"
     assert retrain.conf["is_retraining_run"] is True
-    assert "recent_batches" in retrain.conf["retraining_data_path"]
+    assert "['retraining_data']" in retrain.conf["retraining_data_path"]
+    assert "['gate_data']" in retrain.conf["gate_data_path"]
     assert retrain.wait_for_completion == "{{ params.wait_for_retraining }}"
     deploy = tasks["trigger_deployment_after_retraining"]
     assert deploy.trigger_dag_id == "health_predict_api_deployment"

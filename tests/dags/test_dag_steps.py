@@ -12,8 +12,10 @@ import pytest
 
 from healthpredict.core import layout, storage
 from healthpredict.core.constants import MIN_BATCH_ROWS
+from healthpredict.core.stages import LoopParams
 from healthpredict.monitoring import lease as loop_lease
 from healthpredict.monitoring import state as loop_state
+from healthpredict.monitoring.labels import LabelPlan
 from healthpredict.pipelines import monitoring, monitoring_step, training
 from healthpredict.runs import NotebookRunError, ParameterError, papermill_task, record
 
@@ -117,74 +119,118 @@ def test_finish_records_a_run_that_left_no_notebook(hp_env):
 
 @pytest.fixture
 def stream(hp_env):
-    frame = pd.DataFrame({"encounter_id": range(ROWS), "age": ["[50-60)"] * ROWS})
+    frame = pd.DataFrame(
+        {
+            "encounter_id": range(ROWS),
+            "age": ["[50-60)"] * ROWS,
+            "readmitted": (["NO", "<30", ">30"] * ROWS)[:ROWS],
+        }
+    )
     return storage.write_csv(str(hp_env / "future.csv"), frame)
+
+
+LOOP = LoopParams(batch_size=B)  # the replay, labels one batch late
+
+
+def _cut(stream: str, loop: LoopParams = LOOP) -> dict:
+    """The DAG's first two tasks: read the state, cut the batch at its cursor."""
+    return monitoring.simulate_batch(stream, monitoring.iteration_state(), loop)
 
 
 def test_simulate_batch_names_batches_by_start_and_ends(stream):
     # 100 rows in batches of 30: the last window takes the 10-row tail the monitor would refuse.
-    batch = monitoring.simulate_batch(stream, 2 * B, B)
-    assert batch == {
+    loop_state.LoopState(next_batch_start_index=2 * B).save()
+    batch = _cut(stream)
+    uri = storage.join(layout.monitoring_dir(), "batches", "batch_0000060.csv")
+    assert {k: batch[k] for k in ("has_data", "start", "end", "batch_uri", "total_rows")} == {
         "has_data": True,
         "start": 2 * B,
         "end": ROWS,
-        "batch_uri": storage.join(layout.monitoring_dir(), "batches", "batch_0000060.csv"),
+        "batch_uri": uri,
         "total_rows": ROWS,
     }
-    assert storage.read_csv(batch["batch_uri"])["encounter_id"].tolist() == list(range(2 * B, ROWS))
-    assert monitoring.simulate_batch(stream, ROWS, B) == {
-        "has_data": False,
-        "start": ROWS,
-        "total_rows": ROWS,
-    }
+    written = storage.read_csv(batch["batch_uri"])
+    assert written["encounter_id"].tolist() == list(range(2 * B, ROWS))
+    assert "readmitted" not in written.columns  # monitored without its labels
+    assert batch["labels"]["pending"][0]["due"] == 1 and batch["labels"]["labelled"] == []
+    json.dumps(batch)  # XCom-safe
+    loop_state.LoopState(next_batch_start_index=ROWS).save()
+    assert _cut(stream) == {"has_data": False, "start": ROWS, "total_rows": ROWS}
 
 
 def test_simulate_batch_refuses_a_batch_size_the_cli_refuses(stream):
     with pytest.raises(ValueError, match=f"batch_size 1 is below the {B} rows the drift monitor"):
-        monitoring.simulate_batch(stream, 0, 1)
+        monitoring.simulate_batch(
+            stream, monitoring.iteration_state(), LOOP.model_copy(update={"batch_size": 1})
+        )
     assert not storage.exists(layout.batch_csv("batch_0000000.csv"))
 
 
-def _decision(batch_uri: str, retrain: bool, recent: list[str]) -> dict:
+def test_dag_params_build_the_loop_settings():
+    loop = monitoring.loop_params(
+        {"batch_size": 500, "retrain_window": None, "label_delay_batches": 0, "other": 1}
+    )
+    assert (loop.batch_size, loop.retrain_window, loop.label_delay_batches) == (500, None, 0)
+    with pytest.raises(ValueError, match="label_source"):
+        monitoring.loop_params({"label_source": "guess"})
+
+
+def _scraps(retrain: bool) -> dict:
     return {
-        "drift_status": "DRIFT_DETECTED" if retrain else "NO_DRIFT",
+        "drift_status": "DRIFT_DETECTED",
         "drifted_share": 0.1,
-        "monitor_run_dir": "/runs/x",
         "retrain": retrain,
-        "recent_batches": recent,
+        "retrain_triggers": ["data_growth"] if retrain else [],
+        "retrain_reasons": ["grown"] if retrain else [],
     }
+
+
+def _decision(batch: dict, retrain: bool) -> dict:
+    """The decision the DAG's decide task takes on ``batch`` from the given scraps."""
+    state = loop_state.LoopState.load()
+    plan = LabelPlan.from_dict(batch["labels"])
+    return monitoring_step.decide(
+        _scraps(retrain),
+        "/runs/x",
+        monitoring_step.labelled_after(state, plan),
+        monitoring_step.new_labelled_after(state, plan),
+    ).as_dict()
 
 
 def test_advance_state_moves_once_and_only_from_the_batch_start(stream):
-    batch = monitoring.simulate_batch(stream, 0, B)
     state = monitoring.iteration_state()
     assert state == {
         "next_batch_start_index": 0,
-        "batches_since_retrain": [],
         "reference_uri": None,
         "model_reference_uri": None,
+        "pending_labels": [],
+        "labelled_batches": [],
+        "new_labelled": [],
+        "label_gaps": [],
+        "unknown_labels": None,
         "batches_done": 0,
     }
-    entry = monitoring.advance_state(
-        batch, _decision(batch["batch_uri"], False, [batch["batch_uri"]]), model_uri="models:/M/1"
-    )
+    batch = _cut(stream)
+    decision = _decision(batch, retrain=True)
+    assert not decision["retrain"] and "no labelled rows yet" in decision["skipped"]
+    entry = monitoring.advance_state(batch, decision, model_uri="models:/M/1")
     assert entry["start"] == 0 and entry["end"] == B and entry["retrain"] is None
-    assert entry["model_uri"] == "models:/M/1"
+    assert entry["model_uri"] == "models:/M/1" and entry["retrain_skipped"] == decision["skipped"]
     saved = loop_state.LoopState.load()
-    assert saved.next_batch_start_index == B and saved.batches_since_retrain == [batch["batch_uri"]]
+    assert saved.next_batch_start_index == B and [p["start"] for p in saved.pending_labels] == [0]
     # The same batch again (a stale run): refused, nothing changed.
     with pytest.raises(RuntimeError, match=f"cursor is at {B}, not at this batch's start 0"):
-        monitoring.advance_state(batch, _decision(batch["batch_uri"], False, []), model_uri="m")
+        monitoring.advance_state(batch, decision, model_uri="m")
     assert loop_state.LoopState.load() == saved
 
 
 def test_awaited_promotion_sets_the_reference_like_the_loop(stream):
-    first = monitoring.simulate_batch(stream, 0, B)
-    monitoring.advance_state(
-        first, _decision(first["batch_uri"], False, [first["batch_uri"]]), model_uri="m"
-    )
-    second = monitoring.simulate_batch(stream, B, B)
-    recent = [first["batch_uri"], second["batch_uri"]]
+    first = _cut(stream)
+    monitoring.advance_state(first, _decision(first, False), model_uri="m")
+    second = _cut(stream)  # batch 0's labels arrive
+    decision = _decision(second, True)
+    (labelled,) = decision["retraining_data"]
+    assert decision["retrain"] and decision["gate_data"] == [labelled]
     outcome = {
         "decision": "PROMOTED",
         "promoted": True,
@@ -194,41 +240,46 @@ def test_awaited_promotion_sets_the_reference_like_the_loop(stream):
         "run_dir": "/runs/r",
     }
     entry = monitoring.advance_state(
-        second,
-        _decision(second["batch_uri"], True, recent),
-        model_uri="m",
-        retrain_outcome=outcome,
-        trigger_run_id="retrain__x",
+        second, decision, model_uri="m", retrain_outcome=outcome, trigger_run_id="retrain__x"
     )
-    assert entry["retrain"] == {**outcome, "triggered_run_id": "retrain__x"}
+    assert entry["retrain"] == {
+        **outcome,
+        "retraining_data_path": [labelled],
+        "triggered_run_id": "retrain__x",
+    }
     state = loop_state.LoopState.load()
-    assert state.batches_since_retrain == [] and state.next_batch_start_index == 2 * B
+    assert state.new_labelled == [] and state.next_batch_start_index == 2 * B
     assert Path(state.reference_uri).name == "reference_0000030.csv"
-    assert len(storage.read_csv(state.reference_uri)) == 2 * B
+    assert storage.read_csv(state.reference_uri)["readmitted"].notna().all()
+    assert len(storage.read_csv(state.reference_uri)) == B
     assert state.model_reference_uri == "/holdouts/h.csv"
     assert monitoring.iteration_state()["reference_uri"] == state.reference_uri
     # The next monitoring run compares against both new references.
-    third = monitoring.simulate_batch(stream, 2 * B, B)
+    third = _cut(stream)
     params = monitoring_step.monitor_parameters(
-        state, third["batch_uri"], "/prepared/initial_train.csv"
+        state,
+        third["batch_uri"],
+        "/prepared/initial_train.csv",
+        LabelPlan.from_dict(third["labels"]),
     )
     assert params == {
         "new_data_path": third["batch_uri"],
         "reference_data_path": state.reference_uri,
         "model_reference_path": "/holdouts/h.csv",
+        "labelled_data_path": [layout.labelled_csv(f"labelled_{B:07d}.csv")],
+        "new_labelled_rows": B,
     }
 
 
-def test_not_awaited_retraining_keeps_the_recent_batches(stream):
-    batch = monitoring.simulate_batch(stream, 0, B)
+def test_not_awaited_retraining_keeps_the_batches_new(stream):
+    first = _cut(stream)
+    monitoring.advance_state(first, _decision(first, False), model_uri="m")
+    second = _cut(stream)
     entry = monitoring.advance_state(
-        batch,
-        _decision(batch["batch_uri"], True, [batch["batch_uri"]]),
-        model_uri="m",
-        trigger_run_id="retrain__y",
+        second, _decision(second, True), model_uri="m", trigger_run_id="retrain__y"
     )
     assert entry["retrain"] == {"triggered_run_id": "retrain__y", "awaited": False}
-    assert loop_state.LoopState.load().batches_since_retrain == [batch["batch_uri"]]
+    assert len(loop_state.LoopState.load().new_labelled) == 1
 
 
 def test_iteration_state_refuses_while_the_cli_loop_runs(hp_env):

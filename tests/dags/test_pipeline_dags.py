@@ -2,10 +2,11 @@
 
 One module-wide story, in file order: the training DAG prepares data and registers a champion;
 the future stream is rewritten into two batches (no drift, then ``older_patients`` drift); the
-monitoring DAG runs on the first batch, fails on a schema-broken batch without moving the
-cursor, runs on the second batch (retraining triggered), and ends on the exhausted stream. The
-conf it sent then drives the training DAG's retraining branch, and ``healthpredict loop`` on the
-same stream and model makes the same decisions.
+monitoring DAG runs on the first batch (monitored without labels: nothing to retrain on), fails
+on a schema-broken batch without moving the cursor, runs on the second batch (the first one's
+labels arrive, the growth trigger set low asks for a retraining on them), and ends on the
+exhausted stream. The conf it sent then drives the training DAG's retraining branch, and
+``healthpredict loop`` on the same stream and model makes the same decisions.
 """
 
 from __future__ import annotations
@@ -83,8 +84,19 @@ def stream(trained, dag_env):
     return {"frame": frame, "faulty_uri": faulty_uri}
 
 
+# Any labelled rows the champion never learned from ask for a retraining: the story needs one.
+MONITOR_PARAMS = {"growth_trigger": 0.01}
+
+
 def monitor(dags, **conf):
-    return dags(MONITORING, batch_size=BATCH, **conf)
+    # Nothing runs the triggered training DAG under dag.test(): waiting would hang.
+    return dags(
+        MONITORING,
+        batch_size=BATCH,
+        wait_for_retraining=False,
+        monitor_params=MONITOR_PARAMS,
+        **conf,
+    )
 
 
 def run_dirs(notebook: str) -> list[Path]:
@@ -137,7 +149,7 @@ def test_no_drift_batch_logs_and_advances_once(dags, stream):
     run = monitor(dags)
     states = task_states(run)
     assert run.state == "success", states
-    assert states["log_no_drift_and_loop"] == "success"
+    assert states["log_no_retraining"] == "success"
     assert states["advance_state"] == "success"
     assert {states[t] for t in ("trigger_retraining_dag", "end_pipeline")} == {"skipped"}
     state = loop_state.LoopState.load()
@@ -146,8 +158,12 @@ def test_no_drift_batch_logs_and_advances_once(dags, stream):
     assert (entry["start"], entry["end"], entry["drift_status"]) == (0, BATCH, "NO_DRIFT")
     assert Path(entry["batch_uri"]).name == "batch_0000000.csv"
     assert entry["model_uri"] == "models:/HealthPredict/1"
+    assert "readmitted" not in storage.read_csv(entry["batch_uri"]).columns
+    assert entry["retrain"] is None and entry["labels"]["labelled"] == []
+    assert [p["start"] for p in state.pending_labels] == [0]
     prov = run_json(entry["monitor_run_dir"])
     assert prov["status"] == "succeeded" and prov["scraps"]["drift_status"] == "NO_DRIFT"
+    assert prov["given_parameters"]["labelled_data_path"] is None
     assert prov["notebook_sha256"] == sha256(NOTEBOOKS / "03_drift_monitor.py")
     assert prov["parameters"]["mlflow_model_uri"] == "models:/HealthPredict/1"
     assert entry["batch_uri"] in prov["inputs"]["new_data_path"]
@@ -173,7 +189,7 @@ def test_drifted_batch_triggers_retraining(dags, stream):
     states = task_states(run)
     assert run.state == "success", states
     assert states["trigger_retraining_dag"] == "success"
-    assert states["log_no_drift_and_loop"] == "skipped"
+    assert states["log_no_retraining"] == "skipped"
     # Not awaited, so whether it promoted is unknown: nothing is deployed.
     assert states["trigger_deployment_after_retraining"] == "skipped"
     assert states["advance_state"] == "success"
@@ -181,18 +197,23 @@ def test_drifted_batch_triggers_retraining(dags, stream):
     assert state.next_batch_start_index == 2 * BATCH and len(state.history) == 2
     entry = state.history[1]
     assert entry["start"] == BATCH and entry["end"] == 2 * BATCH
-    assert entry["drift_status"] == "DRIFT_DETECTED"
+    assert entry["drift_status"] == "DRIFT_DETECTED"  # reported; the decision is the monitor's
+    assert "data_growth" in entry["retrain_triggers"]
     trigger_run_id = f"retrain__{run.run_id}"
     assert entry["retrain"] == {"triggered_run_id": trigger_run_id, "awaited": False}
     # The batch the failed run had overwritten was cut again from the good stream.
     batch = storage.read_csv(entry["batch_uri"])
     assert "A1Cresult" in batch.columns and len(batch) == BATCH
-    recent = [state.history[0]["batch_uri"], entry["batch_uri"]]
-    assert state.batches_since_retrain == recent
+    # The first batch's labels arrived with this one: measured by the monitor, learned from.
+    labelled = [layout.labelled_csv("labelled_0000000.csv")]
+    assert entry["labels"]["labelled"] == labelled and state.new_labelled == labelled
+    given = run_json(entry["monitor_run_dir"])["given_parameters"]
+    assert given["labelled_data_path"] == labelled and given["new_labelled_rows"] == BATCH
     _, conf = dag_run(TRAINING, trigger_run_id)
     assert conf == {
         "is_retraining_run": True,
-        "retraining_data_path": recent,
+        "retraining_data_path": labelled,
+        "gate_data_path": labelled,
         "mlflow_model_name": "HealthPredict",
     }
 
@@ -214,10 +235,24 @@ def test_loop_makes_the_same_decisions_as_the_dag(dag_env, stream):
         LoopParams(
             batch_size=BATCH, model_uri=history[0]["model_uri"]
         ),  # the version the DAG pinned
-        local_loop.LoopOptions(root=str(dag_env / "loop"), retrain_params={"n_trials": 1}),
+        local_loop.LoopOptions(
+            root=str(dag_env / "loop"),
+            monitor_params=MONITOR_PARAMS,
+            retrain_params={"n_trials": 1},
+        ),
     )
-    assert [(o.window.start, o.window.end, o.drift_status) for o in outcomes] == [
-        (h["start"], h["end"], h["drift_status"]) for h in history
+    assert [
+        (o.window.start, o.window.end, o.drift_status, o.triggers, o.labels["labelled_rows"])
+        for o in outcomes
+    ] == [
+        (
+            h["start"],
+            h["end"],
+            h["drift_status"],
+            h["retrain_triggers"],
+            h["labels"]["labelled_rows"],
+        )
+        for h in history
     ]
 
 

@@ -30,6 +30,9 @@ FED = {
     "health_predict_monitoring_retraining": {
         "batch_size": (LoopParams, "batch_size"),
         "retrain_window": (LoopParams, "retrain_window"),
+        "label_delay_batches": (LoopParams, "label_delay_batches"),
+        "label_timeout_batches": (LoopParams, "label_timeout_batches"),
+        "label_source": (LoopParams, "label_source"),
         "mlflow_experiment_name": (MonitorParams, "mlflow_experiment_name"),
     },
 }

@@ -165,6 +165,11 @@ def test_killed_runner_leaves_the_batch_to_the_next_one(env):
     batches = [str(env.monitoring / "batches" / f"batch_{s:07d}.csv") for s in (0, BATCH_ROWS)]
     assert [h["batch_uri"] for h in state.history] == batches
     assert not (env.monitoring / "lease.json").exists()
+    # Labels one batch late: batch 0's arrived once, at the second batch; batch 1's are pending.
+    assert [b["start"] for b in state.labelled_batches] == [0]
+    assert [p["start"] for p in state.pending_labels] == [BATCH_ROWS]
+    assert [h["labels"]["labelled_rows"] for h in state.history] == [0, BATCH_ROWS]
+    assert "readmitted" not in storage.read_csv(first).columns
 
     # MLflow: one FINISHED monitoring run per batch; the dead runner's run was ended KILLED.
     runs = mlflow_runs()

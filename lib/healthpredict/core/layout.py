@@ -53,6 +53,21 @@ def batch_csv(name: str, root: str | None = None) -> str:
     return join(monitoring_dir(root), "batches", name)
 
 
+def labels_dir(root: str | None = None) -> str:
+    """The label store: CSV files of ``encounter_id, readmitted`` as labels arrive."""
+    return join(monitoring_dir(root), "labels")
+
+
+def label_csv(name: str, root: str | None = None) -> str:
+    """One file of the label store (the replay names its deliveries by batch start)."""
+    return join(labels_dir(root), name)
+
+
+def labelled_csv(name: str, root: str | None = None) -> str:
+    """A monitored batch joined with its arrived labels: what retraining learns from."""
+    return join(monitoring_dir(root), "labelled", name)
+
+
 def reference_csv(name: str, root: str | None = None) -> str:
     """A reference written by the loop (e.g. a retraining's holdout)."""
     return join(monitoring_dir(root), "reference", f"{name}.csv")

@@ -217,6 +217,10 @@ class RetrainParams(StageParams):
     )
 
 
+# Where the loop's labels come from: its own replay of the stream's labels, or outside.
+LABEL_SOURCES = ("replay", "external")
+
+
 class LoopParams(StageParams):
     """Settings of the monitoring loop (``healthpredict loop``/``demo``, the monitoring DAG)."""
 
@@ -226,8 +230,25 @@ class LoopParams(StageParams):
     max_batches: int | None = Field(
         None, ge=1, description="stop after this many batches (default: all)"
     )
-    retrain_window: int = Field(
-        5, ge=1, description="how many recent batches a retraining learns from"
+    retrain_window: int | None = Field(
+        None,
+        ge=1,
+        description="labelled batches a retraining learns from: None = all so far (cumulative), "
+        "N = the last N",
+    )
+    label_delay_batches: int = Field(
+        1, ge=0, description="batches after which a batch's labels are due (0: with the batch)"
+    )
+    label_timeout_batches: int = Field(
+        3,
+        ge=0,
+        description="batches past due after which missing labels are recorded as a label gap",
+    )
+    label_source: str = Field(
+        LABEL_SOURCES[0],
+        pattern=f"^({'|'.join(LABEL_SOURCES)})$",
+        description='"replay": the loop delivers the stream\'s labels when due (stand-in for the '
+        'hospital); "external": labels are put in <storage>/monitoring/labels/ by others',
     )
     data_dir: str | None = Field(
         None, description="prepared data folder (default: <storage>/processed_data)"

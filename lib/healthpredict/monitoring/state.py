@@ -3,7 +3,8 @@
 The cursor (``next_batch_start_index``) lives in ``<storage>/monitoring/state.json`` and moves
 forward only after a batch was monitored (and, on drift, retrained) successfully, so a failed
 or killed run processes the same batch again. Batch files are named by their start index, so
-a re-run overwrites instead of duplicating.
+a re-run overwrites instead of duplicating. Batches are written without their target
+(``readmitted``): labels arrive later, into the label store (:mod:`healthpredict.monitoring.labels`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pandas as pd
 
 from healthpredict.core import layout, storage
 from healthpredict.core.constants import MIN_BATCH_ROWS
+from healthpredict.data.schema import TARGET
 
 
 class LoopStateError(ValueError):
@@ -72,26 +74,30 @@ def remaining_batches(
     return count
 
 
-_STATE_FIELDS = (
-    "next_batch_start_index",
-    "batches_since_retrain",
-    "reference_uri",
-    "model_reference_uri",
-    "history",
-)
-
-
 @dataclass
 class LoopState:
-    """What the loop has done so far; persisted as JSON beside the batches."""
+    """What the loop has done so far; persisted as JSON beside the batches.
+
+    Label bookkeeping (entries are plain dicts, see :mod:`healthpredict.monitoring.labels`):
+    ``pending_labels`` are monitored batches awaiting labels (``batch_uri``, ``start``, ``end``,
+    ``index``, ``due``, ``rows``); ``labelled_batches`` those whose labels arrived (plus
+    ``labelled_uri``, ``labelled_rows``, ``missing_rows``); ``new_labelled`` the
+    ``labelled_uri`` of those the current champion never learned from; ``label_gaps`` the
+    batches whose labels did not (all) arrive in time; ``unknown_labels`` the labels in the
+    store for encounters never monitored (None: none).
+    """
 
     next_batch_start_index: int = 0
-    batches_since_retrain: list[str] = field(default_factory=list)
     reference_uri: str | None = None  # drift reference after a promotion; None = initial_train
     # Held-out rows of the last promotion (predictions compared against); None = the monitor's
     # default next to initial_train.
     model_reference_uri: str | None = None
     history: list[dict] = field(default_factory=list)
+    pending_labels: list[dict] = field(default_factory=list)
+    labelled_batches: list[dict] = field(default_factory=list)
+    new_labelled: list[str] = field(default_factory=list)
+    label_gaps: list[dict] = field(default_factory=list)
+    unknown_labels: dict | None = None
 
     @classmethod
     def load(cls, root: str | None = None) -> LoopState:
@@ -112,15 +118,29 @@ class LoopState:
                 f"{uri} is not a readable loop state ({exc}); restore it from a backup, or "
                 "delete it to start the stream again from its first batch"
             ) from exc
+        # A state written before a field existed loads with the field's default; fields it no
+        # longer has (e.g. the old batches_since_retrain) are ignored.
         return cls(**{k: raw[k] for k in _STATE_FIELDS if k in raw})
 
     def save(self, root: str | None = None) -> None:
         """Write the state atomically."""
         storage.write_json(layout.loop_state(root), self.__dict__)
 
+    @property
+    def batches_done(self) -> int:
+        """Batches monitored so far: the index of the next one (label due dates count these)."""
+        return len(self.history)
+
+
+_STATE_FIELDS = tuple(f for f in LoopState.__dataclass_fields__)
+
 
 def write_batch(future: pd.DataFrame, window: BatchWindow, root: str | None = None) -> str:
-    """Write rows of the future stream as a batch file; returns its URI."""
+    """Write rows of the future stream as a batch file, without the target; returns its URI.
+
+    The monitor sees a batch as it arrives, before anyone knows who was readmitted.
+    """
     uri = layout.batch_csv(window.name, root)
-    storage.write_csv(uri, future.iloc[window.start : window.end])
+    rows = future.iloc[window.start : window.end]
+    storage.write_csv(uri, rows.drop(columns=[TARGET], errors="ignore"))
     return uri

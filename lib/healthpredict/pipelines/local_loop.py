@@ -48,11 +48,16 @@ def run_loop(
     options: LoopOptions | None = None,
     on_batch: Callable[[BatchOutcome], None] | None = None,
 ) -> list[BatchOutcome]:
-    """Monitor the future stream batch by batch, retraining on drift, under the loop's lease.
+    """Monitor the future stream batch by batch, labels arriving late, under the loop's lease.
+
+    Each batch is monitored without its labels; labels are attached when they arrive (the
+    replay delivers them ``label_delay_batches`` later), and a retraining, when the monitor asks
+    for one, learns from labelled batches only.
 
     Args:
-        params: Batch size, how many batches, retraining window, data and model (the
-            ``healthpredict loop`` options and the monitoring DAG's Params).
+        params: Batch size, how many batches, retraining window, label delay, timeout and
+            source, data and model (the ``healthpredict loop`` options and the monitoring DAG's
+            Params).
         options: Extra notebook parameters and the storage root (default: none).
         on_batch: Called with each :class:`BatchOutcome` (progress display).
 
@@ -64,6 +69,8 @@ def run_loop(
             with the model (:func:`preflight`) before any batch is written or kernel started.
         healthpredict.runs.NotebookRunError: A batch's notebook run failed; its files are
             in the rendered folder, the state did not move and a note names the batch.
+        healthpredict.monitoring.labels.LabelStoreError: A label file is unusable or labels
+            disagree (the state did not move; the message names the files).
     """
     # the split module loads scikit-learn (seconds, measured): only once the loop runs
     from healthpredict.data.split import load_split
@@ -85,6 +92,9 @@ def run_loop(
             model_uri=model_uri,
             default_reference=layout.split_csv(REFERENCE_SPLIT, data_dir),
             retrain_window=params.retrain_window,
+            label_delay_batches=params.label_delay_batches,
+            label_timeout_batches=params.label_timeout_batches,
+            label_source=params.label_source,
             monitor_params=options.monitor_params,
             retrain_params=options.retrain_params,
             root=options.root,

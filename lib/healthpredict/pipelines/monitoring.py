@@ -1,10 +1,11 @@
 """The monitoring DAG's tasks: the monitoring step of ``healthpredict loop``, task by task.
 
-Each task calls a part of :mod:`healthpredict.pipelines.monitoring_step`: the batch is validated
-and cut (:func:`simulate_batch`), the champion pinned and the monitor prepared
-(:func:`prepare_monitoring`, executed by PapermillOperator), the decision taken from its scraps
-(:func:`decide_from_run`) and the cursor moved last (:func:`advance_state`), with the same
-functions as the loop.
+Each task calls a part of :mod:`healthpredict.pipelines.monitoring_step`: the batch is validated,
+cut and its arrived labels attached (:func:`simulate_batch`), the champion pinned and the monitor
+prepared with the batches labelled in this step (:func:`prepare_monitoring`, executed by
+PapermillOperator), the decision taken from its ``retrain`` scraps (:func:`decide_from_run`) and
+the cursor moved last, labels and all (:func:`advance_state`), with the same functions as the
+loop.
 
 Nothing here imports Airflow at module level: the package works without the ``airflow`` extra.
 """
@@ -16,64 +17,98 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from healthpredict.core import storage
+from healthpredict.core.stages import LoopParams
 from healthpredict.data.uci import read_raw_csv
 from healthpredict.mlops import registry, tracking
+from healthpredict.monitoring.labels import LabelPlan
 from healthpredict.monitoring.lease import lease
 from healthpredict.monitoring.state import BatchWindow, LoopState, next_window, write_batch
 from healthpredict.pipelines.monitoring_step import (
     MONITOR_NOTEBOOK,
-    BatchOutcome,
     advance,
     decide,
+    labelled_after,
     monitor_parameters,
+    new_labelled_after,
+    outcome_of,
+    plan_step_labels,
     retrain_summary,
     validate_batch_size,
 )
 from healthpredict.pipelines.training import retrain_result_uri
 from healthpredict.runs.papermill_task import prepare_notebook_run, read_run_scraps
 
+# The LoopParams fields the monitoring DAG exposes as Params (same names).
+LOOP_DAG_PARAMS = (
+    "batch_size",
+    "retrain_window",
+    "label_delay_batches",
+    "label_timeout_batches",
+    "label_source",
+)
+
+
+def loop_params(params: Mapping[str, Any]) -> LoopParams:
+    """The loop's settings from the DAG run's Params (validated as ``healthpredict loop`` does)."""
+    return LoopParams(**{name: params[name] for name in LOOP_DAG_PARAMS if name in params})
+
 
 def iteration_state(root: str | None = None) -> dict[str, Any]:
-    """The loop's state, read under its lease (so a running ``healthpredict loop`` is refused).
+    """The loop's state without its history, read under its lease (a running loop is refused).
+
+    Returns:
+        The state's fields (JSON-safe, for XCom) and ``batches_done``.
 
     Raises:
         healthpredict.monitoring.lease.LoopLockedError: Another runner holds the lease.
     """
     with lease(root):
         state = LoopState.load(root)
-    return {
-        "next_batch_start_index": state.next_batch_start_index,
-        "batches_since_retrain": list(state.batches_since_retrain),
-        "reference_uri": state.reference_uri,
-        "model_reference_uri": state.model_reference_uri,
-        "batches_done": len(state.history),
-    }
+    fields = {k: v for k, v in state.__dict__.items() if k != "history"}
+    return {**fields, "batches_done": state.batches_done}
+
+
+def _state(xcom: Mapping[str, Any]) -> LoopState:
+    """The state (without history) from :func:`iteration_state`'s XCom."""
+    return LoopState(**{k: v for k, v in xcom.items() if k in LoopState.__dataclass_fields__})
 
 
 def simulate_batch(
-    future_uri: str, next_start: int, batch_size: int, root: str | None = None
+    future_uri: str, state: Mapping[str, Any], loop: LoopParams, root: str | None = None
 ) -> dict[str, Any]:
-    """Cut the next batch of the future stream and write it (named by its start index).
+    """Cut the batch at the cursor, write it without labels, and attach the labels that arrived.
+
+    In the replay (``label_source`` ``replay``) the labels of the batches now due are delivered
+    from the stream first, as the hospital would.
+
+    Args:
+        future_uri: The future stream (raw CSV with its labels, for the replay).
+        state: :func:`iteration_state`.
+        loop: Batch size and label settings.
+        root: Storage root.
 
     Returns:
-        ``has_data`` False when the stream is exhausted; otherwise ``start``, ``end`` and
-        ``batch_uri`` of the batch written. ``total_rows`` either way.
+        ``has_data`` False when the stream is exhausted; otherwise ``start``, ``end``,
+        ``batch_uri`` of the batch written and ``labels`` (the step's label plan).
+        ``total_rows`` either way.
 
     Raises:
         ValueError: ``batch_size`` is below ``MIN_BATCH_ROWS`` (as ``healthpredict loop``).
+        healthpredict.monitoring.labels.LabelStoreError: An unusable label file or a conflict.
     """
-    validate_batch_size(int(batch_size))
+    validate_batch_size(loop.batch_size)
     future = read_raw_csv(future_uri)
-    window = next_window(int(next_start), len(future), int(batch_size))
+    next_start = int(state["next_batch_start_index"])
+    window = next_window(next_start, len(future), loop.batch_size)
     if window is None:
-        return {"has_data": False, "start": int(next_start), "total_rows": len(future)}
-    return {
-        "has_data": True,
+        return {"has_data": False, "start": next_start, "total_rows": len(future)}
+    batch = {
+        "batch_uri": write_batch(future, window, root),
         "start": window.start,
         "end": window.end,
-        "batch_uri": write_batch(future, window, root),
-        "total_rows": len(future),
     }
+    plan = plan_step_labels(_state(state), int(state["batches_done"]), batch, loop, future, root)
+    return {**batch, "has_data": True, "total_rows": len(future), "labels": plan.as_dict()}
 
 
 @dataclass(frozen=True)
@@ -106,7 +141,8 @@ def prepare_monitoring(
 
     The champion alias is resolved to its version now, so the notebook and the record name the
     model that was actually monitored even if the alias moves meanwhile. The reference is the
-    loop's (set after a promotion) or else ``how.reference_uri``, as in
+    loop's (set after a promotion) or else ``how.reference_uri``, and the batches labelled in
+    this step go to the monitor, as in
     :func:`~healthpredict.pipelines.monitoring_step.monitoring_step`.
 
     Raises:
@@ -115,12 +151,13 @@ def prepare_monitoring(
     # MLflow's own default would be ./mlflow.db in whatever folder the task runs in.
     tracking.setup_mlflow()
     info = registry.get_model_info(registry.champion_uri(how.model_name))
-    loop_state = LoopState(
-        reference_uri=state.get("reference_uri"),
-        model_reference_uri=state.get("model_reference_uri"),
-    )
     parameters = {
-        **monitor_parameters(loop_state, batch["batch_uri"], how.reference_uri),
+        **monitor_parameters(
+            _state(state),
+            batch["batch_uri"],
+            how.reference_uri,
+            LabelPlan.from_dict(batch["labels"]),
+        ),
         "mlflow_model_uri": info.model_uri,
         "mlflow_experiment_name": how.experiment_name,
         **dict(how.monitor_params),
@@ -135,23 +172,26 @@ def decide_from_run(
     prepared: Mapping[str, Any],
     state: Mapping[str, Any],
     batch: Mapping[str, Any],
-    retrain_window: int,
+    retrain_window: int | None,
 ) -> dict[str, Any]:
     """Read the monitor run's scraps and decide, as the local loop's monitoring step does.
 
     Returns:
-        The decision's ``as_dict()``: ``drift_status``, ``drifted_share``, ``monitor_run_dir``,
-        ``retrain`` and ``recent_batches``.
+        The decision's ``as_dict()``: ``retrain``, its ``triggers`` and ``reasons``, the
+        ``retraining_data`` and ``gate_data`` a retraining gets, why it was ``skipped``, and
+        the reported ``drift_status``, ``drifted_share`` and ``monitor_run_dir``.
 
     Raises:
         healthpredict.runs.NotebookRunError: A required scrap is missing.
+        ValueError: A retraining scrap is missing or of the wrong type.
     """
     scraps = read_run_scraps(prepared)
+    loop_state, plan = _state(state), LabelPlan.from_dict(batch["labels"])
     decision = decide(
         scraps,
         prepared["run_dir"],
-        state["batches_since_retrain"],
-        batch["batch_uri"],
+        labelled_after(loop_state, plan),
+        new_labelled_after(loop_state, plan),
         retrain_window,
     )
     return decision.as_dict()
@@ -211,7 +251,9 @@ def _dag_retrain_summary(
         return None
     if retrain_outcome is None:
         return {"triggered_run_id": trigger_run_id, "awaited": False}
-    summary = retrain_summary(retrain_outcome, retrain_outcome.get("run_dir"))
+    summary = retrain_summary(
+        retrain_outcome, retrain_outcome.get("run_dir"), decision["retraining_data"]
+    )
     summary["triggered_run_id"] = trigger_run_id
     return summary
 
@@ -228,8 +270,9 @@ def advance_state(
 ) -> dict[str, Any]:
     """Move the cursor past ``batch`` with :func:`advance`, under the lease, from its start only.
 
-    A promotion (known only when the retraining was awaited) makes the recent batches the new
-    drift reference and empties the list; otherwise the batch joins the recent batches.
+    The step's labels apply. A promotion (known only when the retraining was awaited) makes
+    the labelled batches the new champion learned from the drift reference and no longer new;
+    an unawaited retraining leaves them new.
 
     Returns:
         The history entry appended to the state.
@@ -245,18 +288,17 @@ def advance_state(
                 f"the loop cursor is at {state.next_batch_start_index}, not at this batch's "
                 f"start {batch['start']}: another runner processed it; nothing was changed"
             )
-        outcome = BatchOutcome(
+        outcome = outcome_of(
             BatchWindow(batch["start"], batch["end"]),
             batch["batch_uri"],
-            decision["drift_status"],
-            decision.get("drifted_share"),
-            decision["monitor_run_dir"],
+            decision,
+            LabelPlan.from_dict(batch["labels"]),
             _dag_retrain_summary(decision, retrain_outcome, trigger_run_id),
         )
         return advance(
             state,
             outcome,
-            list(decision["recent_batches"]),
+            LabelPlan.from_dict(batch["labels"]),
             root=root,
             model_uri=model_uri,
             dag_run_id=dag_run_id,

@@ -1,10 +1,15 @@
-"""The monitoring step: validate a batch, monitor it, decide, maybe retrain, advance the state.
+"""The monitoring step: cut a batch, attach arrived labels, monitor, decide, maybe retrain, advance.
 
 One step for ``healthpredict loop`` (:func:`monitoring_step`, driven by
 :func:`healthpredict.pipelines.local_loop.run_loop`) and for the monitoring DAG, whose tasks
 (:mod:`healthpredict.pipelines.monitoring`) call its parts one by one. Both validate the batch
-with :func:`validate_batch_size`, decide with :func:`decide` and move the cursor only with
-:func:`advance`, after monitoring (and, on drift, retraining) succeeded.
+with :func:`validate_batch_size`, handle labels with :func:`plan_step_labels`, decide with
+:func:`decide` and move the cursor only with :func:`advance`, after monitoring (and, when the
+monitor asked for it, retraining) succeeded.
+
+Labels arrive late (:mod:`healthpredict.monitoring.labels`): a batch is monitored without its
+target; the batches whose labels arrived since the last step go to the monitor, which measures
+the champion's realised ROC AUC on them; retraining learns from labelled batches only.
 """
 
 from __future__ import annotations
@@ -17,14 +22,17 @@ import pandas as pd
 
 from healthpredict.core import layout, storage
 from healthpredict.core.constants import DRIFT_DETECTED, MIN_BATCH_ROWS, NO_DRIFT
+from healthpredict.core.stages import LoopParams
 from healthpredict.data.uci import read_raw_csv
 from healthpredict.mlops import tracking
+from healthpredict.monitoring.labels import LabelPlan, plan_labels
 from healthpredict.monitoring.lease import Lease
 from healthpredict.monitoring.state import BatchWindow, LoopState, next_window, write_batch
 from healthpredict.runs import Kernel, RunResult, run
 
 MONITOR_NOTEBOOK = "03_drift_monitor"
 RETRAIN_NOTEBOOK = "04_retrain"
+REPLAY = "replay"  # LoopParams.label_source: the loop delivers the stream's own labels
 
 
 # ---- pure decisions -------------------------------------------------------------------------
@@ -43,7 +51,9 @@ def validate_batch_size(batch_size: int) -> None:
 
 
 def should_retrain(drift_status: str) -> bool:
-    """Retrain exactly when the monitor reported drift; any other value is an error.
+    """What the data-drift report alone would say (reported; the decision is the monitor's).
+
+    Checks the status too: the history keeps it as a report.
 
     Raises:
         ValueError: When the status is neither ``DRIFT_DETECTED`` nor ``NO_DRIFT``.
@@ -58,18 +68,27 @@ class Decision:
     """What the monitor said about a batch and what follows from it.
 
     Attributes:
-        drift_status: ``DRIFT_DETECTED`` or ``NO_DRIFT``.
+        drift_status: ``DRIFT_DETECTED`` or ``NO_DRIFT`` (a report; it decides nothing).
         drifted_share: Share of drifted columns, as the monitor scrapped it.
         monitor_run_dir: The monitor's notebook run.
-        retrain: Whether to retrain.
-        recent_batches: The batches a retraining learns from (this one included).
+        retrain: Whether a retraining runs.
+        triggers: The signals that asked for a retraining (the monitor's ``retrain_triggers``).
+        reasons: Why, in sentences (``retrain_reasons``).
+        retraining_data: Labelled batches a retraining learns from.
+        gate_data: Labelled batches the champion never learned from (the gate's holdout pool).
+        skipped: Why the monitor's request to retrain was not followed (None: it was, or there
+            was none).
     """
 
     drift_status: str
     drifted_share: float | None
     monitor_run_dir: str
     retrain: bool
-    recent_batches: list[str]
+    triggers: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    retraining_data: list[str] = field(default_factory=list)
+    gate_data: list[str] = field(default_factory=list)
+    skipped: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (XCom)."""
@@ -78,42 +97,88 @@ class Decision:
             "drifted_share": self.drifted_share,
             "monitor_run_dir": self.monitor_run_dir,
             "retrain": self.retrain,
-            "recent_batches": list(self.recent_batches),
+            "triggers": list(self.triggers),
+            "reasons": list(self.reasons),
+            "retraining_data": list(self.retraining_data),
+            "gate_data": list(self.gate_data),
+            "skipped": self.skipped,
         }
+
+
+def _scrap(scraps: Mapping[str, Any], name: str, kind: type) -> Any:
+    if name not in scraps:
+        raise ValueError(
+            f"the drift monitor left no {name!r} scrap: the retraining decision needs "
+            "retrain, retrain_triggers and retrain_reasons (a monitor notebook older than "
+            "the label-aware loop?)"
+        )
+    value = scraps[name]
+    if not isinstance(value, kind):
+        raise ValueError(f"the drift monitor's {name!r} scrap is {value!r}, not a {kind.__name__}")
+    return value
 
 
 def decide(
     scraps: Mapping[str, Any],
     monitor_run_dir: str,
-    batches_since_retrain: Sequence[str],
-    batch_uri: str,
-    retrain_window: int,
+    labelled: Sequence[str],
+    new_labelled: Sequence[str],
+    retrain_window: int | None = None,
 ) -> Decision:
-    """Decide on a monitored batch from the monitor's scraps.
+    """Decide on a monitored batch from the monitor's scraps and the labelled data at hand.
+
+    The monitor says whether to retrain (``retrain``, ``retrain_triggers``,
+    ``retrain_reasons``); a retraining runs only when there are labelled rows the champion
+    never learned from, since the gate draws its holdout from them and there is nothing new to
+    learn otherwise. It learns from all labelled batches so far (the backtest: more data beats
+    recency here), or the last ``retrain_window`` of them.
 
     Args:
-        scraps: The drift monitor's scraps (``drift_status``, ``drifted_share``).
+        scraps: The drift monitor's scraps.
         monitor_run_dir: Folder of the monitor's run.
-        batches_since_retrain: Batches since the last promotion, before this one.
-        batch_uri: This batch.
-        retrain_window: How many recent batches a retraining learns from.
+        labelled: ``labelled_uri`` of every labelled batch so far, in stream order.
+        new_labelled: Those the champion never learned from.
+        retrain_window: None: all labelled batches; N: the last N.
 
     Raises:
-        ValueError: The status is neither ``DRIFT_DETECTED`` nor ``NO_DRIFT``.
+        ValueError: The drift status is neither ``DRIFT_DETECTED`` nor ``NO_DRIFT``, or a
+            retraining scrap is missing or of the wrong type.
     """
     status = scraps["drift_status"]
+    should_retrain(status)  # validates the reported status
+    wanted = _scrap(scraps, "retrain", bool)
+    triggers = list(_scrap(scraps, "retrain_triggers", list))
+    reasons = list(_scrap(scraps, "retrain_reasons", list))
+    training = list(labelled) if retrain_window is None else list(labelled)[-int(retrain_window) :]
+    skipped = None
+    if wanted and not new_labelled:
+        skipped = (
+            "no labelled rows yet: labels are still pending"
+            if not labelled
+            else "no labelled rows the champion has not learned from: nothing new to learn "
+            "and no holdout for the gate"
+        )
     return Decision(
         drift_status=status,
         drifted_share=scraps.get("drifted_share"),
         monitor_run_dir=str(monitor_run_dir),
-        retrain=should_retrain(status),
-        recent_batches=[*batches_since_retrain, batch_uri][-int(retrain_window) :],
+        retrain=wanted and skipped is None,
+        triggers=triggers,
+        reasons=reasons,
+        retraining_data=training,
+        gate_data=list(new_labelled),
+        skipped=None if skipped is None else f"not retrained ({', '.join(triggers)}): {skipped}",
     )
 
 
 @dataclass
 class BatchOutcome:
-    """What happened to one batch."""
+    """What happened to one batch.
+
+    ``labels`` is the step's :meth:`~healthpredict.monitoring.labels.LabelPlan.summary`;
+    ``retrain`` the retraining's summary when one ran, ``retrain_skipped`` why the monitor's
+    request to retrain was not followed.
+    """
 
     window: BatchWindow
     batch_uri: str
@@ -121,6 +186,10 @@ class BatchOutcome:
     drifted_share: float | None
     monitor_run_dir: str
     retrain: dict | None = None
+    triggers: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    retrain_skipped: str | None = None
+    labels: dict | None = None
 
     def as_dict(self) -> dict:
         """JSON-ready summary for the state history."""
@@ -131,26 +200,122 @@ class BatchOutcome:
             "drift_status": self.drift_status,
             "drifted_share": self.drifted_share,
             "monitor_run_dir": self.monitor_run_dir,
+            "retrain_triggers": list(self.triggers),
+            "retrain_reasons": list(self.reasons),
             "retrain": self.retrain,
+            "retrain_skipped": self.retrain_skipped,
+            "labels": self.labels,
         }
 
 
-def monitor_parameters(state: LoopState, batch_uri: str, default_reference: str) -> dict:
-    """Drift-monitor parameters for a batch, as the state implies.
+def outcome_of(
+    window: BatchWindow,
+    batch_uri: str,
+    decision: Mapping[str, Any],
+    plan: LabelPlan,
+    retrain: dict | None = None,
+) -> BatchOutcome:
+    """The outcome of a batch from its decision (:meth:`Decision.as_dict`) and label plan."""
+    return BatchOutcome(
+        window,
+        batch_uri,
+        decision["drift_status"],
+        decision.get("drifted_share"),
+        decision["monitor_run_dir"],
+        retrain,
+        list(decision.get("triggers", [])),
+        list(decision.get("reasons", [])),
+        decision.get("skipped"),
+        plan.summary(),
+    )
+
+
+# ---- labels: what the state will hold once the step succeeds ---------------------------------
+
+
+def plan_step_labels(
+    state: LoopState,
+    step: int,
+    batch: Mapping[str, Any],
+    params: LoopParams,
+    stream: pd.DataFrame | None = None,
+    root: str | None = None,
+) -> LabelPlan:
+    """Deliver (replay), read and attach labels for the step that monitors ``batch``.
+
+    Args:
+        state: The loop's state before the step (not modified).
+        step: Batches monitored before this one (``state.batches_done``).
+        batch: ``batch_uri``, ``start``, ``end`` of the batch monitored now.
+        params: The loop's label settings.
+        stream: The future stream; the replay delivers its labels when ``label_source`` is
+            ``replay`` (required then).
+        root: Storage root.
+
+    Raises:
+        healthpredict.monitoring.labels.LabelStoreError: An unusable label file, or a conflict.
+    """
+    replay = params.label_source == REPLAY
+    if replay and stream is None:
+        raise ValueError("label_source 'replay' needs the stream to deliver its labels")
+    monitored = [
+        *(b["batch_uri"] for b in state.pending_labels),
+        *(b["batch_uri"] for b in state.labelled_batches),
+        *(g["batch_uri"] for g in state.label_gaps),
+    ]
+    return plan_labels(
+        batch,
+        step,
+        state.pending_labels,
+        monitored,
+        delay=params.label_delay_batches,
+        timeout=params.label_timeout_batches,
+        replay=stream if replay else None,
+        root=root,
+    )
+
+
+def labelled_after(state: LoopState, plan: LabelPlan) -> list[str]:
+    """Every labelled batch (``labelled_uri``) once the step's plan applies, in stream order."""
+    return [b["labelled_uri"] for b in [*state.labelled_batches, *plan.labelled]]
+
+
+def new_labelled_after(state: LoopState, plan: LabelPlan) -> list[str]:
+    """The labelled batches the champion never learned from, once the step's plan applies."""
+    return [*state.new_labelled, *(b["labelled_uri"] for b in plan.labelled)]
+
+
+def new_labelled_rows(state: LoopState, plan: LabelPlan) -> int:
+    """Labelled rows the champion never learned from, once the step's plan applies."""
+    new = set(new_labelled_after(state, plan))
+    entries = [*state.labelled_batches, *plan.labelled]
+    return sum(int(b["labelled_rows"]) for b in entries if b["labelled_uri"] in new)
+
+
+def monitor_parameters(
+    state: LoopState, batch_uri: str, default_reference: str, plan: LabelPlan | None = None
+) -> dict:
+    """Drift-monitor parameters for a batch, as the state and the step's labels imply.
 
     Since a promotion, the batches the champion learned from are the data reference and its
-    retraining holdout is the prediction reference.
+    gate holdout is the prediction reference. The batches labelled in this step go to the
+    monitor (``labelled_data_path``), which measures the champion's realised ROC AUC on them.
     """
+    plan = plan or LabelPlan()
     params = {
         "new_data_path": batch_uri,
         "reference_data_path": state.reference_uri or default_reference,
+        "labelled_data_path": [b["labelled_uri"] for b in plan.labelled] or None,
+        "new_labelled_rows": new_labelled_rows(state, plan),
     }
     if state.model_reference_uri:
         params["model_reference_path"] = state.model_reference_uri
     return params
 
 
-def retrain_summary(scraps: Mapping[str, Any], run_dir: str | None) -> dict:
+def retrain_summary(
+    scraps: Mapping[str, Any], run_dir: str | None, retraining_data: Sequence[str]
+) -> dict:
     """What the loop keeps of a retraining run's scraps (or of its recorded outcome)."""
     return {
         "decision": scraps["decision"],
@@ -159,6 +324,7 @@ def retrain_summary(scraps: Mapping[str, Any], run_dir: str | None) -> dict:
         "challenger_version": scraps["challenger_version"],
         "holdout_path": scraps.get("holdout_path"),
         "run_dir": run_dir,
+        "retraining_data_path": list(retraining_data),
     }
 
 
@@ -174,41 +340,53 @@ def write_reference(batch_uris: list[str], name: str, root: str | None = None) -
 def advance(
     state: LoopState,
     outcome: BatchOutcome,
-    recent: list[str],
+    plan: LabelPlan,
     *,
     root: str | None = None,
     **record: object,
 ) -> dict:
     """Move the cursor past ``outcome``'s batch and save the state: the loop's only step forward.
 
-    Called once every step for the batch succeeded. After a promotion the recent batches become
-    the drift reference (the data the new champion learned from), the retraining holdout the
-    prediction reference, and the list of recent batches starts again.
+    Called once every step for the batch succeeded. The step's labels apply (pending,
+    labelled, gaps, unknown labels). After a promotion the labelled batches the new champion
+    learned from become the drift reference and are no longer new, and the gate's holdout
+    becomes the prediction reference.
 
     Args:
         state: State to update (in place) and save.
-        outcome: The batch's outcome; ``outcome.retrain`` holds the retraining summary, if any.
-        recent: Batches since the last promotion, this one included.
+        outcome: The batch's outcome; ``outcome.retrain`` holds the retraining summary, if any
+            (with ``retraining_data_path``, the batches it learned from).
+        plan: The step's labels (:func:`plan_step_labels`).
         root: Storage root.
         **record: Extra fields for the history entry (the DAG adds its run id).
 
     Returns:
         The history entry appended.
     """
+    state.new_labelled = new_labelled_after(state, plan)
+    state.pending_labels = list(plan.pending)
+    state.labelled_batches = [*state.labelled_batches, *plan.labelled]
+    state.label_gaps = [*state.label_gaps, *plan.gaps]
+    state.unknown_labels = plan.unknown
     retrain = outcome.retrain or {}
     if retrain.get("promoted"):
-        state.reference_uri = write_reference(recent, f"reference_{outcome.window.start:07d}", root)
+        learned = list(retrain.get("retraining_data_path") or [])
+        if learned:
+            name = f"reference_{outcome.window.start:07d}"
+            state.reference_uri = write_reference(learned, name, root)
         state.model_reference_uri = retrain.get("holdout_path") or None
-        recent = []
+        state.new_labelled = [u for u in state.new_labelled if u not in set(learned)]
     entry = {**outcome.as_dict(), **record}
     state.next_batch_start_index = outcome.window.end
-    state.batches_since_retrain = recent
     state.history.append(entry)
     state.save(root)
     return entry
 
 
 # ---- the whole step, as the local loop runs it ----------------------------------------------
+
+
+_LOOP_DEFAULTS = LoopParams()
 
 
 @dataclass(frozen=True)
@@ -219,7 +397,10 @@ class StepConfig:
         batch_size: Rows per batch (at least ``MIN_BATCH_ROWS``).
         model_uri: Production model.
         default_reference: Drift reference before any promotion (the ``initial_train`` split).
-        retrain_window: How many recent batches a retraining learns from.
+        retrain_window: Labelled batches a retraining learns from (None: all so far).
+        label_delay_batches: Batches after which a batch's labels are due.
+        label_timeout_batches: Batches past due after which missing labels become a gap.
+        label_source: ``replay`` (the loop delivers the stream's labels) or ``external``.
         monitor_params: Extra parameters for the drift-monitor notebook.
         retrain_params: Extra parameters for the retrain notebook.
         root: Storage root (default from settings).
@@ -229,7 +410,10 @@ class StepConfig:
     batch_size: int
     model_uri: str
     default_reference: str
-    retrain_window: int = 5
+    retrain_window: int | None = _LOOP_DEFAULTS.retrain_window
+    label_delay_batches: int = _LOOP_DEFAULTS.label_delay_batches
+    label_timeout_batches: int = _LOOP_DEFAULTS.label_timeout_batches
+    label_source: str = _LOOP_DEFAULTS.label_source
     monitor_params: Mapping[str, Any] = field(default_factory=dict)
     retrain_params: Mapping[str, Any] = field(default_factory=dict)
     root: str | None = None
@@ -240,40 +424,70 @@ class StepConfig:
         """The notebooks' kernel: its environment names the runner, whose lease tags the runs."""
         return Kernel(env={tracking.LOOP_HOLDER_ENV: self.runner_id} if self.runner_id else {})
 
+    @property
+    def loop_params(self) -> LoopParams:
+        """The loop settings this step uses (validated as ``healthpredict loop`` would)."""
+        return LoopParams(
+            batch_size=self.batch_size,
+            retrain_window=self.retrain_window,
+            label_delay_batches=self.label_delay_batches,
+            label_timeout_batches=self.label_timeout_batches,
+            label_source=self.label_source,
+        )
+
 
 def monitor_batch(params: Mapping[str, Any], kernel: Kernel) -> RunResult:
     """Run the drift-monitor notebook with ``params``; returns the notebook run's result."""
     return run(MONITOR_NOTEBOOK, dict(params), kernel=kernel)
 
 
-def retrain_on(batch_uris: list[str], params: Mapping[str, Any], kernel: Kernel) -> RunResult:
-    """Run the retrain notebook (search + promotion gate) on labelled batches."""
-    parameters = {"retraining_data_path": list(batch_uris), **params}
+def retrain_on(
+    batch_uris: Sequence[str], gate_uris: Sequence[str], params: Mapping[str, Any], kernel: Kernel
+) -> RunResult:
+    """Run the retrain notebook (search + promotion gate) on labelled batches.
+
+    Args:
+        batch_uris: Labelled batches to learn from (``initial_train`` is added by the notebook).
+        gate_uris: Labelled batches the champion never learned from: the gate's holdout pool.
+        params: Extra notebook parameters.
+        kernel: The notebook's kernel.
+    """
+    parameters = {
+        "retraining_data_path": list(batch_uris),
+        "gate_data_path": list(gate_uris),
+        **params,
+    }
     return run(RETRAIN_NOTEBOOK, parameters, kernel=kernel)
 
 
 def monitoring_step(
     future: pd.DataFrame, state: LoopState, config: StepConfig, held: Lease | None = None
 ) -> BatchOutcome | None:
-    """Monitor the next batch and retrain on drift; advance and save the state only on success.
+    """Monitor the next batch and retrain when the monitor asks; advance the state on success.
 
     Returns None when the stream is exhausted. Any failure raises with the state untouched,
-    so the next call processes the same batch again; the exception gets a note naming the
-    batch. With ``held``, the lease is checked to still be ours just before the state moves.
+    so the next call processes the same batch again (the files it wrote are named by batch
+    and rewritten identically); the exception gets a note naming the batch. With ``held``,
+    the lease is checked to still be ours just before the state moves.
 
     Raises:
         ValueError: The batch size is below ``MIN_BATCH_ROWS``.
+        healthpredict.monitoring.labels.LabelStoreError: A label file is unusable or two
+            labels of an encounter disagree.
         healthpredict.runs.NotebookRunError: The monitor or the retraining run failed.
     """
     validate_batch_size(config.batch_size)
+    loop = config.loop_params
     window = next_window(state.next_batch_start_index, len(future), config.batch_size)
     if window is None:
         return None
     batch_uri = layout.batch_csv(window.name, config.root)
     try:
         batch_uri = write_batch(future, window, config.root)
+        batch = {"batch_uri": batch_uri, "start": window.start, "end": window.end}
+        plan = plan_step_labels(state, state.batches_done, batch, loop, future, config.root)
         params = {
-            **monitor_parameters(state, batch_uri, config.default_reference),
+            **monitor_parameters(state, batch_uri, config.default_reference, plan),
             "mlflow_model_uri": config.model_uri,
             **config.monitor_params,
         }
@@ -281,19 +495,25 @@ def monitoring_step(
         decision = decide(
             result.scraps,
             result.run_dir,
-            state.batches_since_retrain,
-            batch_uri,
+            labelled_after(state, plan),
+            new_labelled_after(state, plan),
             config.retrain_window,
         )
-        outcome = BatchOutcome(
-            window, batch_uri, decision.drift_status, decision.drifted_share, str(result.run_dir)
-        )
+        retrain = None
         if decision.retrain:
-            retrained = retrain_on(decision.recent_batches, config.retrain_params, config.kernel)
-            outcome.retrain = retrain_summary(retrained.scraps, str(retrained.run_dir))
+            retrained = retrain_on(
+                decision.retraining_data,
+                decision.gate_data,
+                config.retrain_params,
+                config.kernel,
+            )
+            retrain = retrain_summary(
+                retrained.scraps, str(retrained.run_dir), decision.retraining_data
+            )
+        outcome = outcome_of(window, batch_uri, decision.as_dict(), plan, retrain)
         if held is not None:
             held.renew()  # still ours? otherwise another runner owns the cursor now
-        advance(state, outcome, decision.recent_batches, root=config.root)
+        advance(state, outcome, plan, root=config.root)
     except Exception as exc:
         exc.add_note(
             f"batch rows {window.start}-{window.end} ({batch_uri}) was not completed: the loop "
