@@ -57,6 +57,7 @@ with DAG(
                 RetrainParams,
                 {
                     "retraining_data_path": "retraining_data_path",
+                    "gate_data_path": "gate_data_path",
                     "n_trials": "retrain_n_trials",
                     "mlflow_experiment_name": "retrain_experiment_name",
                 },
@@ -124,6 +125,7 @@ with DAG(
             "04_retrain",
             {
                 "retraining_data_path": training.as_uri_list(params["retraining_data_path"]),
+                "gate_data_path": training.as_uri_list(params["gate_data_path"]) or None,
                 "n_trials": params["retrain_n_trials"],
                 "mlflow_experiment_name": params["retrain_experiment_name"],
                 "model_name": params["mlflow_model_name"],

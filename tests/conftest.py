@@ -87,6 +87,7 @@ def synthetic_champion():
                 input_example=train,
                 data_source="synthetic",
                 params={"family": "logreg", "C": 1.0},
+                train_rows=len(train),
             )
         return SimpleNamespace(
             pipeline=pipeline, info=info, train=train, validation=validation, test=test

@@ -24,6 +24,7 @@ FED = {
         "cv_folds": (TrainParams, "cv_folds"),
         "mlflow_experiment_name": (TrainParams, "mlflow_experiment_name"),
         "retraining_data_path": (RetrainParams, "retraining_data_path"),
+        "gate_data_path": (RetrainParams, "gate_data_path"),
         "retrain_n_trials": (RetrainParams, "n_trials"),
         "retrain_experiment_name": (RetrainParams, "mlflow_experiment_name"),
     },

@@ -84,10 +84,13 @@ def loop_command(
     batch_size: int = field_option(LoopParams, "batch_size"),
     max_batches: int = field_option(LoopParams, "max_batches"),
     retrain_window: int = field_option(LoopParams, "retrain_window"),
+    label_delay_batches: int = field_option(LoopParams, "label_delay_batches"),
+    label_timeout_batches: int = field_option(LoopParams, "label_timeout_batches"),
+    label_source: str = field_option(LoopParams, "label_source"),
     data_dir: str = field_option(LoopParams, "data_dir"),
     model_uri: str = field_option(LoopParams, "model_uri"),
 ) -> None:
-    """Monitor the future stream batch by batch; on drift retrain and gate; then continue.
+    """Monitor the stream batch by batch, labels arriving late; retrain when the monitor asks.
 
     Exit code 1: a check or a batch failed (the loop state did not move; the message names the
     batch and the problem, its failed notebook run is in the rendered folder); 3: another runner
@@ -119,6 +122,9 @@ def loop_command(
             batch_size=batch_size,
             max_batches=max_batches,
             retrain_window=retrain_window,
+            label_delay_batches=label_delay_batches,
+            label_timeout_batches=label_timeout_batches,
+            label_source=label_source,
             data_dir=data_dir,
             model_uri=model_uri,
         )
@@ -234,6 +240,11 @@ def _start_demo_loop_afresh() -> None:
         storage.write_bytes(kept, storage.read_bytes(state))
         storage.delete(state)
         console.print(f"demo: the earlier loop state was kept as {kept}; the loop starts again")
+    # The earlier run's labels may clash with this run's data (same encounter ids).
+    from healthpredict.monitoring.labels import set_aside
+
+    if moved := set_aside(time.strftime("%Y%m%dT%H%M%S")):
+        console.print(f"demo: {len(moved)} earlier label file(s) set aside")
 
 
 def _parse_value(text: str):

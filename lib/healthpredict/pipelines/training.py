@@ -111,6 +111,7 @@ def record_retraining(prepared: Mapping[str, Any], run_id: str) -> dict[str, Any
         "champion_version": scraps["champion_version"],
         "mlflow_run_id": scraps["mlflow_run_id"],
         "holdout_path": scraps["holdout_path"],
+        "gate": scraps.get("gate"),
         "run_dir": prepared["run_dir"],
         "retraining_data_path": prepared["parameters"]["retraining_data_path"],
         "dag_run_id": run_id,
