@@ -1,18 +1,19 @@
-"""Benchmark of the drift decision: false alarms, detection, the real stream and speed.
+"""Benchmark of the drift and retraining decisions: false alarms, detection, the stream, speed.
 
 For each data set (the real UCI file when available, always the synthetic generator) and each
 of ``--repeats`` patient-grouped splits of the initial period, a logistic regression is trained
-on ``initial_train`` (the drift reference); ``validation`` holds the held-out rows of the
-prediction and performance signals; ``test`` is the pool of no-drift batches (the reference
-period, patients the model and the reference never saw). Per batch size:
+on ``initial_train`` (the drift reference). Cross-fitted per batch size: thresholds are
+calibrated on the time-ordered windows of the ``validation`` patients and judged on those of
+the ``test`` patients, then the other way round (never on the same windows):
 
-* false-alarm rate: share of random no-drift batches from the pool reported DRIFT_DETECTED;
-* detection rate: the same batches after each covariate, label and concept scenario of
+* false-alarm rates of the retraining decision (:func:`healthpredict.monitoring.policy.
+  retrain_decision`), of the drift status (:func:`healthpredict.monitoring.decision.decide`) and
+  of each signal, and of calibration v2 (random whole-patient batches) on the same windows;
+* detection rate: the same windows after each covariate, label and concept scenario of
   :mod:`tests.support.drift_scenarios`, at its moderate and strong strength.
 
-Batches are judged with the fast vectorised scores and :func:`healthpredict.monitoring.decision.decide` (the
-calibration and decision ``monitor`` uses), with and without labels; a few batches are checked
-against full Evidently reports. With the real data, the chronological ``future_data`` stream is
+Windows are judged with the fast vectorised scores; a few are checked against full Evidently
+reports. With the real data, the chronological ``future_data`` stream is
 also monitored batch by batch (production defaults: held-out rows = validation + test).
 Finally one 2,000-row batch is monitored through the notebook runner (HTML included), warm
 cache, to time a monitored batch end to end.
@@ -595,6 +596,14 @@ def _pct(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
 
 
+def _named(batch: dict) -> list[str]:
+    """Effects of a stream batch's top drifted columns, each naming its column."""
+    return [
+        e if e.startswith(f"{c}=") else f"{c}: {e}"
+        for c, e in zip(batch["drifted_columns"], batch["top_effects"], strict=False)
+    ]
+
+
 def _row(label: str, values: list[str]) -> str:
     return f"| {label} | " + " | ".join(values) + " |"
 
@@ -726,7 +735,7 @@ def tables(result: dict) -> str:
                 f"| {b['batch']} | {b['first_encounter_id']}..{b['last_encounter_id']} | "
                 f"{b['status']} | {', '.join(b['signals']) or '-'} | "
                 f"{', '.join(b['retrain_triggers']) or '-'} | "
-                f"{'; '.join(b['top_effects']) or '-'} | {drop} | {est} |"
+                f"{'; '.join(_named(b)) or '-'} | {drop} | {est} |"
             )
         lines.append("")
     elif result.get("real_stream_skipped"):
@@ -748,71 +757,103 @@ def tables(result: dict) -> str:
 
 DOC_HEAD = """# Drift calibration
 
-How `healthpredict.monitoring` decides DRIFT_DETECTED / NO_DRIFT, and how well it does.
+How `healthpredict.monitoring` calibrates its signals (data drift, prediction drift, realised
+and estimated ROC AUC), and how often they fire when nothing happened.
 
-## Why calibrate
+## Why calibrate, and on what
 
 Evidently scores each column with a distance (normed Wasserstein for numbers, Jensen-Shannon for
 categories) and, by default, calls a column drifted at 0.1. Two samples of the same
 distribution are never at distance 0: the distance under "no drift" shrinks like
-`sqrt(1/n_batch + 1/n_reference)`. A fixed 0.1 therefore flags columns of small batches that did
-not move, and a share-of-columns trigger then fires on no-drift batches.
+`sqrt(1/n_batch + 1/n_reference)`, so a fixed 0.1 flags columns of small batches that did not
+move. And a stream is not a random sample of its reference: inside the reference period itself
+coding changes (in the real file discharge disposition 25 is 28.6% of the first 2,000
+encounters and then vanishes; code 18 is 33-36% of encounters 8k-18k and absent elsewhere).
+Thresholds calibrated on random batches (calibration v2) called 95-100% of time-ordered batches
+of reference-period patients drifted (table below, "before"), so "all batches flagged" said
+nothing about the stream.
 
-## Method
+## Method (calibration v3)
 
-1. **Null scores, once per reference.** For the monitored batch size `n`, 1,000 random batches are
-   held out of the reference and each is scored against the rest, with the same formulas as
-   Evidently, vectorised over batches with value counts (a few seconds in all, instead of 1,000
-   reports). A null batch is made of whole patients (`patient_nbr`): a new batch brings new
-   patients, and a patient's encounters look alike, so rows drawn one by one leave each patient
-   on both sides and make the null distances too small (on the real data that alone gave up to 80%
-   false alarms). When the reference has fewer than `2n` rows, pseudo-batches of half the
-   reference are used; scores are rescaled by `sqrt((1/n + 1/N) / (1/m + 1/(N-m)))` to the
-   production comparison (`n` new rows against all `N` reference rows). The same is done for the
-   model's predicted probabilities and its ROC AUC on held-out reference rows (validation +
-   test: a model scores its own training rows too well, which would fake prediction drift).
+1. **Null windows: time-ordered, whole held-out patients.** The model reference (validation +
+   test of the initial period: patients disjoint from the drift reference `initial_train`) is
+   sorted by `encounter_id` and cut into consecutive windows of the monitored batch size, at
+   most `n_null` (1,000) of them: with few rows they overlap (stride
+   `ceil((N - n) / (n_null - 1))`, never more than a batch, the last window ending at the last
+   row). Each window is scored as a production batch is: its columns against the whole drift
+   reference (exact Evidently distances, vectorised over windows with value counts); its
+   predicted probabilities, realised ROC AUC and expected ROC AUC against the rest of the
+   held-out rows. When a batch is larger than half the rows, windows of half the rows are used
+   and scores are rescaled by `sqrt((1/n + 1/N) / (1/m + 1/N'))` to the production comparison
+   (`n` new rows against `N` reference rows; `m` window rows against `N'`).
+2. **Sampling noise from many independent batches.** Overlapping windows are correlated: a
+   held-out set of `N` rows holds only about `N / n` independent windows (3 for 2,000-row
+   batches of 6,000 held-out rows), so their empirical quantiles are unbiased but very noisy,
+   and a `1 - alpha` point with `alpha` near 1% is in effect their maximum. Two safeguards keep a
+   band from being narrower than sampling noise:
+   - data drift: 1,000 random whole-patient batches of the drift reference are scored against
+     its rest (calibration v2's null); each column's scale is the larger 95th percentile of the
+     two nulls, and the max-T cut is the larger of the two nulls' cuts, so the threshold holds
+     on both (windows: the period's coding changes; random batches: a well-estimated tail);
+   - ROC AUC tolerances: a parametric floor `z_{1-alpha} * sqrt(SE_batch^2 + SE_reference^2)`:
+     Hanley-McNeil for the realised ROC AUC at the held-out rows' positive rate, the delta
+     method (influence function of CBPE's expected ROC AUC) for the estimated one.
+3. **Signals and their budget.** The target false-alarm rate (default 5%) is split evenly over
+   the signals in use: data drift, prediction drift, the estimated ROC AUC drop (when the
+   held-out rows have labels to fit an isotonic `ProbabilityCalibrator` on) and the realised
+   ROC AUC drop (when labels are judged). By the union bound any decision made from a subset of
+   them stays under the target whatever their dependence: the drift status
+   (`DRIFT_DETECTED`: data, prediction, realised performance) and the retraining decision
+   (`policy.retrain_decision`: realised and estimated performance). For data drift, each
+   column's null scores are divided by their scale and the cut `c` is the `1 - alpha` point of
+   the largest scaled score over the null batches (single-step max-T: correlated columns are
+   accounted for without extreme per-column quantiles); column `j` drifts when its score
+   reaches `c * scale_j`, data drift is one column (or the share given as
+   `drift_share_threshold`, then the k-th largest score). Prediction drift and the two
+   tolerances are the `1 - alpha` points of their null values, each tolerance at least its
+   floor. Cuts sit halfway between observed null values, so discrete scores never sit on them.
    Numeric columns are monitored with their tails capped at the reference's 0.1% and 99.9%
-   quantiles: in the real data one patient with three encounters at 25 emergency visits
-   (reference std 0.45) otherwise pushes the normed Wasserstein distance of any batch holding
-   him past the threshold on his own.
-2. **Thresholds with a known false-alarm rate.** The target rate (default 5%) is split evenly
-   over the signals in use (data drift, prediction drift, and performance when the batch has
-   labels), so the union bound keeps the decision's false-alarm rate under the target. For data
-   drift, each column's null scores are divided by their 95th percentile, and the cut `c` is the
-   `1 - alpha` point of the largest scaled score over the null batches (single-step max-T: it
-   accounts for correlated columns and needs no extreme per-column quantiles). Column `j` drifts
-   when its score reaches `c * q95_j`; data drift means at least one column (or the share given
-   as `drift_share_threshold`, for which the same procedure uses the k-th largest score).
-   Prediction drift and the ROC AUC tolerance are the `1 - alpha` points of their null scores.
-   Cuts sit halfway between observed null values, so discrete scores never sit on them.
-3. **Cache.** Engineered reference, held-out predictions and null scores are stored under
-   `<storage>/drift_cache/v<n>/<reference sha>/<held-out sha>/<model>-v<version>-<run>/`, keyed by
-   content, model version and batch size: a batch costs only its own scoring and reports.
-4. **Evidently shows what decides.** The calibrated thresholds go into
+   quantiles (one patient with three encounters at 25 emergency visits would otherwise move a
+   batch's normed Wasserstein distance past any threshold on his own).
+4. **Effect sizes.** The drift table says what moved and by how much, per column: the shift of
+   the mean in reference standard deviations (`mean 0.37 -> 0.52 (+0.12 SD)`), or the category
+   whose share moved most, with both shares (`discharge_disposition_id=25: 28.6% -> 0.0%`).
+5. **Cache.** Engineered reference and held-out features, held-out predictions and null scores
+   are stored under `<storage>/drift_cache/v3/<reference sha>/<held-out sha>/<model>-v<version>-
+   <run>/`, keyed by content, model version and batch size: a batch costs only its own scoring
+   and reports.
+6. **Evidently shows what decides.** The calibrated thresholds go into
    `DataDriftPreset(per_column_method=..., per_column_threshold=..., drift_share=...)`, the
-   prediction report's `ValueDrift(threshold=...)` and the ROC AUC test of `ClassificationPreset`,
-   so the HTML reports show the thresholds the decision used.
+   prediction report's `ValueDrift(threshold=...)` and the ROC AUC test of `ClassificationPreset`.
 
 ## Benchmark
 
-`make bench-drift` (`benchmarks/bench_drift.py`). No-drift batches are random batches of the
-reference period's `test` split (patients neither the reference nor the model saw); each split
-of the initial period is repeated with 3 seeds. Scenario batches are the same batches after a
-scenario of `tests.support.drift_scenarios` at its moderate and strong strength. Batches
-are judged with the vectorised scores and `decide()` (the figures match full Evidently reports,
-see below). Goal: false alarms <= 5% and moderate covariate shift detected >= 95%.
+`make bench-drift` (`benchmarks/bench_drift.py`). For 3 patient-grouped split seeds of the
+initial period (20% of encounters) and batch sizes 1,000 and 2,000, a logistic regression is
+trained on `initial_train` (the drift reference) and the benchmark is **cross-fitted**:
+thresholds are calibrated on the validation patients' time-ordered windows and judged on the
+test patients' time-ordered windows (stride of a twentieth of a batch), then the other way
+round; never on the same windows. A judged window is what production sees: `n` consecutive
+encounters of patients neither the reference nor the calibration saw, against the whole drift
+reference; its ROC AUC drops are against the calibration part's ROC AUC and expected ROC AUC.
+Reported: false alarms of **(b) the retraining decision**
+`policy.retrain_decision(Signals(realised_drop, realised_tolerance, estimated_drop,
+estimated_tolerance, data_drift, new_labelled_rows=0, champion_train_rows=None))` (goal <= 5%),
+and of **(a) the drift status** (data drift, prediction drift, realised performance), each
+signal alone, and "before": the same windows judged with calibration v2 (random whole-patient
+batches). Judged windows overlap, so the rates are averages over time positions of few
+independent windows (about 3 per part at 1,000 rows): read their second digit loosely.
+Detection: the same windows after each covariate, label and concept scenario of
+`tests.support.drift_scenarios` at its moderate and strong strength. Concept drift changes only
+labels, so it is visible to realised performance only; label shift moves the features only
+through their link with the label. Retraining is decided on performance, so covariate shifts
+that do not hurt the model's ROC AUC are reported as drift and do not trigger it.
 
-Concept drift changes only labels, so it is detectable only on labelled batches; label shift
-moves the features only through their link with the label, so it is weakly visible at all.
-"Uncalibrated" is Evidently's default 0.1 per column with a 30%-of-columns trigger: with a
-14,000-row reference and batches of 1,000-2,000 rows it rarely fires on no-drift batches but
-misses nearly every moderate shift; with smaller batches or references the same fixed rule
-fires on no-drift batches instead. A calibrated threshold adapts to both.
-
-The real stream is flagged from its first batch on: the file spans 1999-2008 and practice
-changed (payer codes start being recorded, discharge dispositions, outpatient visits and the
-number of diagnoses shift), far beyond the reference period's own batch-to-batch variation.
-After a retraining, the loop compares new batches with the data the new champion learned from.
+The real stream is monitored with production defaults (held-out rows = validation + test, labels
+on arrival): the file spans 1999-2008 and practice changed (payer codes start being recorded,
+discharge dispositions, outpatient visits and the number of diagnoses shift), so data drift is
+reported; the retraining column shows what the performance signals make of it. Data drift is
+reported, not acted on (`PolicySettings.use_data_drift=False`).
 
 """
 
