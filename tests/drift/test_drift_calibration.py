@@ -125,14 +125,21 @@ def _calibration(n_ref=4000, batch=400, seed=0):
 
 def test_thresholds_split_the_false_alarm_budget():
     cal, *_ = _calibration()
-    assert cal.feature_null.shape == (400, 4) and cal.performance_null.shape == (400,)
+    assert cal.feature_null.shape[1] == 4 and cal.performance_null.shape == cal.estimated_null.shape
+    assert cal.feature_noise_null.shape == (400, 4)
+    # Labelled held-out rows give the estimated-performance signal: 3 signals without labels...
     plain = cal.thresholds(0.06)
-    assert plain.alpha == pytest.approx(0.03) and plain.performance_tolerance is None
+    assert plain.alpha == pytest.approx(0.02) and plain.performance_tolerance is None
     assert plain.min_drifted_columns == 1 and plain.share_threshold == pytest.approx(0.25)
-    assert set(plain.expected_false_alarm) == {"data_drift", "prediction_drift"}
-    assert all(v <= 0.03 for v in plain.expected_false_alarm.values())
+    assert set(plain.expected_false_alarm) == {
+        "data_drift", "prediction_drift", "estimated_performance"
+    }  # fmt: skip
+    assert all(v <= 0.02 for v in plain.expected_false_alarm.values())
+    assert plain.estimated_tolerance >= plain.floors["estimated_performance"] > 0
+    # ... and 4 with them; the budget still holds in total.
     labelled = cal.thresholds(0.06, labelled=True)
-    assert labelled.alpha == pytest.approx(0.02) and labelled.performance_tolerance > 0
+    assert labelled.alpha == pytest.approx(0.015) and labelled.performance_tolerance > 0
+    assert labelled.performance_tolerance >= labelled.floors["performance"] > 0
     assert labelled.expected_false_alarm_rate <= 0.06
     # A stricter budget gives higher thresholds; a larger share gives lower per-column ones.
     strict = cal.thresholds(0.01)
@@ -141,8 +148,9 @@ def test_thresholds_split_the_false_alarm_budget():
     assert half.min_drifted_columns == 2 and half.share_threshold == 0.5
     assert all(half.per_column[c] < plain.per_column[c] for c in METHODS)
     fixed = cal.thresholds(0.06, labelled=True, prediction_drift_threshold=1.0,
-                           performance_tolerance=0.5)  # fmt: skip
+                           performance_tolerance=0.5, estimated_tolerance=0.25)  # fmt: skip
     assert fixed.prediction_drift_threshold == 1.0 and fixed.performance_tolerance == 0.5
+    assert fixed.estimated_tolerance == 0.25 and fixed.calibrated["estimated_tolerance"] is False
     assert fixed.calibrated["prediction_drift_threshold"] is False
     with pytest.raises(ValueError, match="false_alarm_rate"):
         cal.thresholds(0.0)
@@ -156,6 +164,8 @@ def test_calibration_round_trips_through_bytes():
     back = calibration.Calibration.from_bytes(cal.to_bytes())
     assert back.from_cache and not cal.from_cache
     assert np.array_equal(back.feature_null, cal.feature_null) and back.columns == cal.columns
+    assert np.array_equal(back.estimated_null, cal.estimated_null)
+    assert np.array_equal(back.feature_noise_null, cal.feature_noise_null)
     assert back.batch_size == 100 and back.meta["n_null"] == 400
     assert back.thresholds(0.05).to_dict() == cal.thresholds(0.05).to_dict()
 

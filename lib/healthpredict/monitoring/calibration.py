@@ -2,12 +2,14 @@
 
 A distance between two samples is never zero: its size under "no drift" shrinks like
 ``sqrt(1/n_batch + 1/n_reference)``, so Evidently's default 0.1 flags many columns of a small
-batch that did not drift. :func:`calibrate` measures the reference's own batch-to-batch variation
-instead: it draws ``n_null`` random batches of the monitored size from the reference (whole
-patients: a new batch brings new patients), scores each against the rest of the reference
-(:mod:`healthpredict.monitoring.statistics`), and :meth:`Calibration.thresholds` turns those null
-scores into per-column thresholds, a prediction-drift threshold and a performance tolerance such
-that the whole decision has a known false-alarm rate.
+batch that did not drift. And a stream is not a random sample: coding practice changes inside
+the reference period itself. :func:`calibrate` therefore measures the variation a monitor of a
+time-ordered stream must tolerate: consecutive windows of held-out reference-period patients
+(the model reference, disjoint from the drift reference), in encounter order, each scored as a
+production batch would be (:mod:`healthpredict.monitoring.statistics`).
+:meth:`Calibration.thresholds` turns those null scores into per-column thresholds, a
+prediction-drift threshold and the realised and estimated ROC AUC tolerances, with a known
+false-alarm budget and tolerances never narrower than sampling noise.
 """
 
 from __future__ import annotations
@@ -23,24 +25,39 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
+from sklearn.metrics import roc_auc_score
 
+from healthpredict.monitoring.estimation import ProbabilityCalibrator, expected_roc_auc
 from healthpredict.monitoring.statistics import (
     DRIFT_COLUMNS,
     METHODS,
+    expected_auc_influence_variance,
+    external_window_scores,
+    hanley_mcneil_se,
     null_column_scores,
+    null_expected_auc_drops,
     null_indices,
     null_prediction_scores,
+    null_windows,
     subsample,
     upper_cut,
 )
 
-CALIBRATION_VERSION = 2  # bump when the null procedure changes: old caches are then ignored
+# Bump when the null procedure changes: old caches are then ignored. v3: time-ordered windows of
+# held-out patients, estimated-performance nulls, parametric floors.
+CALIBRATION_VERSION = 3
 # Per-column scale of the null scores: a well-estimated quantile; the family-wise cut is found
 # on the maximum of the scaled scores (single-step max-T), so extreme quantiles per column,
-# which 1,000 null batches cannot estimate, are never needed.
+# which a few hundred null windows cannot estimate, are never needed.
 _SCALE_QUANTILE = 0.95
 # A column that never varies in the reference has null scores of 0; any change is then drift.
 _MIN_SCALE = 1e-3
+# Signal names (keys of ``Thresholds.expected_false_alarm`` and ``Thresholds.floors``).
+DATA_DRIFT = "data_drift"
+PREDICTION_DRIFT = "prediction_drift"
+PERFORMANCE = "performance"
+ESTIMATED_PERFORMANCE = "estimated_performance"
 
 
 @dataclass
@@ -52,13 +69,17 @@ class Thresholds:
         share_threshold: Share of drifted columns that means data drift.
         min_drifted_columns: The same as a number of columns.
         prediction_drift_threshold: Prediction drift when the score >= this.
-        performance_tolerance: Largest ROC AUC drop that is no drift; None without labels.
+        performance_tolerance: Largest realised ROC AUC drop (reference minus batch) that is no
+            drift; None without labels.
         false_alarm_rate: Target false-alarm rate of the whole decision.
         alpha: False-alarm budget of each signal (the target split evenly).
-        expected_false_alarm: Signal -> false-alarm rate measured on the null batches.
+        expected_false_alarm: Signal -> false-alarm rate measured on the null windows.
         calibrated: Which thresholds came from the calibration (the rest were given).
-        estimated_tolerance: Largest drop of the label-free expected ROC AUC that is noise
-            (None: not calibrated).
+        estimated_tolerance: Largest drop of the expected ROC AUC (CBPE, calibrated
+            probabilities; reference minus batch) that is no drift; None without labelled
+            held-out rows.
+        floors: Tolerance -> its parametric floor (``z_{1-alpha}`` times the standard error of
+            the drop for the batch's size): a tolerance is never below it.
     """
 
     per_column: dict[str, float]
@@ -71,6 +92,7 @@ class Thresholds:
     expected_false_alarm: dict[str, float]
     calibrated: dict[str, bool]
     estimated_tolerance: float | None = None
+    floors: dict[str, float] = field(default_factory=dict)
 
     @property
     def expected_false_alarm_rate(self) -> float:
@@ -85,6 +107,8 @@ class Thresholds:
             "min_drifted_columns": self.min_drifted_columns,
             "prediction_drift_threshold": self.prediction_drift_threshold,
             "performance_tolerance": self.performance_tolerance,
+            "estimated_tolerance": self.estimated_tolerance,
+            "floors": dict(self.floors),
             "false_alarm_rate": self.false_alarm_rate,
             "alpha": self.alpha,
             "expected_false_alarm": dict(self.expected_false_alarm),
@@ -102,6 +126,19 @@ def _drifted_columns_needed(share_threshold: float | None, n_columns: int) -> tu
     return max(1, math.ceil(share_threshold * n_columns - 1e-9)), float(share_threshold)
 
 
+def _tolerance(
+    drops: np.ndarray, alpha: float, floor: float, given: float | None
+) -> tuple[float, float]:
+    """Calibrated (or given) tolerance on ROC AUC drops, and its null false-alarm rate."""
+    drops = drops[np.isfinite(drops)]
+    if given is not None:
+        tol = float(given)
+    else:
+        cut = upper_cut(drops, alpha) if len(drops) else 0.0
+        tol = max(cut, floor if math.isfinite(floor) else 0.0, 0.0)
+    return tol, float(np.mean(drops > tol)) if len(drops) else 0.0
+
+
 @dataclass
 class Calibration:
     """Null drift scores of one reference at one batch size, from which thresholds derive.
@@ -109,10 +146,15 @@ class Calibration:
     Attributes:
         batch_size: Rows per monitored batch the scores are scaled to.
         columns: Monitored columns, in the order of ``feature_null``'s columns.
-        feature_null: ``(n_null, n_columns)`` column drift scores of no-drift batches.
-        prediction_null: ``(n_null,)`` prediction-drift scores of no-drift batches.
-        performance_null: ``(n_null,)`` ROC AUC drops of no-drift batches, or None.
-        meta: Sizes, scales, seed and keys the scores were computed with.
+        feature_null: ``(n_windows, n_columns)`` column drift scores of no-drift windows.
+        prediction_null: ``(n_windows,)`` prediction-drift scores of no-drift windows.
+        performance_null: ``(n_windows,)`` realised ROC AUC drops of no-drift windows, or None.
+        estimated_null: ``(n_windows,)`` expected ROC AUC (CBPE) drops of no-drift windows, or
+            None (no labels to calibrate the probabilities with).
+        feature_noise_null: ``(n_null, n_columns)`` column scores of random whole-patient
+            batches of the drift reference against its rest: sampling noise alone, with a tail
+            many independent draws estimate well (None: windows only).
+        meta: Sizes, scales, windows and the figures behind the parametric floors.
         from_cache: Whether this object was read from the cache instead of computed.
     """
 
@@ -123,11 +165,35 @@ class Calibration:
     performance_null: np.ndarray | None
     meta: dict[str, Any] = field(default_factory=dict)
     from_cache: bool = False
+    estimated_null: np.ndarray | None = None
+    feature_noise_null: np.ndarray | None = None
 
     @property
     def n_null(self) -> int:
-        """Number of null batches."""
+        """Number of null windows."""
         return int(self.feature_null.shape[0])
+
+    def floors(self, alpha: float) -> dict[str, float]:
+        """Parametric floors of the two tolerances at a per-signal budget ``alpha``.
+
+        ``z_{1-alpha}`` times the standard error of a drop between the reference and a batch of
+        ``batch_size`` rows: Hanley-McNeil for the realised ROC AUC (positives at the held-out
+        rows' rate), the delta method for the expected ROC AUC
+        (:func:`~healthpredict.monitoring.statistics.expected_auc_influence_variance`); the
+        reference's own error is added in quadrature (both sides are samples).
+        """
+        z = float(norm.ppf(1 - alpha))
+        m, n = self.batch_size, self.meta.get("model_reference_rows", 0)
+        out: dict[str, float] = {}
+        auc, rate = self.meta.get("reference_roc_auc"), self.meta.get("positive_rate")
+        if self.performance_null is not None and auc is not None and rate is not None:
+            se_b = hanley_mcneil_se(auc, m * rate, m * (1 - rate))
+            se_r = hanley_mcneil_se(auc, n * rate, n * (1 - rate))
+            out[PERFORMANCE] = z * math.hypot(se_b, se_r)
+        var = self.meta.get("expected_auc_influence_variance")
+        if self.estimated_null is not None and var is not None and n:
+            out[ESTIMATED_PERFORMANCE] = z * math.sqrt(var * (1 / m + 1 / n))
+        return out
 
     def thresholds(
         self,
@@ -137,25 +203,32 @@ class Calibration:
         share_threshold: float | None = None,
         prediction_drift_threshold: float | None = None,
         performance_tolerance: float | None = None,
+        estimated_tolerance: float | None = None,
     ) -> Thresholds:
-        """Thresholds whose decision raises a false alarm on at most ``false_alarm_rate`` batches.
+        """Thresholds whose signals raise a false alarm on at most ``false_alarm_rate`` batches.
 
-        The target is split evenly over the signals in use (data, predictions, and performance
-        when ``labelled``), so by the union bound the decision's false-alarm rate stays under
-        the target whatever the dependence between signals. For data drift, each column's null
-        scores are divided by their 95th percentile; with ``k`` the number of columns that make
-        data drift (``ceil(share_threshold * n_columns)``, 1 by default), the cut ``c`` is the
-        ``1 - alpha`` point of the k-th largest scaled score over the null batches, and column
-        ``j``'s threshold is ``c`` times its 95th percentile. This accounts for correlated
-        columns without needing extreme per-column quantiles.
+        The target is split evenly over the signals in use: data drift, prediction drift, the
+        estimated ROC AUC drop (when the held-out rows had labels to calibrate probabilities
+        with) and the realised ROC AUC drop (when ``labelled``). By the union bound any decision
+        on a subset of them (the drift status, the retraining decision) stays under the target,
+        whatever their dependence. For data drift, each column's null scores are divided by
+        their 95th percentile; with ``k`` the number of columns that make data drift
+        (``ceil(share_threshold * n_columns)``, 1 by default), the cut ``c`` is the
+        ``1 - alpha`` point of the k-th largest scaled score over the null windows, and column
+        ``j``'s threshold is ``c`` times its 95th percentile (single-step max-T: correlated
+        columns are accounted for without extreme per-column quantiles). Each tolerance is the
+        ``1 - alpha`` point of its null drops, never below its parametric floor
+        (:meth:`floors`): overlapping windows estimate the quantile from few independent ones.
 
         Args:
             false_alarm_rate: Target share of no-drift batches reported as drift, in (0, 1).
-            labelled: Whether the batch has labels (adds the performance signal).
+            labelled: Whether realised performance is judged (the batch, or batches whose labels
+                arrived since, have labels).
             share_threshold: Share of drifted columns meaning data drift; None means one column.
                 Per-column thresholds are calibrated for whichever share is used.
             prediction_drift_threshold: Fixed threshold instead of the calibrated one.
-            performance_tolerance: Fixed ROC AUC tolerance instead of the calibrated one.
+            performance_tolerance: Fixed realised ROC AUC tolerance instead of the calibrated one.
+            estimated_tolerance: Fixed estimated ROC AUC tolerance instead of the calibrated one.
 
         Returns:
             The thresholds and their measured null false-alarm rates.
@@ -164,7 +237,8 @@ class Calibration:
             raise ValueError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate}")
         k, share = _drifted_columns_needed(share_threshold, len(self.columns))
         use_perf = labelled and self.performance_null is not None
-        alpha = false_alarm_rate / (3 if use_perf else 2)
+        use_est = self.estimated_null is not None
+        alpha = false_alarm_rate / (2 + use_perf + use_est)
 
         per_column, expected = self._column_thresholds(k, alpha)
         pred_thr = (
@@ -172,17 +246,21 @@ class Calibration:
             if prediction_drift_threshold is None
             else float(prediction_drift_threshold)
         )
-        expected["prediction_drift"] = float(np.mean(self.prediction_null >= pred_thr))
+        expected[PREDICTION_DRIFT] = float(np.mean(self.prediction_null >= pred_thr))
 
-        tol = None
+        floors = self.floors(alpha)
+        tol = est_tol = None
         if use_perf:
-            drops = self.performance_null[np.isfinite(self.performance_null)]
-            tol = (
-                max(upper_cut(drops, alpha), 0.0)
-                if performance_tolerance is None
-                else float(performance_tolerance)
+            tol, expected[PERFORMANCE] = _tolerance(
+                self.performance_null, alpha, floors.get(PERFORMANCE, 0.0), performance_tolerance
             )
-            expected["performance"] = float(np.mean(drops > tol)) if len(drops) else 0.0
+        if use_est:
+            est_tol, expected[ESTIMATED_PERFORMANCE] = _tolerance(
+                self.estimated_null,
+                alpha,
+                floors.get(ESTIMATED_PERFORMANCE, 0.0),
+                estimated_tolerance,
+            )
         return Thresholds(
             per_column=per_column,
             share_threshold=share,
@@ -197,22 +275,30 @@ class Calibration:
                 "share_threshold": share_threshold is None,
                 "prediction_drift_threshold": prediction_drift_threshold is None,
                 "performance_tolerance": use_perf and performance_tolerance is None,
+                "estimated_tolerance": use_est and estimated_tolerance is None,
             },
+            estimated_tolerance=est_tol,
+            floors={name: floors[name] for name in floors if name in expected},
         )
 
     def _column_thresholds(self, k: int, alpha: float) -> tuple[dict[str, float], dict[str, float]]:
         """Per-column thresholds for data drift at ``k`` columns, and their null alarm rate.
 
-        Each column's null scores are divided by their 95th percentile and the cut is the
-        ``1 - alpha`` point of the k-th largest scaled score (single-step max-T).
+        Each column's scale is the larger 95th percentile of its two nulls (time-ordered
+        windows; random whole-patient batches) and the cut is the larger ``1 - alpha`` point of
+        the k-th largest scaled score over either null (single-step max-T), so the threshold
+        holds on both: the windows bring the coding changes of the period but few independent
+        samples, the random batches the sampling noise with a well-estimated tail.
         """
-        scale = np.maximum(np.quantile(self.feature_null, _SCALE_QUANTILE, axis=0), _MIN_SCALE)
-        scaled = self.feature_null / scale
-        kth = -np.sort(-scaled, axis=1)[:, k - 1]
-        cut = upper_cut(kth, alpha)
+        nulls = [self.feature_null]
+        if self.feature_noise_null is not None:
+            nulls.append(self.feature_noise_null)
+        q95 = np.max([np.quantile(n, _SCALE_QUANTILE, axis=0) for n in nulls], axis=0)
+        scale = np.maximum(q95, _MIN_SCALE)
+        cut = max(upper_cut(-np.sort(-(n / scale), axis=1)[:, k - 1], alpha) for n in nulls)
         per_column = {c: float(cut * s) for c, s in zip(self.columns, scale, strict=True)}
         n_drifted = (self.feature_null >= np.array([per_column[c] for c in self.columns])).sum(1)
-        return per_column, {"data_drift": float(np.mean(n_drifted >= k))}
+        return per_column, {DATA_DRIFT: float(np.mean(n_drifted >= k))}
 
     def to_bytes(self) -> bytes:
         """Serialise the null scores and metadata (``.npz``)."""
@@ -220,6 +306,10 @@ class Calibration:
         arrays = {"feature_null": self.feature_null, "prediction_null": self.prediction_null}
         if self.performance_null is not None:
             arrays["performance_null"] = self.performance_null
+        if self.estimated_null is not None:
+            arrays["estimated_null"] = self.estimated_null
+        if self.feature_noise_null is not None:
+            arrays["feature_noise_null"] = self.feature_noise_null
         meta = {**self.meta, "batch_size": self.batch_size, "columns": self.columns}
         np.savez_compressed(buf, meta=np.array(json.dumps(meta)), **arrays)
         return buf.getvalue()
@@ -237,22 +327,37 @@ class Calibration:
                 performance_null=data["performance_null"] if "performance_null" in data else None,
                 meta=meta,
                 from_cache=True,
+                estimated_null=data["estimated_null"] if "estimated_null" in data else None,
+                feature_noise_null=(
+                    data["feature_noise_null"] if "feature_noise_null" in data else None
+                ),
             )
 
 
 @dataclass(frozen=True)
 class ModelReference:
-    """The model's predictions on held-out reference rows: behind prediction drift and performance.
+    """The held-out reference-period rows: the model's predictions, and the null windows' source.
 
     Attributes:
         proba: Predicted probability of each held-out row.
         label: Their 0/1 labels, or None (no performance calibration).
-        groups: Patient of each held-out row: null batches then hold out whole patients.
+        groups: Patient of each held-out row (recorded; windows follow time, not patients).
+        order: Time order of the rows (``encounter_id``); None: the rows are in time order.
+        features: Their monitored features (engineered, tails capped like the reference), or
+            None: data-drift windows are then taken from the drift reference itself.
     """
 
     proba: np.ndarray
     label: np.ndarray | None = None
     groups: np.ndarray | None = None
+    order: np.ndarray | None = None
+    features: pd.DataFrame | None = None
+
+    def calibrator(self) -> ProbabilityCalibrator | None:
+        """Isotonic calibrator of the probabilities on these labels (None without both classes)."""
+        if self.label is None or len(np.unique(self.label)) < 2:
+            return None
+        return ProbabilityCalibrator(self.proba, self.label)
 
 
 def calibrate(
@@ -261,35 +366,43 @@ def calibrate(
     batch_size: int,
     *,
     n_null: int = 1000,
-    seed: int = 0,
     columns: Sequence[str] = DRIFT_COLUMNS,
     methods: Mapping[str, str] = METHODS,
+    reference_order: np.ndarray | None = None,
     groups: np.ndarray | None = None,
+    seed: int = 0,
 ) -> Calibration:
-    """Null drift scores of ``n_null`` random no-drift batches of ``batch_size`` rows.
+    """Null scores of time-ordered no-drift windows of held-out reference-period rows.
 
-    Each null batch is drawn from the reference (without replacement; whole patients when
-    ``groups`` are given, see :func:`~healthpredict.monitoring.statistics.null_indices`) and
-    scored against the rest of it, with the distances Evidently computes, vectorised over
-    batches; see :func:`~healthpredict.monitoring.statistics.subsample` for how the scores are
-    scaled to the production comparison.
+    Windows are consecutive held-out rows in encounter order (at most ``n_null`` of them,
+    overlapping with a stride when the rows are few: :func:`~healthpredict.monitoring.
+    statistics.null_windows`), so coding changes inside the reference period count as "no
+    drift". Data drift: each window of ``model_reference.features`` is scored against the whole
+    drift reference, as a production batch is (without held-out features, windows of the
+    reference itself are scored against its rest). Prediction drift and the realised and
+    estimated ROC AUC drops: each window of the held-out rows against the rest of them. When a
+    batch is larger than half the rows a window comes from, windows of that half are used and
+    scores are rescaled to the production comparison
+    (:func:`~healthpredict.monitoring.statistics.subsample`).
 
     Args:
-        reference: Engineered feature reference (``engineer_features`` output).
-        model_reference: The model's predictions (and labels) on held-out reference rows.
+        reference: Monitored drift reference (``engineer_features`` output, tails capped).
+        model_reference: The held-out rows: predictions, labels, order and features.
         batch_size: Rows of a monitored batch.
-        n_null: Number of null batches (at least 100).
-        seed: Seed of the batch draws.
+        n_null: Largest number of null windows (at least 100).
         columns: Monitored columns.
         methods: Column -> ``wasserstein`` or ``jensenshannon``.
-        groups: Patient of each reference row: null batches then hold out whole patients.
+        reference_order: Time order of the reference rows, used only without held-out features.
+        groups: Patient of each reference row: the sampling-noise null then draws whole
+            patients (a new batch brings new patients; a patient's encounters look alike).
+        seed: Seed of the sampling-noise null's random batches.
 
     Returns:
         The calibration (null scores and metadata).
 
     Raises:
-        ValueError: Fewer than 100 null batches, a non-positive batch size, or a reference (or
-            held-out set) of fewer than 4 rows.
+        ValueError: ``n_null`` below 100, a non-positive batch size, fewer than 4 rows to take
+            windows from, or held-out features whose length differs from the predictions'.
     """
     if n_null < 100:
         raise ValueError(
@@ -299,38 +412,90 @@ def calibrate(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     started = time.monotonic()
     columns = list(columns)
-    n_ref = len(reference)
-    m_feat, scale_feat = subsample(n_ref, batch_size)
-    idx = null_indices(n_ref, m_feat, n_null, seed, groups)
-    feature_null = np.column_stack(
-        [null_column_scores(reference[c].reset_index(drop=True), methods[c], idx) for c in columns]
-    )
-    feature_null *= scale_feat
-
     proba = np.asarray(model_reference.proba, dtype=float)
     n_model = len(proba)
+    held = model_reference.features
+    if held is not None and len(held) != n_model:
+        raise ValueError(
+            f"the held-out features have {len(held)} rows but the predictions {n_model}"
+        )
+    held_order = np.arange(n_model) if model_reference.order is None else model_reference.order
+
+    if held is not None:
+        # Windows of held-out rows against the whole (disjoint) reference: no rest to leave.
+        if n_model < 4:
+            raise ValueError(f"the held-out set has {n_model} rows; calibration needs at least 4")
+        m_feat = min(batch_size, max(1, n_model // 2))
+        scale_feat = math.sqrt(
+            (1 / batch_size + 1 / len(reference)) / (1 / m_feat + 1 / len(reference))
+        )
+        idx = null_windows(held_order, m_feat, n_null)
+        feature_null = np.column_stack(
+            [external_window_scores(reference[c], held[c], methods[c], idx) for c in columns]
+        )
+    else:
+        m_feat, scale_feat = subsample(len(reference), batch_size)
+        order = np.arange(len(reference)) if reference_order is None else reference_order
+        idx = null_windows(order, m_feat, n_null)
+        feature_null = np.column_stack(
+            [
+                null_column_scores(reference[c].reset_index(drop=True), methods[c], idx)
+                for c in columns
+            ]
+        )
+    feature_null *= scale_feat
+    # Sampling noise alone, from many independent batches: the windows above are few
+    # independent samples (a held-out set of N rows holds N / batch of them), too few for a tail.
+    m_ref, scale_ref = subsample(len(reference), batch_size)
+    noise_idx = null_indices(len(reference), m_ref, n_null, seed, groups)
+    noise_null = scale_ref * np.column_stack(
+        [
+            null_column_scores(reference[c].reset_index(drop=True), methods[c], noise_idx)
+            for c in columns
+        ]
+    )
+
     m_pred, scale_pred = subsample(n_model, batch_size)
-    idx_pred = null_indices(n_model, m_pred, n_null, seed + 1, model_reference.groups)
+    idx_pred = null_windows(held_order, m_pred, n_null)
     label = None if model_reference.label is None else np.asarray(model_reference.label, int)
     pred_null, perf_null = null_prediction_scores(proba, label, idx_pred)
     pred_null *= scale_pred
     if perf_null is not None:
         perf_null *= scale_pred
-    meta = {
+    meta: dict[str, Any] = {
         "version": CALIBRATION_VERSION,
         "n_null": n_null,
-        "seed": seed,
-        "reference_rows": n_ref,
+        "windows": {"features": int(idx.shape[0]), "predictions": int(idx_pred.shape[0])},
+        "window_source": "held_out" if held is not None else "reference",
+        "ordered_by": "order key" if model_reference.order is not None else "row order",
+        "reference_rows": len(reference),
         "model_reference_rows": n_model,
-        "grouped": {
-            "reference": groups is not None,
-            "model_reference": model_reference.groups is not None,
-        },
         "feature_pseudo_batch": m_feat,
         "feature_scale": scale_feat,
         "prediction_pseudo_batch": m_pred,
         "prediction_scale": scale_pred,
-        "seconds": round(time.monotonic() - started, 3),
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    return Calibration(batch_size, columns, feature_null, pred_null, perf_null, meta)
+    est_null = None
+    calibrator = model_reference.calibrator()
+    if calibrator is not None:
+        calibrated = calibrator.transform(proba)
+        est_null = null_expected_auc_drops(calibrated, idx_pred) * scale_pred
+        meta.update(
+            reference_roc_auc=float(roc_auc_score(label, proba)),
+            reference_expected_roc_auc=expected_roc_auc(calibrated),
+            positive_rate=float(label.mean()),
+            expected_auc_influence_variance=expected_auc_influence_variance(calibrated),
+        )
+    meta["seconds"] = round(time.monotonic() - started, 3)
+    meta["created_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    meta["noise_null"] = {"batches": n_null, "seed": seed, "grouped": groups is not None}
+    return Calibration(
+        batch_size,
+        columns,
+        feature_null,
+        pred_null,
+        perf_null,
+        meta,
+        estimated_null=est_null,
+        feature_noise_null=noise_null,
+    )

@@ -19,6 +19,7 @@ from healthpredict.core.constants import PROBA_COLUMN
 from healthpredict.data.schema import TARGET, make_target
 from healthpredict.modeling.features import clean_data, engineer_features
 from healthpredict.monitoring.calibration import Thresholds
+from healthpredict.monitoring.estimation import expected_roc_auc
 from healthpredict.monitoring.reference import (
     LABEL_COLUMN,
     TARGET_COLUMN,
@@ -108,6 +109,10 @@ class Evidence:
         performance: Reference vs batch metrics and their change (None without labels).
         performance_drop: Reference minus batch ROC AUC (None without labels or when undefined).
         thresholds: The thresholds the reports tested against.
+        expected_roc_auc: The batch's expected ROC AUC from its calibrated probabilities
+            (CBPE, no labels needed); None when the held-out rows had no labels.
+        estimated_drop: The held-out rows' expected ROC AUC minus the batch's: the drop the
+            label-free estimate sees, to compare with ``thresholds.estimated_tolerance``.
     """
 
     snapshots: dict[str, Any]
@@ -119,6 +124,8 @@ class Evidence:
     performance: pd.DataFrame | None
     performance_drop: float | None
     thresholds: Thresholds
+    expected_roc_auc: float | None = None
+    estimated_drop: float | None = None
 
     @property
     def drifted_share(self) -> float:
@@ -153,6 +160,11 @@ def gather_evidence(
         )
         if snapshot is not None:
             snapshots["performance"] = snapshot
+    expected = estimated_drop = None
+    if prepared.calibrator is not None and prepared.reference_expected_roc_auc is not None:
+        expected = expected_roc_auc(prepared.calibrator.transform(batch.proba))
+        if math.isfinite(expected):
+            estimated_drop = float(prepared.reference_expected_roc_auc - expected)
     return Evidence(
         snapshots=snapshots,
         drift_table=table,
@@ -163,6 +175,8 @@ def gather_evidence(
         performance=performance,
         performance_drop=drop,
         thresholds=thresholds,
+        expected_roc_auc=expected,
+        estimated_drop=estimated_drop,
     )
 
 

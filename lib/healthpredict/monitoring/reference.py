@@ -28,6 +28,7 @@ from healthpredict.monitoring.calibration import (
     ModelReference,
     calibrate,
 )
+from healthpredict.monitoring.estimation import ProbabilityCalibrator
 from healthpredict.monitoring.statistics import cap_tails, tail_caps
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 LABEL_COLUMN = "prediction"
 TARGET_COLUMN = "target"
 GROUP_COLUMN = "patient_nbr"
+ORDER_COLUMN = "encounter_id"  # time order of the rows: null windows are consecutive encounters
 # Splits of a prepared folder from the reference's period that the model was not trained on.
 HELD_OUT_SPLITS = ("validation", "test")
 
@@ -93,13 +95,16 @@ class PreparedReference:
             capped (:func:`~healthpredict.monitoring.statistics.cap_tails`), plus
             ``patient_nbr`` when known.
         caps: The caps, to apply to every batch.
-        model_reference: Held-out rows' ``prediction_proba``, ``prediction`` and ``target``.
+        model_reference: Held-out rows' ``prediction_proba``, ``prediction`` and ``target``
+            (with ``patient_nbr`` and ``encounter_id`` when known).
         calibration: Null drift scores at the batch size.
         reference_sha256: sha256 of the reference file.
         model_reference_sha256: sha256 of each held-out file.
         cache_dir: Where the cached files live.
         in_sample: Whether the held-out rows are the reference itself.
         from_cache: Which parts were read from the cache.
+        calibrator: Isotonic calibrator of the model's probabilities, fitted on the held-out
+            labels (None without labels of both classes): the estimated ROC AUC uses it.
     """
 
     features: pd.DataFrame
@@ -111,6 +116,17 @@ class PreparedReference:
     cache_dir: str
     in_sample: bool
     from_cache: dict[str, bool]
+    calibrator: ProbabilityCalibrator | None = None
+
+    @property
+    def reference_roc_auc(self) -> float | None:
+        """The model's realised ROC AUC on the held-out rows (None without labels)."""
+        return self.calibration.meta.get("reference_roc_auc")
+
+    @property
+    def reference_expected_roc_auc(self) -> float | None:
+        """Their expected ROC AUC from calibrated probabilities (CBPE; None without labels)."""
+        return self.calibration.meta.get("reference_expected_roc_auc")
 
 
 def _model_key(info: Any) -> str:
@@ -157,7 +173,7 @@ def prepare_reference(
         info: Its registry ``ModelInfo`` (name, version, run_id, target, threshold).
         batch_size: Rows of the monitored batch.
         n_null: Null batches of the calibration.
-        seed: Seed of the calibration.
+        seed: Seed of the calibration's random (sampling-noise) batches.
         cache_root: Cache folder (default ``<storage>/drift_cache``).
 
     Returns:
@@ -185,15 +201,20 @@ def prepare_reference(
         "model_reference_sha256": model_shas,
         "model": _model_key(info),
     }
+    in_sample = list(model_reference_uris) == [reference_uri]
     calibration = _read_calibration(calib_uri)
+    held_features = None
     if calibration is None:
+        if not in_sample:
+            held_features, from_cache["held_out_features"] = _held_out_features(
+                model_reference_uris, caps, storage.join(ref_dir, held_key)
+            )
         calibration = calibrate(
             features,
-            _model_reference(model_ref),
+            _model_reference(model_ref, held_features),
             batch_size,
             n_null=n_null,
-            seed=seed,
-            groups=features[GROUP_COLUMN].to_numpy() if GROUP_COLUMN in features else None,
+            reference_order=features[ORDER_COLUMN].to_numpy() if ORDER_COLUMN in features else None,
         )
         calibration.meta.update(provenance)
         _write_calibration(calib_uri, calibration)
@@ -206,8 +227,9 @@ def prepare_reference(
         reference_sha256=ref_sha,
         model_reference_sha256=model_shas,
         cache_dir=model_dir,
-        in_sample=list(model_reference_uris) == [reference_uri],
+        in_sample=in_sample,
         from_cache=from_cache,
+        calibrator=_model_reference(model_ref).calibrator(),
     )
 
 
@@ -218,9 +240,32 @@ def _features(reference_uri: str, ref_dir: str) -> tuple[pd.DataFrame, bool]:
         return storage.read_parquet(features_uri), True
     raw = _read_raw(reference_uri)
     features = engineer_features(clean_data(raw))
-    if GROUP_COLUMN in raw.columns:
-        features[GROUP_COLUMN] = raw[GROUP_COLUMN].to_numpy()
+    _add_keys(features, raw)
     storage.write_parquet(features_uri, features.reset_index(drop=True))
+    return features, False
+
+
+def _add_keys(frame: pd.DataFrame, raw: pd.DataFrame) -> None:
+    """Copy the patient and encounter of each raw row onto ``frame`` (same rows), when known."""
+    for col in (GROUP_COLUMN, ORDER_COLUMN):
+        if col in raw.columns:
+            frame[col] = raw[col].to_numpy()
+
+
+def _held_out_features(
+    uris: Sequence[str], caps: dict[str, tuple[float, float]], held_dir: str
+) -> tuple[pd.DataFrame, bool]:
+    """Monitored features of the held-out rows (capped like the reference), and whether cached.
+
+    Their time-ordered windows are the data-drift null (:func:`calibrate`).
+    """
+    uri = storage.join(held_dir, "features.parquet")
+    if storage.exists(uri):
+        return storage.read_parquet(uri), True
+    raw = pd.concat([_read_raw(u) for u in uris], ignore_index=True)
+    features = cap_tails(engineer_features(clean_data(raw)), caps)
+    _add_keys(features, raw)
+    storage.write_parquet(uri, features.reset_index(drop=True))
     return features, False
 
 
@@ -234,8 +279,7 @@ def _predictions(
     raw = pd.concat([_read_raw(u) for u in uris], ignore_index=True)
     proba = predict_proba(pipeline, raw)
     model_ref = pd.DataFrame({PROBA_COLUMN: proba})
-    if GROUP_COLUMN in raw.columns:
-        model_ref[GROUP_COLUMN] = raw[GROUP_COLUMN].to_numpy()
+    _add_keys(model_ref, raw)
     model_ref[LABEL_COLUMN] = (proba >= float(info.threshold)).astype(int)
     if TARGET in raw.columns:
         model_ref[TARGET_COLUMN] = make_target(raw, target_name(info))
@@ -243,12 +287,20 @@ def _predictions(
     return model_ref, False
 
 
-def _model_reference(model_ref: pd.DataFrame) -> ModelReference:
-    """The held-out predictions frame as the calibration takes it."""
+def _model_reference(
+    model_ref: pd.DataFrame, features: pd.DataFrame | None = None
+) -> ModelReference:
+    """The held-out predictions frame (and features) as the calibration takes it."""
+
+    def column(name: str) -> np.ndarray | None:
+        return model_ref[name].to_numpy() if name in model_ref else None
+
     return ModelReference(
         proba=model_ref[PROBA_COLUMN].to_numpy(),
-        label=model_ref[TARGET_COLUMN].to_numpy() if TARGET_COLUMN in model_ref else None,
-        groups=model_ref[GROUP_COLUMN].to_numpy() if GROUP_COLUMN in model_ref else None,
+        label=column(TARGET_COLUMN),
+        groups=column(GROUP_COLUMN),
+        order=column(ORDER_COLUMN),
+        features=features,
     )
 
 

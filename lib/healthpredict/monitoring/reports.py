@@ -19,7 +19,12 @@ from healthpredict.core import storage
 from healthpredict.core.constants import PROBA_COLUMN
 from healthpredict.monitoring.calibration import Thresholds
 from healthpredict.monitoring.reference import LABEL_COLUMN, TARGET_COLUMN
-from healthpredict.monitoring.statistics import CATEGORICAL_METHOD, METHODS, NUMERIC_METHOD
+from healthpredict.monitoring.statistics import (
+    CATEGORICAL_METHOD,
+    METHODS,
+    NUMERIC_METHOD,
+    effect_sizes,
+)
 
 EVIDENTLY_DEFAULT_THRESHOLD = 0.1
 
@@ -31,8 +36,11 @@ def data_drift_report(
 
     Returns:
         The Evidently snapshot and a table with one row per column: ``column``, ``type``,
-        ``method``, ``score``, ``threshold``, ``drifted`` and ``drifted_at_0.1`` (what Evidently's
-        uncalibrated default would say), sorted by score relative to threshold.
+        ``method``, ``score``, ``threshold``, ``drifted``, ``drifted_at_0.1`` (what Evidently's
+        uncalibrated default would say), ``effect`` (what moved and by how much, e.g.
+        ``"discharge_disposition_id=25: 28.6% -> 0.0%"`` or ``"mean 4.31 -> 5.02 (+0.42 SD)"``)
+        and ``effect_size`` (the signed change of share, or of the mean in reference SDs),
+        sorted by score relative to threshold.
     """
     # evidently costs ~9 s to import: only when a report is built
     from evidently import DataDefinition, Dataset, Report
@@ -72,6 +80,8 @@ def data_drift_report(
             }
         )
     table = pd.DataFrame(rows)
+    effects = effect_sizes(reference, batch, table["column"].tolist())
+    table = table.join(effects, on="column")
     table = table.assign(_r=table["score"] / table["threshold"]).sort_values("_r", ascending=False)
     return snapshot, table.drop(columns="_r").reset_index(drop=True)
 
