@@ -49,7 +49,7 @@ drift_share_threshold = None  # share of drifted columns meaning data drift; Non
 prediction_drift_threshold = None  # threshold on the probabilities' distance; None: calibrated
 performance_tolerance = None  # largest ROC AUC drop that is no drift; None: calibrated
 false_alarm_rate = 0.05  # target share of no-drift batches reported as drift (calibration)
-n_null_batches = 1000  # random no-drift batches drawn from the reference to calibrate
+n_null_batches = 1000  # no-drift batches to calibrate on: at most this many time-ordered windows (plus random batches)
 labelled_data_path = None  # labelled batch CSV(s) whose labels arrived since the last batch
 new_labelled_rows = 0  # labelled rows the model never learned from (the growth trigger)
 growth_trigger = 0.5  # retrain when new labelled rows reach this share of the training rows
@@ -106,6 +106,10 @@ lines = [
     else "The held-out rows have no labels: performance is neither estimated nor measured.",
     "",
     f"## Drift status: {result.status}",
+    *(
+        f"- moved: `{row.column}`: {row.effect}"
+        for row in result.drift_table[result.drift_table["drifted"]].head(8).itertuples()
+    ),
     f"Batch `{new_data_path}` ({result.batch_rows:,} rows) against model "
     f"**{result.model_name} v{result.model_version}** and a reference of "
     f"{result.reference_rows:,} rows ({result.model_reference_rows:,} held-out rows for the "
@@ -133,7 +137,11 @@ print(
     f"({result.drifted_share:.1%}); data drift needs {t.min_drifted_columns} "
     f"({t.share_threshold:.1%})."
 )
-display(result.drift_table.style.format({"score": "{:.4f}", "threshold": "{:.4f}"}))
+display(
+    result.drift_table.style.format(
+        {"score": "{:.4f}", "threshold": "{:.4f}", "effect_size": "{:+.3f}"}
+    )
+)
 plots.show(plot_column_scores(result.drift_table))
 
 # %% [markdown]

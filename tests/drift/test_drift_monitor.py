@@ -147,8 +147,8 @@ def test_calibration_is_cached_and_reused(clean_result, drift_env, monkeypatch):
     names = {p.name for p in cache.iterdir()}
     assert {
         "predictions.parquet",
-        "calibration-n500-b1000-s0-v2.npz",
-        "calibration-n500-b1000-s0-v2.json",
+        "calibration-n500-b1000-s0-v3.npz",
+        "calibration-n500-b1000-s0-v3.json",
     } <= names
     assert (cache.parents[1] / "features.parquet").exists()
     again = monitor(
@@ -207,7 +207,7 @@ def test_unlabelled_batch_uses_the_prediction_path(drift_env):
     )
     assert result.performance is None and result.performance_drop is None
     assert result.thresholds.performance_tolerance is None
-    assert result.thresholds.alpha == pytest.approx(0.025)  # two signals share the 5%
+    assert result.thresholds.alpha == pytest.approx(0.05 / 3)  # data, predictions, estimate
     assert result.prediction_drift and result.prediction_drift_score > 0
     assert any(r.startswith("prediction drift") for r in result.reasons)
     assert set(result.report_paths) == {"data_drift", "prediction_drift"}

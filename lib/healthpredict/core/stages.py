@@ -157,7 +157,9 @@ class MonitorParams(StageParams):
         0.05, description="target share of no-drift batches reported as drift (calibration)"
     )
     n_null_batches: int = Field(
-        1000, ge=1, description="random no-drift batches drawn from the reference to calibrate"
+        1000,
+        ge=1,
+        description="no-drift batches to calibrate on: at most this many time-ordered windows (plus random batches)",
     )
     labelled_data_path: str | list[str] | None = Field(
         None,

@@ -20,9 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from healthpredict.core import layout, storage
 from healthpredict.core.constants import (
-    DRIFT_DETECTED,
     MIN_BATCH_ROWS,
-    PROBA_COLUMN,
     REFERENCE_SPLIT,
     champion_uri,
 )
@@ -41,7 +39,6 @@ from healthpredict.monitoring.evidence import (
 )
 from healthpredict.monitoring.policy import PolicySettings, Signals, retrain_decision
 from healthpredict.monitoring.reference import (
-    TARGET_COLUMN,
     PreparedReference,
     default_model_reference,
     predict_proba,
@@ -315,14 +312,14 @@ def _monitor_in_run(
         evidence.performance_drop,
         thresholds.performance_tolerance,
     )
-    performance = _performance_signals(prepared, batch, arrived)
+    performance = _performance_signals(prepared, evidence, arrived)
     retrain = retrain_decision(
         Signals(
             realised_drop=performance.realised_drop if performance else None,
             realised_tolerance=thresholds.performance_tolerance,
             estimated_drop=performance.expected_drop if performance else None,
             estimated_tolerance=thresholds.estimated_tolerance,
-            data_drift=verdict[0] == DRIFT_DETECTED,
+            data_drift=evidence.drifted_share >= thresholds.share_threshold - 1e-12,
             new_labelled_rows=params.new_labelled_rows,
             champion_train_rows=info.train_rows,
         ),
@@ -346,13 +343,18 @@ def _monitor_in_run(
 
 
 def _performance_signals(
-    prepared: PreparedReference, batch: ScoredBatch, arrived: list[ArrivedBatch]
+    prepared: PreparedReference, evidence: Evidence, labelled: list[ArrivedBatch]
 ) -> PerformanceSignals | None:
     """Estimated and realised ROC AUC; None when the held-out rows have no labels."""
-    ref = prepared.model_reference
-    if TARGET_COLUMN not in ref or ref[TARGET_COLUMN].nunique() < 2:
+    if prepared.calibrator is None or evidence.expected_roc_auc is None:
         return None
-    return performance_signals(ref[PROBA_COLUMN], ref[TARGET_COLUMN], batch.proba, arrived)
+    return performance_signals(
+        prepared.calibrator,
+        prepared.reference_roc_auc,
+        prepared.reference_expected_roc_auc,
+        evidence.expected_roc_auc,
+        labelled,
+    )
 
 
 def _result(

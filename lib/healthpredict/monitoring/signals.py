@@ -1,8 +1,8 @@
 """The performance signals of one monitored batch: realised where labels arrived, else estimated.
 
-Pure: takes the model's probabilities on its held-out reference rows (with labels), on the new
-unlabelled batch and on the batches whose labels have just arrived, and returns the ROC AUC
-levels and drops the retraining policy (:mod:`healthpredict.monitoring.policy`) weighs.
+Pure: takes the model's calibrator and reference figures, the new unlabelled batch's expected
+ROC AUC and the labelled batches the model never learned from, and returns the ROC AUC levels and
+drops the retraining policy (:mod:`healthpredict.monitoring.policy`) weighs.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ class PerformanceSignals:
             signal sees (case mix), the policy's estimated-performance signal.
         estimated_roc_auc: The best estimate for the batch (:func:`estimate_roc_auc`: the
             realised level of the batches just labelled, moved by the expected change).
-        realised_roc_auc: Pooled over the batches whose labels arrived (None: none did).
+        realised_roc_auc: On the newest labelled batch (None: none yet, or one class).
         realised_drop: Reference minus realised.
         realised_rows: Rows behind the realised figure.
-        arrived: Per arrived batch: name, rows, positives, realised and expected ROC AUC.
+        arrived: Per labelled batch: name, rows, positives, realised and expected ROC AUC.
     """
 
     reference_roc_auc: float
@@ -70,28 +70,22 @@ def _auc(label: np.ndarray, proba: np.ndarray) -> float:
 
 
 def performance_signals(
-    reference_proba: Any,
-    reference_label: Any,
-    batch_proba: Any,
-    arrived: Sequence[ArrivedBatch] = (),
+    calibrator: ProbabilityCalibrator,
+    reference_roc_auc: float,
+    reference_expected: float,
+    expected_now: float,
+    labelled: Sequence[ArrivedBatch] = (),
 ) -> PerformanceSignals:
     """Realised and estimated ROC AUC of the model for one monitored batch.
 
-    The calibrator is fitted on the reference rows, so expected ROC AUCs are on the scale of
-    calibrated probabilities whatever the model's own calibration.
-
     Args:
-        reference_proba: The model's probabilities on its held-out reference rows.
-        reference_label: Their 0/1 labels.
-        batch_proba: The model's probabilities on the new, unlabelled batch.
-        arrived: Batches whose labels arrived since the last step (oldest first).
+        calibrator: The model's probability calibrator (fitted on its held-out reference rows).
+        reference_roc_auc: The model's realised ROC AUC on those rows.
+        reference_expected: Their expected ROC AUC (calibrated probabilities).
+        expected_now: The new, unlabelled batch's expected ROC AUC.
+        labelled: Labelled batches the model never learned from, oldest first: the newest is
+            the realised signal, the last ones set the estimate's level.
     """
-    ref_p = np.asarray(reference_proba, dtype=float)
-    ref_y = np.asarray(reference_label).astype(int)
-    calibrator = ProbabilityCalibrator(ref_p, ref_y)
-    reference_auc = _auc(ref_y, ref_p)
-    reference_expected = expected_roc_auc(calibrator.transform(ref_p))
-    expected_now = expected_roc_auc(calibrator.transform(batch_proba))
     rows = [
         {
             "name": b.name,
@@ -100,23 +94,20 @@ def performance_signals(
             "realised_roc_auc": _auc(b.label, b.proba),
             "expected_roc_auc": expected_roc_auc(calibrator.transform(b.proba)),
         }
-        for b in arrived
+        for b in labelled
     ]
     recent = [LabelledBatch(r["realised_roc_auc"], r["expected_roc_auc"], r["rows"]) for r in rows]
-    estimated = estimate_roc_auc(expected_now, reference_auc, reference_expected, recent)
+    estimated = estimate_roc_auc(expected_now, reference_roc_auc, reference_expected, recent)
     signals = PerformanceSignals(
-        reference_roc_auc=reference_auc,
+        reference_roc_auc=reference_roc_auc,
         reference_expected=reference_expected,
         expected_roc_auc=expected_now,
         expected_drop=reference_expected - expected_now,
         estimated_roc_auc=estimated,
         arrived=rows,
     )
-    if arrived:
-        label = np.concatenate([b.label for b in arrived]).astype(int)
-        realised = _auc(label, np.concatenate([b.proba for b in arrived]))
-        if math.isfinite(realised):
-            signals.realised_roc_auc = realised
-            signals.realised_drop = reference_auc - realised
-            signals.realised_rows = len(label)
+    if rows and math.isfinite(rows[-1]["realised_roc_auc"]):
+        signals.realised_roc_auc = rows[-1]["realised_roc_auc"]
+        signals.realised_drop = reference_roc_auc - signals.realised_roc_auc
+        signals.realised_rows = rows[-1]["rows"]
     return signals
