@@ -154,19 +154,17 @@ def retrained_stream(
     """
     segments, batch_segment = list(frozen.segments), [0] * len(batches)
     p = list(frozen.p)
+    # Retrain points: every ``every`` batches, once some stream labels have arrived.
+    points = [b for b in range(every, len(batches), every) if b - 1 - delay >= 0]
     seen_until = -1  # last stream batch the current model could have learned from
-    for b in range(every, len(batches), every):
+    for b, end in zip(points, [*points[1:], len(batches)], strict=True):
         last = b - 1 - delay
-        if last <= seen_until:
-            continue
         labelled = pd.concat(batches[: last + 1])
         unseen = pd.concat(batches[seen_until + 1 : last + 1])
         splitter = GroupShuffleSplit(n_splits=1, test_size=HOLDOUT_FRACTION, random_state=seed + b)
         _, hold_idx = next(splitter.split(unseen, groups=unseen["patient_nbr"]))
         holdout = unseen.iloc[hold_idx]
-        train = pd.concat(
-            [parts["initial_train"], labelled.drop(index=holdout.index, errors="ignore")]
-        )
+        train = pd.concat([parts["initial_train"], labelled.drop(index=holdout.index)])
         pre, model, cal = fit_calibrated(train, holdout, seed)
         segments.append(
             Segment(
@@ -177,7 +175,7 @@ def retrained_stream(
                 calibrated(pre, model, cal, holdout),
             )
         )
-        for t in range(b, len(batches)):
+        for t in range(b, end):  # it serves until the next retraining
             batch_segment[t] = len(segments) - 1
             p[t] = calibrated(pre, model, cal, batches[t])
         seen_until = last

@@ -88,6 +88,13 @@ def estimate_roc_auc(
     rows), or from the model's reference before any arrived; the label-free signal adds only the
     change in expected ROC AUC since those batches (case mix), which it can see.
 
+    Defaults chosen on the first half of the real stream (``benchmarks/bench_estimation.py``,
+    frozen model, labels one batch late) and checked on the second: a batch's realised ROC AUC
+    is noisy (bootstrap SD ~0.02 for 2,000 rows), so a long window of 12 batches averages that
+    noise out better than 3, while the concept drift it must follow is slow; pulling the level
+    towards the reference (``shrinkage``) or damping the case-mix change (``change_weight``)
+    did not help there.
+
     Args:
         expected_now: :func:`expected_roc_auc` of the batch.
         reference_roc_auc: The model's realised ROC AUC on its reference rows.
