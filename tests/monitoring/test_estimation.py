@@ -83,9 +83,13 @@ def test_estimate_anchors_on_realised_level_when_labels_show_concept_drift():
     # Same case mix (expected AUC unchanged) but the labels show the model worse than its
     # reference: CBPE alone would say 0.66, the estimate follows the labels.
     recent = [LabelledBatch(0.60, 0.66, 2000), LabelledBatch(0.62, 0.66, 2000)]
-    assert estimate_roc_auc(0.66, 0.66, 0.66, recent) == pytest.approx(0.61)
+    assert estimate_roc_auc(0.66, 0.66, 0.66, recent, shrinkage=0) == pytest.approx(0.61)
     # ... and still adds the change of case mix it can see since those batches.
-    assert estimate_roc_auc(0.64, 0.66, 0.66, recent) == pytest.approx(0.59)
+    assert estimate_roc_auc(0.64, 0.66, 0.66, recent, shrinkage=0) == pytest.approx(0.59)
+    # By default the reference counts as half a batch: the level moves most of the way.
+    assert estimate_roc_auc(0.66, 0.66, 0.66, recent) == pytest.approx(
+        (0.61 * 2 + 0.66 * 0.5) / 2.5
+    )
 
 
 def test_estimate_window_row_weights_and_unusable_batches():
@@ -96,9 +100,11 @@ def test_estimate_window_row_weights_and_unusable_batches():
         LabelledBatch(0.64, 0.60, 3000),
     ]
     want = (0.70 * 1000 + 0.64 * 3000) / 4000
-    assert estimate_roc_auc(0.60, 0.9, 0.6, recent, window=2) == pytest.approx(want)
+    assert estimate_roc_auc(0.60, 0.9, 0.6, recent, window=2, shrinkage=0) == pytest.approx(want)
     all_three = (0.50 * 2000 + 0.70 * 1000 + 0.64 * 3000) / 6000
-    assert estimate_roc_auc(0.60, 0.9, 0.6, recent, window=0) == pytest.approx(all_three)
+    assert estimate_roc_auc(0.60, 0.9, 0.6, recent, window=0, shrinkage=0) == pytest.approx(
+        all_three
+    )
 
 
 def test_estimate_shrinkage_and_change_weight():
@@ -108,8 +114,10 @@ def test_estimate_shrinkage_and_change_weight():
     base = (0.62 + 0.62 + 2 * 0.66) / 4
     got = estimate_roc_auc(0.65, 0.68, 0.66, recent, shrinkage=2.0)
     assert got == pytest.approx(level + (0.65 - base))
-    assert estimate_roc_auc(0.65, 0.68, 0.66, recent, change_weight=0.0) == pytest.approx(0.61)
-    assert estimate_roc_auc(0.65, 0.68, 0.66, recent, change_weight=0.5) == pytest.approx(
+    assert estimate_roc_auc(0.65, 0.68, 0.66, recent, 12, 0.0, change_weight=0.0) == pytest.approx(
+        0.61
+    )
+    assert estimate_roc_auc(0.65, 0.68, 0.66, recent, 12, 0.0, change_weight=0.5) == pytest.approx(
         0.61 + 0.5 * (0.65 - 0.62)
     )
 

@@ -79,7 +79,7 @@ def estimate_roc_auc(
     reference_expected: float,
     recent: Sequence[LabelledBatch] = (),
     window: int = 12,
-    shrinkage: float = 0.0,
+    shrinkage: float = 0.5,
     change_weight: float = 1.0,
 ) -> float:
     """The ROC AUC estimated for an unlabelled batch of the current model.
@@ -88,12 +88,12 @@ def estimate_roc_auc(
     rows), or from the model's reference before any arrived; the label-free signal adds only the
     change in expected ROC AUC since those batches (case mix), which it can see.
 
-    Defaults chosen on the first half of the real stream (``benchmarks/bench_estimation.py``,
-    frozen model, labels one batch late) and checked on the second: a batch's realised ROC AUC
-    is noisy (bootstrap SD ~0.02 for 2,000 rows), so a long window of 12 batches averages that
-    noise out better than 3, while the concept drift it must follow is slow; pulling the level
-    towards the reference (``shrinkage``) or damping the case-mix change (``change_weight``)
-    did not help there.
+    Defaults chosen on the first halves of the real stream (``benchmarks/bench_estimation.py``:
+    a frozen model, and one refit every 5 batches; labels one batch late) and checked on the
+    second halves: a batch's realised ROC AUC is noisy (bootstrap SD ~0.02 for 2,000 rows) and
+    the concept drift it must follow is slow, so a long window (12 batches) averages the noise
+    out, and the reference, worth half a batch, steadies the level of a model with only one or
+    two labelled batches yet.
 
     Args:
         expected_now: :func:`expected_roc_auc` of the batch.
