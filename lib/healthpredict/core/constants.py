@@ -46,3 +46,6 @@ def champion_uri(model_name: str) -> str:
 # The loop refreshes a model once labelled rows it never learned from reach this share of its
 # training rows: on the real stream more labelled data beats recency (docs/loop_backtest.md).
 GROWTH_TRIGGER = 0.5
+# The estimated ROC AUC of a batch takes its level from this many of the model's latest
+# labelled batches (chosen on the first half of the real stream: benchmarks/bench_estimation.py).
+ESTIMATE_WINDOW_BATCHES = 12

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
 
+from healthpredict.core.constants import ESTIMATE_WINDOW_BATCHES
+
 
 class ProbabilityCalibrator:
     """Isotonic map from model scores to calibrated probabilities, fitted on labelled rows."""
@@ -78,7 +80,7 @@ def estimate_roc_auc(
     reference_roc_auc: float,
     reference_expected: float,
     recent: Sequence[LabelledBatch] = (),
-    window: int = 12,
+    window: int = ESTIMATE_WINDOW_BATCHES,
     shrinkage: float = 0.5,
     change_weight: float = 1.0,
 ) -> float:

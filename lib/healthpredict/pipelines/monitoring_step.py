@@ -21,7 +21,12 @@ from typing import Any
 import pandas as pd
 
 from healthpredict.core import layout, storage
-from healthpredict.core.constants import DRIFT_DETECTED, MIN_BATCH_ROWS, NO_DRIFT
+from healthpredict.core.constants import (
+    DRIFT_DETECTED,
+    ESTIMATE_WINDOW_BATCHES,
+    MIN_BATCH_ROWS,
+    NO_DRIFT,
+)
 from healthpredict.core.stages import LoopParams
 from healthpredict.data.uci import read_raw_csv
 from healthpredict.mlops import tracking
@@ -298,14 +303,17 @@ def monitor_parameters(
     """Drift-monitor parameters for a batch, as the state and the step's labels imply.
 
     Since a promotion, the batches the champion learned from are the data reference and its
-    gate holdout is the prediction reference. The batches labelled in this step go to the
-    monitor (``labelled_data_path``), which measures the champion's realised ROC AUC on them.
+    gate holdout is the prediction reference. The champion's latest labelled batches (those it
+    never learned from) go to the monitor (``labelled_data_path``): it measures the realised ROC
+    AUC on the newest and anchors the batch's estimate on them.
     """
     plan = plan or LabelPlan()
     params = {
         "new_data_path": batch_uri,
         "reference_data_path": state.reference_uri or default_reference,
-        "labelled_data_path": [b["labelled_uri"] for b in plan.labelled] or None,
+        # The champion's latest labelled batches: the newest is the realised signal, all of
+        # them set the level of the batch's estimated ROC AUC.
+        "labelled_data_path": new_labelled_after(state, plan)[-ESTIMATE_WINDOW_BATCHES:] or None,
         "new_labelled_rows": new_labelled_rows(state, plan),
     }
     if state.model_reference_uri:
