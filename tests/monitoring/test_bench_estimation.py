@@ -64,3 +64,10 @@ def test_scores_mae_and_bias_and_missing_estimators():
     out = bench.scores(realised, {"a": np.array([0.61, 0.60, 0.64]), "b": None}, np.arange(1, 3))
     assert out["a"] == {"mae": 0.01, "bias": -0.01}
     assert out["b"] is None
+
+
+def test_nannyml_missing_is_reported_with_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "NANNYML_PYTHON", tmp_path / ".venv-nannyml" / "bin" / "python")
+    values, status = bench.nannyml_estimates(_stream(), batch_size=400)
+    assert values is None
+    assert status.startswith("missing") and "make nannyml-venv" in status
