@@ -4,49 +4,71 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from healthpredict.monitoring.estimation import (
+    LabelledBatch,
+    ProbabilityCalibrator,
+    estimate_roc_auc,
+    expected_roc_auc,
+)
 from healthpredict.monitoring.signals import ArrivedBatch, performance_signals
 
 
-def calibrated(n, seed, shift=0.0):
+def calibrated(n, seed):
     """Probabilities that are right by construction, and labels drawn from them."""
     rng = np.random.default_rng(seed)
-    p = np.clip(rng.beta(1.2, 9, n) + shift, 0.001, 0.999)
+    p = np.clip(rng.beta(1.2, 9, n), 0.001, 0.999)
     return p, (rng.random(n) < p).astype(int)
 
 
-def test_without_labels_the_estimate_is_the_reference_moved_by_the_expected_change():
-    ref_p, ref_y = calibrated(20000, 0)
+@pytest.fixture(scope="module")
+def reference():
+    p, y = calibrated(20000, 0)
+    calibrator = ProbabilityCalibrator(p, y)
+    return calibrator, roc_auc_score(y, p), expected_roc_auc(calibrator.transform(p))
+
+
+def test_without_labels_the_estimate_is_the_reference_moved_by_the_expected_change(reference):
+    calibrator, ref_auc, ref_expected = reference
     batch_p, _ = calibrated(2000, 1)
-    s = performance_signals(ref_p, ref_y, batch_p)
-    assert s.reference_roc_auc == pytest.approx(roc_auc_score(ref_y, ref_p))
+    now = expected_roc_auc(calibrator.transform(batch_p))
+    s = performance_signals(calibrator, ref_auc, ref_expected, now)
     assert s.realised_roc_auc is None and s.realised_drop is None and s.arrived == []
-    expected_change = s.expected_roc_auc - s.reference_expected
-    assert s.estimated_roc_auc == pytest.approx(s.reference_roc_auc + expected_change)
-    assert s.expected_drop == pytest.approx(-expected_change)
-    # Same distribution: the expected change is small (sampling only).
-    assert abs(expected_change) < 0.02
+    assert s.estimated_roc_auc == pytest.approx(ref_auc + (now - ref_expected))
+    assert s.expected_drop == pytest.approx(ref_expected - now)
+    assert abs(s.expected_drop) < 0.02  # the same distribution: sampling only
 
 
-def test_arrived_labels_set_the_realised_level_and_the_estimate():
-    ref_p, ref_y = calibrated(20000, 0)
+def test_the_newest_labelled_batch_is_the_realised_signal(reference):
+    calibrator, ref_auc, ref_expected = reference
     old_p, old_y = calibrated(2000, 2)
-    flipped = old_y.copy()
-    flipped[:600] = 1 - flipped[:600]  # concept drift: labels the probabilities cannot see
-    batch_p, _ = calibrated(2000, 3)
-    s = performance_signals(ref_p, ref_y, batch_p, [ArrivedBatch("b1", old_p, flipped)])
-    realised = roc_auc_score(flipped, old_p)
-    assert s.realised_roc_auc == pytest.approx(realised)
-    assert (
-        s.realised_drop == pytest.approx(s.reference_roc_auc - realised) and s.realised_drop > 0.05
+    new_p, new_y = calibrated(2000, 3)
+    new_y[:600] = 1 - new_y[:600]  # concept drift: labels the probabilities cannot see
+    now = expected_roc_auc(calibrator.transform(calibrated(2000, 4)[0]))
+    s = performance_signals(
+        calibrator,
+        ref_auc,
+        ref_expected,
+        now,
+        [ArrivedBatch("b1", old_p, old_y), ArrivedBatch("b2", new_p, new_y)],
     )
-    assert s.realised_rows == 2000 and s.arrived[0]["name"] == "b1"
-    # The estimate anchors on what the labels showed, not on the reference.
-    moved = s.expected_roc_auc - s.arrived[0]["expected_roc_auc"]
-    assert s.estimated_roc_auc == pytest.approx(realised + moved)
+    realised = roc_auc_score(new_y, new_p)
+    assert s.realised_roc_auc == pytest.approx(realised) and s.realised_rows == 2000
+    assert s.realised_drop == pytest.approx(ref_auc - realised) and s.realised_drop > 0.05
+    assert [a["name"] for a in s.arrived] == ["b1", "b2"]
+    # The estimate is the estimator's, fed with both labelled batches.
+    recent = [
+        LabelledBatch(a["realised_roc_auc"], a["expected_roc_auc"], a["rows"]) for a in s.arrived
+    ]
+    assert s.estimated_roc_auc == pytest.approx(
+        estimate_roc_auc(now, ref_auc, ref_expected, recent)
+    )
+    assert s.estimated_roc_auc < ref_auc  # pulled down by what the labels showed
 
 
-def test_a_batch_of_one_class_gives_no_realised_figure():
-    ref_p, ref_y = calibrated(5000, 0)
-    p, _ = calibrated(500, 4)
-    s = performance_signals(ref_p, ref_y, p, [ArrivedBatch("b", p, np.zeros(500, dtype=int))])
+def test_a_newest_batch_of_one_class_gives_no_realised_figure(reference):
+    calibrator, ref_auc, ref_expected = reference
+    p, _ = calibrated(500, 5)
+    s = performance_signals(
+        calibrator, ref_auc, ref_expected, ref_expected, [ArrivedBatch("b", p, np.zeros(500, int))]
+    )
     assert s.realised_roc_auc is None and np.isnan(s.arrived[0]["realised_roc_auc"])
