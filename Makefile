@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= dev,serve,airflow
 KERNEL := healthpredict
 
-.PHONY: setup demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-drift bench-serve clean tools airflow
+.PHONY: setup demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-drift bench-loop bench-serve clean tools airflow
 
 # The kernel spec lives in the user's Jupyter folder, not in the checkout: another checkout, or a
 # venv since deleted, may own the name. It is re-registered whenever it would not start this
@@ -93,6 +93,12 @@ bench-train-ceiling: setup
 
 bench-drift: setup
 	$(BIN)/python benchmarks/bench_drift.py
+
+# The loop's decisions on the real stream (docs/loop_backtest.md), then the estimators side by
+# side when benchmarks/bench_estimation.py exists.
+bench-loop: setup
+	$(BIN)/python benchmarks/bench_loop.py
+	@if [ -f benchmarks/bench_estimation.py ]; then $(BIN)/python benchmarks/bench_estimation.py; fi
 
 # Our API vs `mlflow models serve` on one registered model, loaded with wrk (apt-get install wrk).
 bench-serve: setup

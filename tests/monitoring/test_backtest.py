@@ -19,13 +19,14 @@ from healthpredict.data.split import SplitParams, split_frame  # noqa: E402
 from healthpredict.modeling.gate import GateRule  # noqa: E402
 from healthpredict.monitoring.policy import PolicySettings  # noqa: E402
 
-SMALL_HGB = {"learning_rate": 0.1, "max_iter": 30, "max_leaf_nodes": 8, "min_samples_leaf": 40}
-BATCH = 600
+# A small, fast configuration: the test checks the replay, not the model.
+SMALL_HGB = {"learning_rate": 0.2, "max_iter": 15, "max_leaf_nodes": 8, "min_samples_leaf": 40}
+BATCH = 500
 
 
 @pytest.fixture(scope="module")
 def parts():
-    raw = synthetic.generate(9_000, seed=3)
+    raw = synthetic.generate(6_000, seed=3)
     return split_frame(raw, SplitParams(initial_fraction=0.45, seed=1))
 
 
@@ -38,7 +39,7 @@ def result(parts):
         settings=PolicySettings(growth_trigger=0.3),
         rule=GateRule(n_resamples=200),
         stride=100,
-        window_rows=2_500,
+        window_rows=2_000,
         every=(1, 3),
         params=SMALL_HGB,
         log=lambda _: None,
@@ -55,7 +56,9 @@ def test_every_policy_scores_every_batch_and_schedules_hold(result):
     assert res["policies"]["frozen"]["retrains"] == 0
     # Labels of batch t arrive at step t + 1; the last step retrains nothing (nothing to serve).
     assert res["policies"]["every_1"]["retrain_batches"] == list(range(1, n - 1))
-    assert res["policies"]["every_3"]["retrain_batches"] == [t for t in range(1, n - 1) if t % 3 == 0]
+    assert res["policies"]["every_3"]["retrain_batches"] == [
+        t for t in range(1, n - 1) if t % 3 == 0
+    ]
 
 
 def test_product_decisions_come_from_the_policy_and_the_gate(result):
@@ -87,7 +90,7 @@ def test_label_delay_zero_uses_the_batch_just_scored(parts):
 
 def test_gate_study_reports_both_goals(parts):
     stream = Stream.from_parts(parts, BATCH)
-    large = split_frame(synthetic.generate(9_000, seed=4), SplitParams(initial_fraction=0.8))
+    large = split_frame(synthetic.generate(5_000, seed=4), SplitParams(initial_fraction=0.8))
     out = gate_study(
         parts, large, stream, n_seeds=3, rule=GateRule(n_resamples=200), chunk=BATCH,
         params=SMALL_HGB, log=lambda _: None,
