@@ -801,7 +801,9 @@ def tables(result: dict) -> str:
         f"**{result['label_delay_batches']}** batch; initial_train {result['initial_train_rows']:,}"
         f" rows. Wall time of the whole run: **{result.get('wall_s', math.nan):.0f} s** "
         f"(goal <= {GOAL_SECONDS:.0f} s) on 2 shared cores, "
-        f"{result.get('threads', 1)} thread(s).",
+        f"{result.get('threads', 1)} thread per process, {result.get('workers', 0)} worker "
+        "processes fitting the schedules ahead (the machine was shared: the wall time is "
+        "that of a loaded machine).",
         "",
         "### Goals",
         "",
