@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= dev,serve,airflow
 KERNEL := healthpredict
 
-.PHONY: setup demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-drift bench-serve clean tools nannyml-venv airflow
+.PHONY: setup demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-drift bench-loop bench-serve clean tools nannyml-venv airflow
 
 # The kernel spec lives in the user's Jupyter folder, not in the checkout: another checkout, or a
 # venv since deleted, may own the name. It is re-registered whenever it would not start this
@@ -107,6 +107,14 @@ bench-train-ceiling: setup
 
 bench-drift: setup
 	$(BIN)/python benchmarks/bench_drift.py
+
+# The loop's decisions on the real stream (docs/loop_backtest.md), then the estimators side by
+# side when benchmarks/bench_estimation.py exists.
+# The prequential backtest of the real stream (docs/loop_backtest.md), then estimated vs
+# realised ROC AUC against NannyML's CBPE, which runs in its own venv (pandas 3).
+bench-loop: setup nannyml-venv
+	$(BIN)/python benchmarks/bench_loop.py
+	$(BIN)/python benchmarks/bench_estimation.py --figure
 
 # Our API vs `mlflow models serve` on one registered model, loaded with wrk (apt-get install wrk).
 bench-serve: setup
