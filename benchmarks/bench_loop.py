@@ -44,7 +44,7 @@ import pandas as pd
 from bench_train import ROOT, find_real_data
 from bench_train_ceiling import HGB
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
-from sklearn.model_selection import GroupShuffleSplit, StratifiedKFold
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 from threadpoolctl import threadpool_limits
 
 from healthpredict.data.schema import make_target
@@ -117,7 +117,8 @@ def fit_model(
     y = make_target(train)
     pre = build_preprocessor(scale_numeric=False)
     if seed:
-        pre.set_params(encode__codes__cv=StratifiedKFold(5, shuffle=True, random_state=seed))
+        # the product's patient-grouped folds, shuffled by the seed
+        pre.set_params(encode__codes__cv=GroupKFold(5, shuffle=True, random_state=seed))
     est = make_estimator("hgb", params or HGB, seed=seed).fit(pre.fit_transform(train, y), y)
     scores = est.predict_proba(pre.transform(calibration))[:, 1]
     calibrator = ProbabilityCalibrator(scores, make_target(calibration))

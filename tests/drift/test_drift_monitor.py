@@ -16,6 +16,7 @@ from healthpredict.mlops import registry, tracking
 from healthpredict.mlops.monitor import ModelSchemaError, monitor
 from healthpredict.modeling.runtime.model_meta import ModelNotFoundError
 from healthpredict.monitoring import evidence, reference
+from healthpredict.monitoring.calibration import CALIBRATION_VERSION
 from tests.support import drift_scenarios
 
 
@@ -147,8 +148,8 @@ def test_calibration_is_cached_and_reused(clean_result, drift_env, monkeypatch):
     names = {p.name for p in cache.iterdir()}
     assert {
         "predictions.parquet",
-        "calibration-n500-b1000-s0-v3.npz",
-        "calibration-n500-b1000-s0-v3.json",
+        f"calibration-n500-b1000-s0-v{CALIBRATION_VERSION}.npz",
+        f"calibration-n500-b1000-s0-v{CALIBRATION_VERSION}.json",
     } <= names
     assert (cache.parents[1] / "features.parquet").exists()
     again = monitor(

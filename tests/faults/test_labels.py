@@ -350,3 +350,37 @@ def test_a_restarted_stream_sets_the_old_labels_aside(tmp_path, stream):
     assert sorted(p.rsplit("/", 2)[-2] for p in moved) == ["labelled", "labels"]
     assert all("/monitoring/set-aside-t1/" in p for p in moved)
     assert read_label_store(root).empty
+
+
+def test_a_rejection_rebaselines_the_kept_champion_on_its_gate_rows(tmp_path, stream):
+    root = str(tmp_path)
+    params = LoopParams(batch_size=B, label_delay_batches=0)
+    step(root, stream, params)
+    state = LoopState.load(root)
+    window = next_window(state.next_batch_start_index, len(stream), B)
+    batch = {
+        "batch_uri": write_batch(stream, window, root),
+        "start": window.start,
+        "end": window.end,
+    }
+    plan = plan_step_labels(state, state.batches_done, batch, params, stream, root)
+    decision = decide(
+        RETRAIN_SCRAPS, "/runs/m", labelled_after(state, plan), new_labelled_after(state, plan)
+    )
+    retrain = {
+        "decision": "REJECTED",
+        "promoted": False,
+        "holdout_path": "/holdout.csv",
+        "retraining_data_path": decision.retraining_data,
+    }
+    advance(
+        state,
+        outcome_of(window, batch["batch_uri"], decision.as_dict(), plan, retrain),
+        plan,
+        root=root,
+    )
+    state = LoopState.load(root)
+    # The drift reference and the new batches stay; the kept champion's yardstick is the gate rows.
+    assert state.reference_uri is None and state.new_labelled == decision.retraining_data
+    assert state.model_reference_uri == "/holdout.csv"
+    assert monitor_parameters(state, "/b.csv", "/ref.csv")["model_reference_path"] == "/holdout.csv"

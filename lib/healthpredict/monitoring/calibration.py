@@ -46,7 +46,7 @@ from healthpredict.monitoring.statistics import (
 
 # Bump when the null procedure changes: old caches are then ignored. v3: time-ordered windows of
 # held-out patients, estimated-performance nulls, parametric floors.
-CALIBRATION_VERSION = 3
+CALIBRATION_VERSION = 4
 # Per-column scale of the null scores: a well-estimated quantile; the family-wise cut is found
 # on the maximum of the scaled scores (single-step max-T), so extreme quantiles per column,
 # which a few hundred null windows cannot estimate, are never needed.
@@ -154,6 +154,8 @@ class Calibration:
         feature_noise_null: ``(n_null, n_columns)`` column scores of random whole-patient
             batches of the drift reference against its rest: sampling noise alone, with a tail
             many independent draws estimate well (None: windows only).
+        prediction_noise_null: ``(n_null,)`` prediction-drift scores of random whole-patient
+            batches of the held-out rows against their rest (None: windows only).
         meta: Sizes, scales, windows and the figures behind the parametric floors.
         from_cache: Whether this object was read from the cache instead of computed.
     """
@@ -167,6 +169,7 @@ class Calibration:
     from_cache: bool = False
     estimated_null: np.ndarray | None = None
     feature_noise_null: np.ndarray | None = None
+    prediction_noise_null: np.ndarray | None = None
 
     @property
     def n_null(self) -> int:
@@ -241,8 +244,10 @@ class Calibration:
         alpha = false_alarm_rate / (2 + use_perf + use_est)
 
         per_column, expected = self._column_thresholds(k, alpha)
+        # Like the columns': the cut must hold on the time-ordered windows (few independent
+        # ones) and on sampling noise alone (many draws, a well-estimated tail).
         pred_thr = (
-            upper_cut(self.prediction_null, alpha)
+            max(upper_cut(n, alpha) for n in self._prediction_nulls())
             if prediction_drift_threshold is None
             else float(prediction_drift_threshold)
         )
@@ -300,6 +305,12 @@ class Calibration:
         n_drifted = (self.feature_null >= np.array([per_column[c] for c in self.columns])).sum(1)
         return per_column, {DATA_DRIFT: float(np.mean(n_drifted >= k))}
 
+    def _prediction_nulls(self) -> list[np.ndarray]:
+        nulls = [self.prediction_null]
+        if self.prediction_noise_null is not None:
+            nulls.append(self.prediction_noise_null)
+        return nulls
+
     def to_bytes(self) -> bytes:
         """Serialise the null scores and metadata (``.npz``)."""
         buf = io.BytesIO()
@@ -310,6 +321,8 @@ class Calibration:
             arrays["estimated_null"] = self.estimated_null
         if self.feature_noise_null is not None:
             arrays["feature_noise_null"] = self.feature_noise_null
+        if self.prediction_noise_null is not None:
+            arrays["prediction_noise_null"] = self.prediction_noise_null
         meta = {**self.meta, "batch_size": self.batch_size, "columns": self.columns}
         np.savez_compressed(buf, meta=np.array(json.dumps(meta)), **arrays)
         return buf.getvalue()
@@ -330,6 +343,9 @@ class Calibration:
                 estimated_null=data["estimated_null"] if "estimated_null" in data else None,
                 feature_noise_null=(
                     data["feature_noise_null"] if "feature_noise_null" in data else None
+                ),
+                prediction_noise_null=(
+                    data["prediction_noise_null"] if "prediction_noise_null" in data else None
                 ),
             )
 
@@ -460,6 +476,8 @@ def calibrate(
     label = None if model_reference.label is None else np.asarray(model_reference.label, int)
     pred_null, perf_null = null_prediction_scores(proba, label, idx_pred)
     pred_null *= scale_pred
+    noise_pred_idx = null_indices(n_model, m_pred, n_null, seed, model_reference.groups)
+    pred_noise_null = scale_pred * null_prediction_scores(proba, None, noise_pred_idx)[0]
     if perf_null is not None:
         perf_null *= scale_pred
     meta: dict[str, Any] = {
@@ -498,4 +516,5 @@ def calibrate(
         meta,
         estimated_null=est_null,
         feature_noise_null=noise_null,
+        prediction_noise_null=pred_noise_null,
     )

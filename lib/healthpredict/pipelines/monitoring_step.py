@@ -358,7 +358,8 @@ def advance(
     Called once every step for the batch succeeded. The step's labels apply (pending,
     labelled, gaps, unknown labels). After a promotion the labelled batches the new champion
     learned from become the drift reference and are no longer new, and the gate's holdout
-    becomes the prediction reference.
+    becomes the prediction reference; after a rejection the holdout becomes the kept
+    champion's prediction reference.
 
     Args:
         state: State to update (in place) and save.
@@ -384,6 +385,11 @@ def advance(
             state.reference_uri = write_reference(learned, name, root)
         state.model_reference_uri = retrain.get("holdout_path") or None
         state.new_labelled = [u for u in state.new_labelled if u not in set(learned)]
+    elif retrain.get("holdout_path"):
+        # Rejected: the kept champion was just judged on recent rows it never saw; they become
+        # its prediction reference (a re-baseline), or a stream harder than the reference period
+        # keeps the drop triggers firing after every batch although no challenger did better.
+        state.model_reference_uri = retrain["holdout_path"]
     entry = {**outcome.as_dict(), **record}
     state.next_batch_start_index = outcome.window.end
     state.history.append(entry)
