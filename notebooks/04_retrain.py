@@ -29,9 +29,7 @@
 
 # %% tags=["parameters"]
 retraining_data_path = None  # every labelled raw batch CSV to learn from
-gate_data_path = (
-    None  # those the champion never learned from (the gate holdout's source); None: all
-)
+gate_data_path = None  # those the champion never learned from (the gate's rows); None: all
 data_dir = None  # prepared data folder with the fixed splits (None: <storage>/processed_data)
 holdout_fraction = 0.3  # share of the gate data's patients held out of training, for the gate
 n_trials = 8  # search trials; the first re-evaluates the champion's parameters
