@@ -108,13 +108,11 @@ bench-train-ceiling: setup
 bench-drift: setup
 	$(BIN)/python benchmarks/bench_drift.py
 
-# The loop's decisions on the real stream (docs/loop_backtest.md), then the estimators side by
-# side when benchmarks/bench_estimation.py exists.
-# The prequential backtest of the real stream (docs/loop_backtest.md), then estimated vs
-# realised ROC AUC against NannyML's CBPE, which runs in its own venv (pandas 3).
+# Estimated vs realised ROC AUC against NannyML's CBPE (its own venv: pandas 3), then the
+# prequential backtest of the real stream; both go into docs/loop_backtest.md.
 bench-loop: setup nannyml-venv
-	$(BIN)/python benchmarks/bench_loop.py
 	$(BIN)/python benchmarks/bench_estimation.py --figure
+	$(BIN)/python benchmarks/bench_loop.py
 
 # Our API vs `mlflow models serve` on one registered model, loaded with wrk (apt-get install wrk).
 bench-serve: setup
