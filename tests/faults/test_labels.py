@@ -85,6 +85,34 @@ def step(root: str, stream: pd.DataFrame, params: LoopParams, crash: str | None 
     )
 
 
+def retrained_step(state, root, stream, params, *, promoted, learned_all_but_last=False):
+    """One step whose monitor asked to retrain and whose retraining ended as told; its decision."""
+    window = next_window(state.next_batch_start_index, len(stream), B)
+    batch = {
+        "batch_uri": write_batch(stream, window, root),
+        "start": window.start,
+        "end": window.end,
+    }
+    plan = plan_step_labels(state, state.batches_done, batch, params, stream, root)
+    decision = decide(
+        RETRAIN_SCRAPS, "/runs/m", labelled_after(state, plan), new_labelled_after(state, plan)
+    )
+    learned = decision.retraining_data[:-1] if learned_all_but_last else decision.retraining_data
+    retrain = {
+        "decision": "PROMOTED" if promoted else "REJECTED",
+        "promoted": promoted,
+        "holdout_path": "/holdout.csv",
+        "retraining_data_path": learned,
+    }
+    advance(
+        state,
+        outcome_of(window, batch["batch_uri"], decision.as_dict(), plan, retrain),
+        plan,
+        root=root,
+    )
+    return decision
+
+
 def external(**changes) -> LoopParams:
     return LoopParams(batch_size=B, label_source="external", **changes)
 
@@ -241,28 +269,7 @@ def test_retraining_learns_from_all_labelled_batches_and_a_promotion_consumes_th
     assert decision.retraining_data == labelled == decision.gate_data  # cumulative
     assert decide(RETRAIN_SCRAPS, "/runs/m", labelled, labelled, 2).retraining_data == labelled[1:]
     # The next step retrains and promotes: its batches are no longer new.
-    window = next_window(state.next_batch_start_index, len(stream), B)
-    batch = {
-        "batch_uri": write_batch(stream, window, root),
-        "start": window.start,
-        "end": window.end,
-    }
-    plan = plan_step_labels(state, state.batches_done, batch, params, stream, root)
-    decision = decide(
-        RETRAIN_SCRAPS, "/runs/m", labelled_after(state, plan), new_labelled_after(state, plan)
-    )
-    retrain = {
-        "decision": "PROMOTED",
-        "promoted": True,
-        "holdout_path": "/holdout.csv",
-        "retraining_data_path": decision.retraining_data[:-1],  # learned from all but the last
-    }
-    advance(
-        state,
-        outcome_of(window, batch["batch_uri"], decision.as_dict(), plan, retrain),
-        plan,
-        root=root,
-    )
+    decision = retrained_step(state, root, stream, params, promoted=True, learned_all_but_last=True)
     state = LoopState.load(root)
     assert state.new_labelled == [decision.retraining_data[-1]]
     assert len(storage.read_csv(state.reference_uri)) == 3 * B
@@ -357,28 +364,7 @@ def test_a_rejection_rebaselines_the_kept_champion_on_its_gate_rows(tmp_path, st
     params = LoopParams(batch_size=B, label_delay_batches=0)
     step(root, stream, params)
     state = LoopState.load(root)
-    window = next_window(state.next_batch_start_index, len(stream), B)
-    batch = {
-        "batch_uri": write_batch(stream, window, root),
-        "start": window.start,
-        "end": window.end,
-    }
-    plan = plan_step_labels(state, state.batches_done, batch, params, stream, root)
-    decision = decide(
-        RETRAIN_SCRAPS, "/runs/m", labelled_after(state, plan), new_labelled_after(state, plan)
-    )
-    retrain = {
-        "decision": "REJECTED",
-        "promoted": False,
-        "holdout_path": "/holdout.csv",
-        "retraining_data_path": decision.retraining_data,
-    }
-    advance(
-        state,
-        outcome_of(window, batch["batch_uri"], decision.as_dict(), plan, retrain),
-        plan,
-        root=root,
-    )
+    decision = retrained_step(state, root, stream, params, promoted=False)
     state = LoopState.load(root)
     # The drift reference and the new batches stay; the kept champion's yardstick is the gate rows.
     assert state.reference_uri is None and state.new_labelled == decision.retraining_data

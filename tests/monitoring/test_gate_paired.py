@@ -106,3 +106,17 @@ def test_lengths_must_match():
 def test_bad_rules_name_the_problem(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GateRule(**kwargs)
+
+
+def test_gain_matches_sklearn_with_tied_scores():
+    y, sharp, blurred, _ = _cohort()
+    champion = np.round(sharp, 1)  # many ties
+    gain, low, high = paired_auc_difference(y, champion, blurred)
+    assert gain == pytest.approx(roc_auc_score(y, blurred) - roc_auc_score(y, champion))
+    assert low < gain < high
+
+
+def test_a_clearly_worse_challenger_with_more_data_is_rejected():
+    y, sharp, blurred, _ = _cohort()
+    verdict = paired_gate(y, sharp, blurred, champion_train_rows=1, challenger_train_rows=9)
+    assert not verdict.promote and verdict.rule == NO_RULE and verdict.ci_high < 0
