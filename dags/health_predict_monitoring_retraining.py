@@ -7,10 +7,12 @@ batch `label_delay_batches` back, as the hospital would), monitors the batch wit
 `03_drift_monitor` notebook against the pinned champion (realised ROC AUC on the batches just
 labelled), and branches on the notebook's `retrain` scrap: it triggers
 `health_predict_training_hpo` with all labelled batches so far (`is_retraining_run: true`; the
-gate's holdout comes from those the champion never learned from) and, when that run was awaited
-(`wait_for_retraining`, on by default) and promoted a new champion,
-`health_predict_api_deployment`. `advance_state` moves the cursor last, labels and all, so a
-failed or killed run processes the same batch again. `end_pipeline` marks an exhausted stream.
+gate's holdout comes from those the champion never learned from). `advance_state` moves the
+cursor, labels and all, so a failed or killed run processes the same batch again; when the
+retraining was awaited (`wait_for_retraining`, on by default) and its gate promoted, it records
+the promotion in the loop state, then moves the champion alias (write-ahead: a run that finds an
+unfinished promotion finishes it first), and `health_predict_api_deployment` follows.
+`end_pipeline` marks an exhausted stream.
 """
 
 from __future__ import annotations
@@ -144,6 +146,9 @@ with DAG(
             "gate_data_path": "{{ ti.xcom_pull(task_ids='decide_on_retraining', "
             "key='decision')['gate_data'] }}",
             "mlflow_model_name": "{{ params.mlflow_model_name }}",
+            # Awaited, the promotion is this DAG's: advance_state records it, then moves the
+            # alias (write-ahead); not awaited, the retraining promotes by itself.
+            "promote": "{{ not params.wait_for_retraining }}",
         },
         wait_for_completion="{{ params.wait_for_retraining }}",
         poke_interval=30,
@@ -203,4 +208,6 @@ with DAG(
     state >> batch >> more >> [model, end_pipeline]
     model >> run_drift_monitoring >> decide >> [trigger_retraining_dag, no_retraining]
     trigger_retraining_dag >> trigger_deployment_after_retraining
-    [no_retraining, trigger_retraining_dag, trigger_deployment_after_retraining] >> advance
+    [no_retraining, trigger_retraining_dag] >> advance
+    # Deployed once the promotion is recorded and the alias moved; skipped with the branch.
+    [trigger_retraining_dag, advance] >> trigger_deployment_after_retraining

@@ -5,7 +5,8 @@ A normal run (re)uses the prepared splits (or prepares them, `prepare_data`), ru
 was registered (and promoted, when it was the first). A run with `is_retraining_run: true` and
 `retraining_data_path` (one or more batch URIs, as the monitoring DAG sends them) runs
 `04_retrain` instead: initial_train plus the new data, a warm-started search, and the gate; its
-decision and `promoted` go to XCom and to `<storage>/monitoring/retrains/<run_id>.json`.
+decision and `promoted` go to XCom and to `<storage>/monitoring/retrains/<run_id>.json`; with
+`promote: false` (the monitoring DAG, awaiting it) the gate decides but the caller moves the alias.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ with DAG(
                     "gate_data_path": "gate_data_path",
                     "n_trials": "retrain_n_trials",
                     "mlflow_experiment_name": "retrain_experiment_name",
+                    "promote": "promote",
                 },
             ).items()
         },
@@ -129,6 +131,7 @@ with DAG(
                 "n_trials": params["retrain_n_trials"],
                 "mlflow_experiment_name": params["retrain_experiment_name"],
                 "model_name": params["mlflow_model_name"],
+                "promote": params["promote"],
             },
             run_id=run_id,
             dag_id=DAG_ID,

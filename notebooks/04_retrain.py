@@ -39,6 +39,7 @@ seed = 42  # seed of the holdout split, the sampler and the estimators
 mlflow_experiment_name = "HealthPredict_Retraining"  # MLflow experiment of the retraining run
 model_name = None  # registered model name (None: the HP_MODEL_NAME setting)
 holdout_output_path = None  # raw CSV for the new holdout; None: <storage>/monitoring/reference/
+promote = True  # move the champion alias on promotion (false: the loop moves it, write-ahead)
 
 # %%
 from IPython.display import Markdown, display
@@ -88,6 +89,8 @@ record("champion_metrics", result.champion_metrics)
 record("mlflow_run_id", result.mlflow_run_id)
 record("holdout_path", result.holdout_path)
 record("gate", result.gate)
+record("alias_moved", result.alias_moved)
+record("model_name", result.model_name)
 g = result.gate
 display(
     Markdown(
@@ -98,5 +101,11 @@ display(
         f"interval {g['ci_low']:+.4f} to {g['ci_high']:+.4f}; rule: {g['rule']}.\n\n"
         f"Challenger **v{result.challenger_version}** ({result.challenger_family}) vs champion "
         f"**v{result.champion_version}**; MLflow run `{result.mlflow_run_id}`."
+        + (
+            "\n\nThe champion alias is moved by the monitoring loop, which records the "
+            "promotion in its state first."
+            if result.promoted and not result.alias_moved
+            else ""
+        )
     )
 )

@@ -21,7 +21,7 @@ MONITORING_EDGES = {
     # The cursor moves last, after either branch.
     ("log_no_retraining", "advance_state"),
     ("trigger_retraining_dag", "advance_state"),
-    ("trigger_deployment_after_retraining", "advance_state"),
+    ("advance_state", "trigger_deployment_after_retraining"),
 }
 TRAINING_EDGES = {
     ("choose_run_type", "prepare_data"),

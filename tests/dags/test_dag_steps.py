@@ -16,7 +16,7 @@ from healthpredict.core.stages import LoopParams
 from healthpredict.monitoring import lease as loop_lease
 from healthpredict.monitoring import state as loop_state
 from healthpredict.monitoring.labels import LabelPlan
-from healthpredict.pipelines import monitoring, monitoring_step, training
+from healthpredict.pipelines import monitoring, monitoring_step, step_labels, training
 from healthpredict.runs import NotebookRunError, ParameterError, papermill_task, record
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -192,8 +192,8 @@ def _decision(batch: dict, retrain: bool) -> dict:
     return monitoring_step.decide(
         _scraps(retrain),
         "/runs/x",
-        monitoring_step.labelled_after(state, plan),
-        monitoring_step.new_labelled_after(state, plan),
+        step_labels.labelled_after(state, plan),
+        step_labels.new_labelled_after(state, plan),
     ).as_dict()
 
 
@@ -246,6 +246,9 @@ def test_awaited_promotion_sets_the_reference_like_the_loop(stream):
         **outcome,
         "retraining_data_path": [labelled],
         "triggered_run_id": "retrain__x",
+        "champion_version": None,
+        "model_name": None,
+        "alias_moved": True,  # an outcome without the key: the retraining promoted by itself
     }
     state = loop_state.LoopState.load()
     assert state.new_labelled == [] and state.next_batch_start_index == 2 * B
@@ -269,6 +272,69 @@ def test_awaited_promotion_sets_the_reference_like_the_loop(stream):
         "labelled_data_path": [layout.labelled_csv(f"labelled_{B:07d}.csv")],
         "new_labelled_rows": B,
     }
+
+
+def _versions(name: str, count: int):
+    """A registered model with ``count`` versions (no artifacts needed), champion v1."""
+    from mlflow import MlflowClient
+
+    from healthpredict.mlops import registry, tracking
+
+    tracking.setup_mlflow()
+    client = MlflowClient()
+    client.create_registered_model(name)
+    for _ in range(count):
+        client.create_model_version(name, source="file:///nowhere")
+    registry.promote(name, "1")
+    return client
+
+
+def _champion(client, name: str) -> tuple[str, str | None]:
+    aliases = {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
+    return aliases.get("champion"), aliases.get("previous")
+
+
+def test_an_awaited_promotion_is_recorded_before_the_alias_moves(stream):
+    client = _versions("M", 3)
+    first = _cut(stream)
+    monitoring.advance_state(first, _decision(first, False), model_uri="m")
+    second = _cut(stream)
+    decision = _decision(second, True)
+    outcome = {  # the retraining's gate promoted and left the alias to this DAG
+        "decision": "PROMOTED",
+        "promoted": True,
+        "alias_moved": False,
+        "reason": "better",
+        "challenger_version": "2",
+        "champion_version": "1",
+        "model_name": "M",
+        "holdout_path": "/holdouts/h.csv",
+        "run_dir": "/runs/r",
+    }
+    args = {"model_uri": "models:/M/1", "retrain_outcome": outcome, "trigger_run_id": "r__2"}
+    entry = monitoring.advance_state(second, decision, dag_run_id="run_2", **args)
+    assert _champion(client, "M") == ("2", "1") and entry["retrain"]["promoted"]
+    state = loop_state.LoopState.load()
+    assert state.promotion is None and state.next_batch_start_index == 2 * B
+    # A retried advance_state (its first try died after committing) changes nothing.
+    assert monitoring.advance_state(second, decision, dag_run_id="run_2", **args) == entry
+    assert loop_state.LoopState.load() == state
+
+    # A run that died between recording a promotion and moving the alias: the next run's first
+    # task finishes it before anything else.
+    third = _cut(stream)
+    state.promotion = {
+        "batch_start": third["start"],
+        "model_name": "M",
+        "challenger_version": "3",
+        "previous_champion": "2",
+        "rollback": state.snapshot(),
+    }
+    state.next_batch_start_index = third["end"]
+    state.save()
+    monitoring.iteration_state()
+    assert _champion(client, "M") == ("3", "2")
+    assert loop_state.LoopState.load().promotion is None
 
 
 def test_not_awaited_retraining_keeps_the_batches_new(stream):

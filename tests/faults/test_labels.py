@@ -27,13 +27,11 @@ from healthpredict.monitoring.labels import (
     set_aside,
 )
 from healthpredict.monitoring.state import LoopState, next_window, write_batch
-from healthpredict.pipelines.monitoring_step import (
-    advance,
-    decide,
+from healthpredict.pipelines.commit import advance
+from healthpredict.pipelines.monitoring_step import decide, monitor_parameters, outcome_of
+from healthpredict.pipelines.step_labels import (
     labelled_after,
-    monitor_parameters,
     new_labelled_after,
-    outcome_of,
     plan_step_labels,
 )
 

@@ -217,6 +217,11 @@ class RetrainParams(StageParams):
     holdout_output_path: str | None = Field(
         None, description="raw CSV for the new holdout; None: <storage>/monitoring/reference/"
     )
+    promote: bool = Field(
+        True,
+        description="move the champion alias when the gate promotes (false: the monitoring loop "
+        "records its intent first, then moves it)",
+    )
 
 
 # Where the loop's labels come from: its own replay of the stream's labels, or outside.

@@ -91,6 +91,8 @@ class RetrainResult:
     gate: dict[str, Any] = field(default_factory=dict)  # GateVerdict.as_dict(): interval, rule
     manifest: dict = field(repr=False, default_factory=dict)
     holdout_path: str = ""  # raw CSV of the new holdout: the monitor's prediction reference
+    # False for a promotion left to the caller (``promote=False``: the loop moves it write-ahead)
+    alias_moved: bool = False
 
     def comparison(self) -> pd.DataFrame:
         """Side-by-side table: one row per metric, columns champion, challenger, difference."""
@@ -384,10 +386,12 @@ def retrain(params: RetrainParams, options: RetrainOptions | None = None) -> Ret
         trials = trials_frame(study)
         _log_verdict(verdict, trials, info, champion.info, run_id)
         mlflow.set_tag("holdout_path", holdout_path)
-        if verdict.promote:
+        alias_moved = verdict.promote and params.promote
+        if alias_moved:
             # Last step on purpose: an exception anywhere above leaves the champion in place.
             registry.promote(model_name, info.version)
         mlflow.set_tag("promoted", str(verdict.promote).lower())
+        mlflow.set_tag("alias_moved", str(alias_moved).lower())
         wall = time.perf_counter() - started
         mlflow.log_metric("wall_s", wall)
     return RetrainResult(
@@ -411,4 +415,5 @@ def retrain(params: RetrainParams, options: RetrainOptions | None = None) -> Ret
         gate=verdict.gate.as_dict(),
         manifest=manifest,
         holdout_path=holdout_path,
+        alias_moved=alias_moved,
     )

@@ -9,6 +9,7 @@ a re-run overwrites instead of duplicating. Batches are written without their ta
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -98,6 +99,9 @@ class LoopState:
     new_labelled: list[str] = field(default_factory=list)
     label_gaps: list[dict] = field(default_factory=list)
     unknown_labels: dict | None = None
+    # Write-ahead promotion (see healthpredict.pipelines.commit): recorded with the state the
+    # step leads to before the champion alias moves, cleared once it moved.
+    promotion: dict | None = None
 
     @classmethod
     def load(cls, root: str | None = None) -> LoopState:
@@ -118,9 +122,22 @@ class LoopState:
                 f"{uri} is not a readable loop state ({exc}); restore it from a backup, or "
                 "delete it to start the stream again from its first batch"
             ) from exc
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> LoopState:
+        """A state from its JSON document."""
         # A state written before a field existed loads with the field's default; fields it no
         # longer has (e.g. the old batches_since_retrain) are ignored.
-        return cls(**{k: raw[k] for k in _STATE_FIELDS if k in raw})
+        return cls(**{k: copy.deepcopy(raw[k]) for k in _STATE_FIELDS if k in raw})
+
+    def snapshot(self) -> dict:
+        """The state as a JSON-ready document, detached from this object."""
+        return copy.deepcopy(self.__dict__)
+
+    def restore(self, snapshot: dict) -> None:
+        """Become the state ``snapshot`` (:meth:`snapshot`) describes."""
+        self.__dict__.update(LoopState.from_dict(snapshot).__dict__)
 
     def save(self, root: str | None = None) -> None:
         """Write the state atomically."""

@@ -2,7 +2,8 @@
 
 The lease (:mod:`healthpredict.monitoring.lease`) keeps a second runner (or the monitoring DAG)
 from moving the same cursor; a runner that takes over the lease of a dead one ends the MLflow
-runs it left RUNNING.
+runs it left RUNNING and finishes the promotion it recorded but did not finish
+(:mod:`healthpredict.pipelines.commit`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from healthpredict.core.stages import LoopParams
 from healthpredict.mlops import registry, tracking
 from healthpredict.monitoring.lease import lease
 from healthpredict.monitoring.state import LoopState
+from healthpredict.pipelines.commit import resume_promotion
 from healthpredict.pipelines.monitoring_step import (
     BatchOutcome,
     StepConfig,
@@ -87,6 +89,8 @@ def run_loop(
             _close_runs_of(held.took_over_from)
         future = load_split(STREAM_SPLIT, data_dir)  # read once, sliced per batch
         state = LoopState.load(options.root)
+        # A runner stopped between recording a promotion and clearing it: finish it first.
+        resume_promotion(state, root=options.root, held=held)
         config = StepConfig(
             batch_size=params.batch_size,
             model_uri=model_uri,

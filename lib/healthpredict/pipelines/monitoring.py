@@ -23,17 +23,19 @@ from healthpredict.mlops import registry, tracking
 from healthpredict.monitoring.labels import LabelPlan
 from healthpredict.monitoring.lease import lease
 from healthpredict.monitoring.state import BatchWindow, LoopState, next_window, write_batch
+from healthpredict.pipelines.commit import commit_step, resume_promotion
 from healthpredict.pipelines.monitoring_step import (
     MONITOR_NOTEBOOK,
-    advance,
     decide,
-    labelled_after,
     monitor_parameters,
-    new_labelled_after,
     outcome_of,
-    plan_step_labels,
     retrain_summary,
     validate_batch_size,
+)
+from healthpredict.pipelines.step_labels import (
+    labelled_after,
+    new_labelled_after,
+    plan_step_labels,
 )
 from healthpredict.pipelines.training import retrain_result_uri
 from healthpredict.runs.papermill_task import prepare_notebook_run, read_run_scraps
@@ -56,15 +58,18 @@ def loop_params(params: Mapping[str, Any]) -> LoopParams:
 def iteration_state(root: str | None = None) -> dict[str, Any]:
     """The loop's state without its history, read under its lease (a running loop is refused).
 
+    A promotion a stopped run recorded but did not finish is finished (or rolled back) first.
+
     Returns:
         The state's fields (JSON-safe, for XCom) and ``batches_done``.
 
     Raises:
         healthpredict.monitoring.lease.LoopLockedError: Another runner holds the lease.
     """
-    with lease(root):
+    with lease(root) as held:
         state = LoopState.load(root)
-    fields = {k: v for k, v in state.__dict__.items() if k != "history"}
+        resume_promotion(state, root=root, held=held)
+    fields = {k: v for k, v in state.__dict__.items() if k not in ("history", "promotion")}
     return {**fields, "batches_done": state.batches_done}
 
 
@@ -268,11 +273,13 @@ def advance_state(
     dag_run_id: str | None = None,
     root: str | None = None,
 ) -> dict[str, Any]:
-    """Move the cursor past ``batch`` with :func:`advance`, under the lease, from its start only.
+    """Move the cursor past ``batch`` with :func:`commit_step`, under the lease, from its start.
 
-    The step's labels apply. A promotion (known only when the retraining was awaited) makes
-    the labelled batches the new champion learned from the drift reference and no longer new;
-    an unawaited retraining leaves them new.
+    The step's labels apply. An awaited retraining that promoted (it left the alias to this
+    task) is promoted here, write-ahead, which makes the labelled batches the new champion
+    learned from the drift reference and no longer new; an unawaited retraining promotes by
+    itself and leaves them new. A retried task whose batch this DAG run already committed
+    returns that entry.
 
     Returns:
         The history entry appended to the state.
@@ -281,8 +288,15 @@ def advance_state(
         RuntimeError: The cursor is no longer at this batch (another runner moved it).
         healthpredict.monitoring.lease.LoopLockedError: Another runner holds the lease.
     """
-    with lease(root):
+    with lease(root) as held:
         state = LoopState.load(root)
+        resume_promotion(state, root=root, held=held)
+        done = state.history[-1] if state.history else {}
+        if dag_run_id and (done.get("start"), done.get("dag_run_id")) == (
+            batch["start"],
+            dag_run_id,
+        ):
+            return done  # this run committed the batch already (a retried task)
         if state.next_batch_start_index != batch["start"]:
             raise RuntimeError(
                 f"the loop cursor is at {state.next_batch_start_index}, not at this batch's "
@@ -295,11 +309,12 @@ def advance_state(
             LabelPlan.from_dict(batch["labels"]),
             _dag_retrain_summary(decision, retrain_outcome, trigger_run_id),
         )
-        return advance(
+        return commit_step(
             state,
             outcome,
             LabelPlan.from_dict(batch["labels"]),
             root=root,
+            held=held,
             model_uri=model_uri,
             dag_run_id=dag_run_id,
         )

@@ -3,9 +3,11 @@
 One step for ``healthpredict loop`` (:func:`monitoring_step`, driven by
 :func:`healthpredict.pipelines.local_loop.run_loop`) and for the monitoring DAG, whose tasks
 (:mod:`healthpredict.pipelines.monitoring`) call its parts one by one. Both validate the batch
-with :func:`validate_batch_size`, handle labels with :func:`plan_step_labels`, decide with
-:func:`decide` and move the cursor only with :func:`advance`, after monitoring (and, when the
-monitor asked for it, retraining) succeeded.
+with :func:`validate_batch_size`, handle labels with
+:func:`~healthpredict.pipelines.step_labels.plan_step_labels`, decide with :func:`decide` and
+move the cursor (and the champion alias, write-ahead) only with
+:func:`~healthpredict.pipelines.commit.commit_step`, after monitoring (and, when the monitor
+asked for it, retraining) succeeded.
 
 Labels arrive late (:mod:`healthpredict.monitoring.labels`): a batch is monitored without its
 target; the batches whose labels arrived since the last step go to the monitor, which measures
@@ -20,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from healthpredict.core import layout, storage
+from healthpredict.core import layout
 from healthpredict.core.constants import (
     DRIFT_DETECTED,
     ESTIMATE_WINDOW_BATCHES,
@@ -28,16 +30,21 @@ from healthpredict.core.constants import (
     NO_DRIFT,
 )
 from healthpredict.core.stages import LoopParams
-from healthpredict.data.uci import read_raw_csv
 from healthpredict.mlops import tracking
-from healthpredict.monitoring.labels import LabelPlan, plan_labels
+from healthpredict.monitoring.labels import LabelPlan
 from healthpredict.monitoring.lease import Lease
 from healthpredict.monitoring.state import BatchWindow, LoopState, next_window, write_batch
+from healthpredict.pipelines.commit import commit_step
+from healthpredict.pipelines.step_labels import (
+    labelled_after,
+    new_labelled_after,
+    new_labelled_rows,
+    plan_step_labels,
+)
 from healthpredict.runs import Kernel, RunResult, run
 
 MONITOR_NOTEBOOK = "03_drift_monitor"
 RETRAIN_NOTEBOOK = "04_retrain"
-REPLAY = "replay"  # LoopParams.label_source: the loop delivers the stream's own labels
 
 
 # ---- pure decisions -------------------------------------------------------------------------
@@ -235,68 +242,6 @@ def outcome_of(
     )
 
 
-# ---- labels: what the state will hold once the step succeeds ---------------------------------
-
-
-def plan_step_labels(
-    state: LoopState,
-    step: int,
-    batch: Mapping[str, Any],
-    params: LoopParams,
-    stream: pd.DataFrame | None = None,
-    root: str | None = None,
-) -> LabelPlan:
-    """Deliver (replay), read and attach labels for the step that monitors ``batch``.
-
-    Args:
-        state: The loop's state before the step (not modified).
-        step: Batches monitored before this one (``state.batches_done``).
-        batch: ``batch_uri``, ``start``, ``end`` of the batch monitored now.
-        params: The loop's label settings.
-        stream: The future stream; the replay delivers its labels when ``label_source`` is
-            ``replay`` (required then).
-        root: Storage root.
-
-    Raises:
-        healthpredict.monitoring.labels.LabelStoreError: An unusable label file, or a conflict.
-    """
-    replay = params.label_source == REPLAY
-    if replay and stream is None:
-        raise ValueError("label_source 'replay' needs the stream to deliver its labels")
-    monitored = [
-        *(b["batch_uri"] for b in state.pending_labels),
-        *(b["batch_uri"] for b in state.labelled_batches),
-        *(g["batch_uri"] for g in state.label_gaps),
-    ]
-    return plan_labels(
-        batch,
-        step,
-        state.pending_labels,
-        monitored,
-        delay=params.label_delay_batches,
-        timeout=params.label_timeout_batches,
-        replay=stream if replay else None,
-        root=root,
-    )
-
-
-def labelled_after(state: LoopState, plan: LabelPlan) -> list[str]:
-    """Every labelled batch (``labelled_uri``) once the step's plan applies, in stream order."""
-    return [b["labelled_uri"] for b in [*state.labelled_batches, *plan.labelled]]
-
-
-def new_labelled_after(state: LoopState, plan: LabelPlan) -> list[str]:
-    """The labelled batches the champion never learned from, once the step's plan applies."""
-    return [*state.new_labelled, *(b["labelled_uri"] for b in plan.labelled)]
-
-
-def new_labelled_rows(state: LoopState, plan: LabelPlan) -> int:
-    """Labelled rows the champion never learned from, once the step's plan applies."""
-    new = set(new_labelled_after(state, plan))
-    entries = [*state.labelled_batches, *plan.labelled]
-    return sum(int(b["labelled_rows"]) for b in entries if b["labelled_uri"] in new)
-
-
 def monitor_parameters(
     state: LoopState, batch_uri: str, default_reference: str, plan: LabelPlan | None = None
 ) -> dict:
@@ -333,68 +278,11 @@ def retrain_summary(
         "holdout_path": scraps.get("holdout_path"),
         "run_dir": run_dir,
         "retraining_data_path": list(retraining_data),
+        "champion_version": scraps.get("champion_version"),
+        "model_name": scraps.get("model_name"),
+        # A retraining recorded before the loop moved aliases itself promoted on its own.
+        "alias_moved": bool(scraps.get("alias_moved", scraps["promoted"])),
     }
-
-
-# ---- the state's only step forward ----------------------------------------------------------
-
-
-def write_reference(batch_uris: list[str], name: str, root: str | None = None) -> str:
-    """Concatenate batches into a new drift reference (the data a new champion learned from)."""
-    frame = pd.concat([read_raw_csv(u) for u in batch_uris], ignore_index=True)
-    return storage.write_csv(layout.reference_csv(name, root), frame)
-
-
-def advance(
-    state: LoopState,
-    outcome: BatchOutcome,
-    plan: LabelPlan,
-    *,
-    root: str | None = None,
-    **record: object,
-) -> dict:
-    """Move the cursor past ``outcome``'s batch and save the state: the loop's only step forward.
-
-    Called once every step for the batch succeeded. The step's labels apply (pending,
-    labelled, gaps, unknown labels). After a promotion the labelled batches the new champion
-    learned from become the drift reference and are no longer new, and the gate's holdout
-    becomes the prediction reference; after a rejection the holdout becomes the kept
-    champion's prediction reference.
-
-    Args:
-        state: State to update (in place) and save.
-        outcome: The batch's outcome; ``outcome.retrain`` holds the retraining summary, if any
-            (with ``retraining_data_path``, the batches it learned from).
-        plan: The step's labels (:func:`plan_step_labels`).
-        root: Storage root.
-        **record: Extra fields for the history entry (the DAG adds its run id).
-
-    Returns:
-        The history entry appended.
-    """
-    state.new_labelled = new_labelled_after(state, plan)
-    state.pending_labels = list(plan.pending)
-    state.labelled_batches = [*state.labelled_batches, *plan.labelled]
-    state.label_gaps = [*state.label_gaps, *plan.gaps]
-    state.unknown_labels = plan.unknown
-    retrain = outcome.retrain or {}
-    if retrain.get("promoted"):
-        learned = list(retrain.get("retraining_data_path") or [])
-        if learned:
-            name = f"reference_{outcome.window.start:07d}"
-            state.reference_uri = write_reference(learned, name, root)
-        state.model_reference_uri = retrain.get("holdout_path") or None
-        state.new_labelled = [u for u in state.new_labelled if u not in set(learned)]
-    elif retrain.get("holdout_path"):
-        # Rejected: the kept champion was just judged on recent rows it never saw; they become
-        # its prediction reference (a re-baseline), or a stream harder than the reference period
-        # keeps the drop triggers firing after every batch although no challenger did better.
-        state.model_reference_uri = retrain["holdout_path"]
-    entry = {**outcome.as_dict(), **record}
-    state.next_batch_start_index = outcome.window.end
-    state.history.append(entry)
-    state.save(root)
-    return entry
 
 
 # ---- the whole step, as the local loop runs it ----------------------------------------------
@@ -470,6 +358,8 @@ def retrain_on(
         "retraining_data_path": list(batch_uris),
         "gate_data_path": list(gate_uris),
         **params,
+        # The loop moves the champion alias itself, recorded in its state first (write-ahead).
+        "promote": False,
     }
     return run(RETRAIN_NOTEBOOK, parameters, kernel=kernel)
 
@@ -515,6 +405,8 @@ def monitoring_step(
         )
         retrain = None
         if decision.retrain:
+            if held is not None:
+                held.renew()  # still ours? a retraining registers a model version
             retrained = retrain_on(
                 decision.retraining_data,
                 decision.gate_data,
@@ -525,9 +417,7 @@ def monitoring_step(
                 retrained.scraps, str(retrained.run_dir), decision.retraining_data
             )
         outcome = outcome_of(window, batch_uri, decision.as_dict(), plan, retrain)
-        if held is not None:
-            held.renew()  # still ours? otherwise another runner owns the cursor now
-        advance(state, outcome, plan, root=config.root)
+        commit_step(state, outcome, plan, root=config.root, held=held)
     except Exception as exc:
         exc.add_note(
             f"batch rows {window.start}-{window.end} ({batch_uri}) was not completed: the loop "

@@ -112,6 +112,8 @@ def record_retraining(prepared: Mapping[str, Any], run_id: str) -> dict[str, Any
         "mlflow_run_id": scraps["mlflow_run_id"],
         "holdout_path": scraps["holdout_path"],
         "gate": scraps.get("gate"),
+        "alias_moved": bool(scraps["alias_moved"]),
+        "model_name": scraps.get("model_name"),
         "run_dir": prepared["run_dir"],
         "retraining_data_path": prepared["parameters"]["retraining_data_path"],
         "dag_run_id": run_id,

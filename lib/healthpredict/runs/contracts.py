@@ -23,13 +23,14 @@ REQUIRED_SCRAPS: dict[str, list[str]] = {
     "04_retrain": [
         "data_source", "decision", "promoted", "reason", "challenger_version",
         "champion_version", "challenger_metrics", "champion_metrics", "mlflow_run_id",
-        "holdout_path", "gate",
+        "holdout_path", "gate", "alias_moved",
     ],
 }  # fmt: skip
 
 # Scraps whose value other steps switch on: anything else is a bug in the notebook.
 ALLOWED_VALUES: dict[str, dict[str, tuple[Any, ...]]] = {
     "03_drift_monitor": {"drift_status": ("DRIFT_DETECTED", "NO_DRIFT"), "retrain": (True, False)},
+    "04_retrain": {"promoted": (True, False), "alias_moved": (True, False)},
 }
 
 
