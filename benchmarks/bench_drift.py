@@ -65,7 +65,7 @@ class Part:
 
     def model_reference(self):
         """The part as the model reference of a calibration (predictions, labels, features)."""
-        from healthpredict.monitoring.calibration import ModelReference
+        from healthpredict.monitoring.nulls import ModelReference
 
         return ModelReference(
             self.proba,
@@ -146,10 +146,10 @@ class Calibrated:
 
 def calibrate_on(setup: Setup, part: Part, size: int, args) -> Calibrated:
     """Calibrate on ``part``'s time-ordered windows (the production procedure)."""
-    from healthpredict.monitoring import calibration
+    from healthpredict.monitoring import nulls
 
     model_ref = part.model_reference()
-    cal = calibration.calibrate(
+    cal = nulls.calibrate(
         setup.reference, model_ref, size, n_null=args.n_null, groups=setup.reference_groups
     )
     return Calibrated(
@@ -284,21 +284,21 @@ CROSS_FITS = (("validation", "test"), ("test", "validation"))
 
 def eval_windows(part: Part, size: int) -> np.ndarray:
     """Time-ordered windows of ``size`` rows of a part (stride: a twentieth of a batch)."""
-    from healthpredict.monitoring import statistics
+    from healthpredict.monitoring import windows
 
-    return statistics.time_ordered_windows(
+    return windows.time_ordered_windows(
         part.raw["encounter_id"].to_numpy(), size, max(1, size // 20)
     )
 
 
 def window_scores(setup: Setup, part: Part, idx: np.ndarray) -> list[pd.Series]:
     """Column scores of each window of ``part`` against the drift reference (vectorised)."""
-    from healthpredict.monitoring import statistics
+    from healthpredict.monitoring import statistics, windows
 
     cols = list(statistics.DRIFT_COLUMNS)
     matrix = np.column_stack(
         [
-            statistics.external_window_scores(
+            windows.external_window_scores(
                 setup.reference[c], part.eng[c], statistics.METHODS[c], idx
             )
             for c in cols

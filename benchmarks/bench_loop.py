@@ -58,7 +58,7 @@ from healthpredict.monitoring.estimation import (
     expected_roc_auc,
 )
 from healthpredict.monitoring.policy import PolicySettings, Signals, retrain_decision
-from healthpredict.monitoring.statistics import time_ordered_windows
+from healthpredict.monitoring.windows import time_ordered_windows
 
 PRODUCT = "product"
 FROZEN = "frozen"

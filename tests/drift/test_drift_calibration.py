@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from healthpredict.core import constants
 from healthpredict.monitoring import calibration, decision, reports, statistics
-from healthpredict.monitoring.calibration import ModelReference
+from healthpredict.monitoring.nulls import ModelReference, calibrate
 
 METHODS = {"x": "wasserstein", "k": "wasserstein", "c": "jensenshannon", "d": "jensenshannon"}
 
@@ -117,7 +117,7 @@ def _calibration(n_ref=4000, batch=400, seed=0):
     ref = _frame(n_ref, rng)
     proba = rng.beta(1, 8, 1500)
     label = (rng.random(1500) < proba).astype(int)
-    cal = calibration.calibrate(
+    cal = calibrate(
         ref, ModelReference(proba, label), batch, n_null=400, columns=list(METHODS), methods=METHODS
     )
     return cal, ref, proba, label
@@ -155,7 +155,7 @@ def test_thresholds_split_the_false_alarm_budget():
     with pytest.raises(ValueError, match="false_alarm_rate"):
         cal.thresholds(0.0)
     with pytest.raises(ValueError, match="n_null"):
-        calibration.calibrate(_frame(100, np.random.default_rng(0)), ModelReference(np.ones(10)), 10, n_null=50,
+        calibrate(_frame(100, np.random.default_rng(0)), ModelReference(np.ones(10)), 10, n_null=50,
                         columns=list(METHODS), methods=METHODS)  # fmt: skip
 
 

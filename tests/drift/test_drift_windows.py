@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from healthpredict.monitoring import calibration, estimation, statistics
-from healthpredict.monitoring.calibration import ModelReference
+from healthpredict.monitoring import calibration, estimation, statistics, windows
+from healthpredict.monitoring.nulls import ModelReference, calibrate
 
 METHODS = {"x": "wasserstein", "disp": "jensenshannon"}
 
@@ -18,24 +18,22 @@ METHODS = {"x": "wasserstein", "disp": "jensenshannon"}
 def test_windows_are_time_ordered_and_consecutive():
     rng = np.random.default_rng(0)
     key = rng.permutation(1000) * 7  # encounter ids, rows shuffled
-    windows = statistics.time_ordered_windows(key, 100, 40)
-    assert windows.shape == ((1000 - 100) // 40 + 1, 100)
+    consecutive = windows.time_ordered_windows(key, 100, 40)
+    assert consecutive.shape == ((1000 - 100) // 40 + 1, 100)
     rank = np.argsort(np.argsort(key))  # position of each row in time
-    for i, w in enumerate(windows):
+    for i, w in enumerate(consecutive):
         assert np.array_equal(rank[w], np.arange(i * 40, i * 40 + 100))  # consecutive, in order
-    disjoint = statistics.time_ordered_windows(key, 250)
+    disjoint = windows.time_ordered_windows(key, 250)
     assert disjoint.shape == (4, 250) and len(np.unique(disjoint)) == 1000
     # null_windows: at most max_windows, overlapping only when needed, every row covered.
-    few = statistics.null_windows(key, 300, 50)
+    few = windows.null_windows(key, 300, 50)
     assert len(few) <= 50 and len(np.unique(few)) == 1000
     # The stride never exceeds the batch: many rows give more (disjoint) windows, no gaps.
-    assert np.array_equal(
-        statistics.null_windows(key, 100, 5), statistics.time_ordered_windows(key, 100)
-    )
+    assert np.array_equal(windows.null_windows(key, 100, 5), windows.time_ordered_windows(key, 100))
     with pytest.raises(ValueError, match="cannot make a time-ordered batch"):
-        statistics.time_ordered_windows(key[:50], 100)
+        windows.time_ordered_windows(key[:50], 100)
     with pytest.raises(ValueError, match="positive"):
-        statistics.time_ordered_windows(key, 100, 0)
+        windows.time_ordered_windows(key, 100, 0)
 
 
 def test_window_scores_against_an_external_reference_match_one_by_one():
@@ -46,9 +44,9 @@ def test_window_scores_against_an_external_reference_match_one_by_one():
     held = pd.DataFrame(
         {"x": rng.poisson(2.2, 800).astype(float), "disp": rng.choice(list("abd"), 800)}
     )
-    idx = statistics.time_ordered_windows(np.arange(800), 200, 150)
+    idx = windows.time_ordered_windows(np.arange(800), 200, 150)
     for col, method in METHODS.items():
-        fast = statistics.external_window_scores(ref[col], held[col], method, idx)
+        fast = windows.external_window_scores(ref[col], held[col], method, idx)
         slow = [statistics.column_distance(ref[col], held[col].iloc[w], method) for w in idx]
         assert fast == pytest.approx(slow, rel=1e-9)
 
@@ -69,15 +67,13 @@ def test_coding_change_inside_the_period_is_not_a_false_alarm_after_calibration(
     proba = rng.beta(2, 10, len(held))
     label = (rng.random(len(held)) < proba).astype(int)
     model_ref = ModelReference(proba, label, order=held["t"].to_numpy(), features=held)
-    cal = calibration.calibrate(
-        reference, model_ref, 1000, n_null=300, columns=list(METHODS), methods=METHODS
-    )
+    cal = calibrate(reference, model_ref, 1000, n_null=300, columns=list(METHODS), methods=METHODS)
     assert cal.meta["window_source"] == "held_out" and cal.meta["windows"]["features"] <= 300
     th = cal.thresholds(0.05)
     # Fresh patients of the same period, in time order: the first window holds the old coding.
-    windows = statistics.time_ordered_windows(fresh["t"], 1000, 100)
-    disp_scores = statistics.external_window_scores(
-        reference["disp"], fresh["disp"], "jensenshannon", windows
+    in_time = windows.time_ordered_windows(fresh["t"], 1000, 100)
+    disp_scores = windows.external_window_scores(
+        reference["disp"], fresh["disp"], "jensenshannon", in_time
     )
     assert np.mean(disp_scores >= th.per_column["disp"]) <= 0.05
     # The same reference calibrated on random batches alone (sampling noise, no time order)
@@ -92,31 +88,31 @@ def test_coding_change_inside_the_period_is_not_a_false_alarm_after_calibration(
 
 def test_hanley_mcneil_standard_error_known_values():
     # AUC 0.5: Q1 = 1/3, Q2 = 1/3, so var = (1/4 + (n1 - 1 + n0 - 1) / 12) / (n1 n0).
-    assert statistics.hanley_mcneil_se(0.5, 100, 900) == pytest.approx(
+    assert windows.hanley_mcneil_se(0.5, 100, 900) == pytest.approx(
         math.sqrt((0.25 + 998 / 12) / 90_000)
     )
-    assert math.isnan(statistics.hanley_mcneil_se(0.7, 0, 100))
+    assert math.isnan(windows.hanley_mcneil_se(0.7, 0, 100))
     # Close to the spread of real AUCs of simulated batches (binormal scores).
     rng = np.random.default_rng(3)
     aucs = []
     for _ in range(400):
         y = (rng.random(2000) < 0.11).astype(int)
         aucs.append(roc_auc_score(y, rng.normal(0.55 * y, 1.0)))
-    se = statistics.hanley_mcneil_se(float(np.mean(aucs)), 2000 * 0.11, 2000 * 0.89)
+    se = windows.hanley_mcneil_se(float(np.mean(aucs)), 2000 * 0.11, 2000 * 0.89)
     assert se == pytest.approx(np.std(aucs), rel=0.15)
 
 
 def test_expected_auc_drops_and_their_standard_error():
     rng = np.random.default_rng(4)
     proba = np.round(rng.beta(1, 8, 3000), 3)  # ties on purpose
-    idx = statistics.time_ordered_windows(np.arange(3000), 500, 500)
-    drops = statistics.null_expected_auc_drops(proba, idx)
+    idx = windows.time_ordered_windows(np.arange(3000), 500, 500)
+    drops = windows.null_expected_auc_drops(proba, idx)
     for b, w in enumerate(idx):
         rest = np.setdiff1d(np.arange(3000), w)
         expected = estimation.expected_roc_auc(proba[rest]) - estimation.expected_roc_auc(proba[w])
         assert drops[b] == pytest.approx(expected, abs=1e-12)
     # The delta-method variance gives the spread of the expected AUC of random batches.
-    var = statistics.expected_auc_influence_variance(proba)
+    var = windows.expected_auc_influence_variance(proba)
     sims = [estimation.expected_roc_auc(rng.choice(proba, 500)) for _ in range(600)]
     assert math.sqrt(var / 500) == pytest.approx(np.std(sims), rel=0.15)
 
@@ -128,7 +124,7 @@ def test_estimated_tolerance_exists_and_respects_its_floor():
     label = (rng.random(4000) < proba).astype(int)
     model_ref = ModelReference(proba, label, order=held["t"].to_numpy(), features=held)
     for batch in (200, 1000):
-        cal = calibration.calibrate(
+        cal = calibrate(
             _period(8000, rng), model_ref, batch, n_null=200, columns=list(METHODS), methods=METHODS
         )
         th = cal.thresholds(0.05, labelled=True)
@@ -141,19 +137,15 @@ def test_estimated_tolerance_exists_and_respects_its_floor():
         assert floors["estimated_performance"] == pytest.approx(
             z
             * math.sqrt(
-                statistics.expected_auc_influence_variance(calibrated) * (1 / batch + 1 / 4000)
+                windows.expected_auc_influence_variance(calibrated) * (1 / batch + 1 / 4000)
             )
         )
     # Smaller batches are noisier: wider bands.
-    small = calibration.calibrate(
-        held, model_ref, 200, n_null=200, columns=list(METHODS), methods=METHODS
-    )
-    large = calibration.calibrate(
-        held, model_ref, 1000, n_null=200, columns=list(METHODS), methods=METHODS
-    )
+    small = calibrate(held, model_ref, 200, n_null=200, columns=list(METHODS), methods=METHODS)
+    large = calibrate(held, model_ref, 1000, n_null=200, columns=list(METHODS), methods=METHODS)
     assert small.thresholds(0.05).estimated_tolerance > large.thresholds(0.05).estimated_tolerance
     # Without labels there is no estimated signal (nothing to calibrate the probabilities on).
-    unlabelled = calibration.calibrate(held, ModelReference(proba, order=held["t"].to_numpy(), features=held),
+    unlabelled = calibrate(held, ModelReference(proba, order=held["t"].to_numpy(), features=held),
                                        500, n_null=200, columns=list(METHODS), methods=METHODS)  # fmt: skip
     assert unlabelled.thresholds(0.05).estimated_tolerance is None
 

@@ -22,13 +22,9 @@ from healthpredict.core.settings import get_settings
 from healthpredict.data.schema import TARGET, make_target
 from healthpredict.data.uci import read_raw_csv
 from healthpredict.modeling.features import clean_data, engineer_features
-from healthpredict.monitoring.calibration import (
-    CALIBRATION_VERSION,
-    Calibration,
-    ModelReference,
-    calibrate,
-)
+from healthpredict.monitoring.calibration import CALIBRATION_VERSION, Calibration
 from healthpredict.monitoring.estimation import ProbabilityCalibrator
+from healthpredict.monitoring.nulls import ModelReference, calibrate
 from healthpredict.monitoring.statistics import cap_tails, tail_caps
 
 if TYPE_CHECKING:

@@ -3,7 +3,8 @@
 Pure statistics, no I/O: the normed Wasserstein distance (numeric columns) and the
 Jensen-Shannon distance (categorical columns) exactly as Evidently computes them, a scorer that
 keeps one reference's counts, numeric tail caps, and the vectorised scores of random held-out
-batches (data, predictions and ROC AUC) that the calibration turns into thresholds.
+batches (data, predictions and ROC AUC) that the calibration turns into thresholds (the
+time-ordered windows and the ROC AUC noise are in :mod:`healthpredict.monitoring.windows`).
 
 The methods are fixed per column (those Evidently picks for references above 1,000 rows), so the
 method never changes with the batch.
@@ -32,13 +33,13 @@ _WASSERSTEIN_MIN_NORM = 0.001  # Evidently's floor of the reference std
 # patient with three encounters at 25 emergency visits (reference std 0.45) moves the normed
 # Wasserstein distance of any batch holding him past the threshold on his own.
 TAIL_QUANTILE = 0.001
-_CHUNK = 100  # null batches scored at once: bounds memory for columns with many values
+CHUNK = 100  # null batches scored at once: bounds memory for columns with many values
 
 
 # --- distances, computed from value counts ---------------------------------------------------
 
 
-def _wasserstein_counts(ref: np.ndarray, cur: np.ndarray, values: np.ndarray) -> np.ndarray:
+def wasserstein_counts(ref: np.ndarray, cur: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Normed Wasserstein-1 distance from counts over a sorted support (last axis).
 
     Matches Evidently's ``wasserstein``: ``scipy.stats.wasserstein_distance(ref, cur)`` divided
@@ -55,7 +56,7 @@ def _wasserstein_counts(ref: np.ndarray, cur: np.ndarray, values: np.ndarray) ->
     return dist / np.maximum(std, _WASSERSTEIN_MIN_NORM)
 
 
-def _jensen_shannon_counts(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+def jensen_shannon_counts(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
     """Jensen-Shannon distance (natural log) from category counts, as scipy/Evidently compute it."""
     p = np.asarray(ref, dtype=float)
     q = np.asarray(cur, dtype=float)
@@ -96,13 +97,13 @@ def column_distance(reference: Any, current: Any, method: str) -> float:
         k = len(values)
         rc = np.bincount(codes[: len(ref)], minlength=k)
         cc = np.bincount(codes[len(ref) :], minlength=k)
-        return float(_wasserstein_counts(rc, cc, values))
+        return float(wasserstein_counts(rc, cc, values))
     if method == CATEGORICAL_METHOD:
         codes, _ = pd.factorize(pd.concat([ref, cur], ignore_index=True), sort=True)
         k = int(codes.max()) + 1
         rc = np.bincount(codes[: len(ref)], minlength=k)
         cc = np.bincount(codes[len(ref) :], minlength=k)
-        return float(_jensen_shannon_counts(rc, cc))
+        return float(jensen_shannon_counts(rc, cc))
     raise ValueError(
         f"unknown drift method {method!r}; use {NUMERIC_METHOD} or {CATEGORICAL_METHOD}"
     )
@@ -167,9 +168,9 @@ class ReferenceScorer:
             ref_counts[np.searchsorted(values, support)] = self._counts[col]
             cur_counts = np.bincount(np.searchsorted(values, cur), minlength=len(values))
             if method == NUMERIC_METHOD:
-                out[col] = float(_wasserstein_counts(ref_counts, cur_counts, values.astype(float)))
+                out[col] = float(wasserstein_counts(ref_counts, cur_counts, values.astype(float)))
             else:
-                out[col] = float(_jensen_shannon_counts(ref_counts, cur_counts))
+                out[col] = float(jensen_shannon_counts(ref_counts, cur_counts))
         return pd.Series(out, dtype=float)
 
 
@@ -245,7 +246,7 @@ def subsample(n_total: int, batch_size: int) -> tuple[int, float]:
     return m, scale
 
 
-def _batch_counts(codes: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
+def batch_counts(codes: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
     """Counts of each code in each batch of ``idx`` (shape ``(batches, k)``)."""
     b = idx.shape[0]
     flat = (codes[idx] + (np.arange(b)[:, None] * k)).ravel()
@@ -264,18 +265,18 @@ def null_column_scores(values: pd.Series, method: str, idx: np.ndarray) -> np.nd
         return np.zeros(idx.shape[0])
     total = np.bincount(codes, minlength=k)
     out = np.empty(idx.shape[0])
-    for start in range(0, idx.shape[0], _CHUNK):
-        part = idx[start : start + _CHUNK]
-        cur = _batch_counts(codes, part, k)
+    for start in range(0, idx.shape[0], CHUNK):
+        part = idx[start : start + CHUNK]
+        cur = batch_counts(codes, part, k)
         ref = total[None, :] - cur
         if method == NUMERIC_METHOD:
-            out[start : start + len(part)] = _wasserstein_counts(ref, cur, support)
+            out[start : start + len(part)] = wasserstein_counts(ref, cur, support)
         else:
-            out[start : start + len(part)] = _jensen_shannon_counts(ref, cur)
+            out[start : start + len(part)] = jensen_shannon_counts(ref, cur)
     return out
 
 
-def _auc_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+def auc_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     """ROC AUC from counts of positives and negatives per sorted score value (ties count half)."""
     pos = np.asarray(pos, dtype=float)
     neg = np.asarray(neg, dtype=float)
@@ -297,18 +298,18 @@ def null_prediction_scores(
     if label is not None:
         pos_codes = np.where(label == 1, codes, k)  # k = "not a positive" overflow bin
         total_pos = np.bincount(codes[label == 1], minlength=k)
-    for start in range(0, idx.shape[0], _CHUNK):
-        part = idx[start : start + _CHUNK]
-        cur = _batch_counts(codes, part, k)
+    for start in range(0, idx.shape[0], CHUNK):
+        part = idx[start : start + CHUNK]
+        cur = batch_counts(codes, part, k)
         ref = total[None, :] - cur
         drift[start : start + len(part)] = (
-            _wasserstein_counts(ref, cur, support) if k > 1 else np.zeros(len(part))
+            wasserstein_counts(ref, cur, support) if k > 1 else np.zeros(len(part))
         )
         if label is not None:
-            cur_pos = _batch_counts(pos_codes, part, k + 1)[:, :k]
+            cur_pos = batch_counts(pos_codes, part, k + 1)[:, :k]
             ref_pos = total_pos[None, :] - cur_pos
-            auc_cur = _auc_counts(cur_pos, cur - cur_pos)
-            auc_ref = _auc_counts(ref_pos, ref - ref_pos)
+            auc_cur = auc_counts(cur_pos, cur - cur_pos)
+            auc_ref = auc_counts(ref_pos, ref - ref_pos)
             drop[start : start + len(part)] = auc_ref - auc_cur
     return drift, drop
 
@@ -330,141 +331,6 @@ def upper_cut(null: np.ndarray, alpha: float) -> float:
     if higher.size:
         return float((higher.min() + at) / 2)
     return float(at + max(abs(at) * 0.01, 1e-6))
-
-
-def time_ordered_windows(order_key: Any, batch_size: int, stride: int | None = None) -> np.ndarray:
-    """Row positions of consecutive batches in time order (``(n_windows, batch_size)``).
-
-    The no-drift batches a monitor of a time-ordered stream must tolerate: consecutive held-out
-    encounters of the reference period (patients disjoint from the reference), in encounter
-    order, so coding changes inside the period are part of "no drift". ``stride`` (default:
-    ``batch_size``, disjoint windows) smaller than the batch gives overlapping windows.
-
-    Raises:
-        ValueError: Fewer rows than one batch, or a non-positive size or stride.
-    """
-    key = np.asarray(order_key)
-    stride = batch_size if stride is None else stride
-    if batch_size <= 0 or stride <= 0:
-        raise ValueError(f"batch_size and stride must be positive, got {batch_size}, {stride}")
-    if len(key) < batch_size:
-        raise ValueError(f"{len(key)} rows cannot make a time-ordered batch of {batch_size}")
-    order = np.argsort(key, kind="stable")
-    starts = np.arange(0, len(key) - batch_size + 1, stride)
-    return order[starts[:, None] + np.arange(batch_size)[None, :]]
-
-
-def null_windows(order_key: Any, batch_size: int, max_windows: int) -> np.ndarray:
-    """Time-ordered windows of ``batch_size`` rows, overlapping when the rows are few.
-
-    The stride is the smallest that gives at most ``max_windows`` windows, but never more than
-    ``batch_size`` (windows never skip rows: a large held-out set gives more, disjoint, windows),
-    and the last window ends at the last row, so every row is in some window.
-    """
-    key = np.asarray(order_key)
-    if max_windows < 1:
-        raise ValueError(f"max_windows must be positive, got {max_windows}")
-    span = max(len(key) - batch_size, 0)
-    stride = max(1, min(batch_size, math.ceil(span / max(max_windows - 1, 1))))
-    windows = time_ordered_windows(key, batch_size, stride)
-    if span % stride:  # the strides stopped short of the end: one more window, ending there
-        order = np.argsort(key, kind="stable")
-        windows = np.vstack([windows, order[span:]])
-    return windows
-
-
-def external_window_scores(
-    reference: pd.Series, held_out: pd.Series, method: str, idx: np.ndarray
-) -> np.ndarray:
-    """Score of each window (row positions ``idx`` into ``held_out``) against the whole reference.
-
-    For held-out rows disjoint from the reference: exactly the production comparison of a batch
-    with the reference, for one column.
-    """
-    ref, held = reference.reset_index(drop=True), held_out.reset_index(drop=True)
-    if method == NUMERIC_METHOD:
-        values = pd.concat([ref, held], ignore_index=True).to_numpy(float)
-        support, codes = np.unique(values, return_inverse=True)
-    else:
-        codes, uniques = pd.factorize(
-            pd.concat([ref, held], ignore_index=True).astype(str), sort=True
-        )
-        support = np.arange(len(uniques), dtype=float)
-    k = len(support)
-    if k <= 1:
-        return np.zeros(idx.shape[0])
-    ref_counts = np.bincount(codes[: len(ref)], minlength=k)[None, :]
-    held_codes = codes[len(ref) :]
-    out = np.empty(idx.shape[0])
-    for start in range(0, idx.shape[0], _CHUNK):
-        part = idx[start : start + _CHUNK]
-        cur = _batch_counts(held_codes, part, k)
-        if method == NUMERIC_METHOD:
-            out[start : start + len(part)] = _wasserstein_counts(ref_counts, cur, support)
-        else:
-            out[start : start + len(part)] = _jensen_shannon_counts(ref_counts, cur)
-    return out
-
-
-def null_expected_auc_drops(proba: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Expected ROC AUC (CBPE, from calibrated ``proba``) of the rest minus that of each window.
-
-    The same quantity as :func:`healthpredict.monitoring.estimation.expected_roc_auc` (each row
-    a positive with probability ``p``; ties form one step), computed for all windows at once from
-    counts of each distinct probability.
-    """
-    support, codes = np.unique(np.asarray(proba, dtype=float), return_inverse=True)
-    k = len(support)
-    total = np.bincount(codes, minlength=k)
-    out = np.empty(idx.shape[0])
-    for start in range(0, idx.shape[0], _CHUNK):
-        part = idx[start : start + _CHUNK]
-        cur = _batch_counts(codes, part, k)
-        rest = total[None, :] - cur
-        auc_cur = _auc_counts(cur * support, cur * (1 - support))
-        auc_rest = _auc_counts(rest * support, rest * (1 - support))
-        out[start : start + len(part)] = auc_rest - auc_cur
-    return out
-
-
-def hanley_mcneil_se(auc: float, n_pos: float, n_neg: float) -> float:
-    """Standard error of a ROC AUC on ``n_pos`` positives and ``n_neg`` negatives (Hanley-McNeil).
-
-    Hanley & McNeil (1982), Radiology 143:29-36, with their exponential approximations of the
-    two pair probabilities; NaN when either class is empty.
-    """
-    if n_pos <= 0 or n_neg <= 0 or not math.isfinite(auc):
-        return math.nan
-    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
-    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (
-        n_pos * n_neg
-    )
-    return math.sqrt(max(var, 0.0))
-
-
-def expected_auc_influence_variance(proba: np.ndarray) -> float:
-    """Variance of the influence function of the expected ROC AUC (CBPE) at calibrated ``proba``.
-
-    The expected AUC is ``U / (P Q)`` with ``U`` the mean over row pairs of
-    ``p_i (1 - p_j) [p_i > p_j]`` (ties half), ``P`` the mean of ``p`` and ``Q`` that of
-    ``1 - p``; by the delta method its variance on ``n`` rows drawn like these is this value
-    divided by ``n``: a parametric sampling error for a batch of any size.
-    """
-    p = np.asarray(proba, dtype=float)
-    support, codes, counts = np.unique(p, return_inverse=True, return_counts=True)
-    n = len(p)
-    pos_w, neg_w = counts * support / n, counts * (1 - support) / n
-    neg_below = np.cumsum(neg_w) - neg_w / 2  # mean of (1 - p_j) [p_j < v] + ties half
-    pos_above = pos_w.sum() - np.cumsum(pos_w) + pos_w / 2  # mean of p_i [p_i > v] + ties half
-    big_p, big_q = pos_w.sum(), neg_w.sum()
-    if big_p <= 0 or big_q <= 0:
-        return math.nan
-    u = float((pos_w * neg_below).sum())
-    auc = u / (big_p * big_q)
-    g = support * neg_below + (1 - support) * pos_above  # projection of U on one row
-    infl = (g - 2 * u) / (big_p * big_q) - auc * (support - big_p) / big_p
-    infl -= auc * ((1 - support) - big_q) / big_q
-    return float(np.sum(counts * infl**2) / n)
 
 
 def effect_sizes(
