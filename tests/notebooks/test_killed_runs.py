@@ -344,3 +344,25 @@ def test_live_status_rule():
     assert record.live_status({**base}, now=late) == "stale"  # no owner at all
     assert record.live_status({"status": "succeeded", "owner": gone}) == "succeeded"
     assert record.live_status({"status": "failed"}) == "failed"
+
+
+class _TaskInstance:
+    """What the operator's hooks use of Airflow's task instance: the prepare task's XCom."""
+
+    def __init__(self, prepared: dict) -> None:
+        self.prepared = prepared
+
+    def xcom_pull(self, task_ids: str) -> dict:
+        assert task_ids == "prepare"
+        return {"nb": self.prepared}
+
+
+def test_the_operator_hook_writes_the_running_record_before_the_kernel(hp_env, notebook):
+    prepared = papermill_task.prepare_notebook_run(
+        str(notebook), _params(hp_env, "hook"), run_id="manual__2", dag_id="dag", task_id="t"
+    )
+    hooks = papermill_task.papermill_args("prepare", "nb")
+    hooks["pre_execute"]({"ti": _TaskInstance(prepared)})
+    written = storage.read_json(storage.join(prepared["run_dir"], "run.json"))
+    assert written["status"] == "running" and written["owner"]["pid"] == os.getpid()
+    assert written["executor"] == {"engine": papermill_task.ENGINE, **prepared["airflow"]}
