@@ -72,6 +72,7 @@ table{margin-top:8px}
 #show-stale:checked ~ table tbody tr:not(.run-stale){display:none}
 #show-running:checked ~ table tbody tr:not(.run-running){display:none}
 .err{color:#c62828;font-size:12px}
+.note{color:#555;font-size:12px}
 code{font-size:12px}
 .kv{white-space:nowrap}
 .chart{margin:10px 0 18px 0}
@@ -303,7 +304,7 @@ def _unfinished_note(run: Mapping[str, Any], status: str, has_notebook: bool) ->
         text += f"; its partial files are in {local_dir} on {owner.get('host', 'its host')}"
     elif status != record.RUNNING:
         text += "; partial notebook kept" if has_notebook else "; no notebook was saved"
-    return f'<div class="err">{_e(text)}</div>'
+    return f'<div class="{"note" if status == record.RUNNING else "err"}">{_e(text)}</div>'
 
 
 def _row(run: Mapping[str, Any], rendered_dir: str) -> str:
@@ -381,10 +382,9 @@ def _filter(runs: list[dict[str, Any]]) -> str:
     ]
     for status, (row_cls, badge_cls) in _STYLES.items():
         name = row_cls.removeprefix("run-")
-        shown = "ok" if status == record.SUCCEEDED else status
         items.append(
             f'<input type="radio" name="show" id="show-{name}">'
-            f'<label for="show-{name}">{_badge(shown, badge_cls)} {counts[row_cls]}</label>'
+            f'<label for="show-{name}">{_badge(status, badge_cls)} {counts[row_cls]}</label>'
         )
     return '<span class="sub">show: </span>' + "\n".join(items)
 
