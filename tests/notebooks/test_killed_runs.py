@@ -293,6 +293,57 @@ def test_the_papermill_operator_path_writes_running_then_the_outcome(hp_env, not
     assert [v["class"] for v in rows.rows.values()] == ["run-ok"]
 
 
+# What an Airflow worker does for a PapermillOperator task: the pre_execute hook's record, then
+# papermill writing the output notebook after every cell (here in a child process, killed).
+_WORKER = """
+import json, sys
+import papermill
+from healthpredict.runs import papermill_task
+
+prepared = json.loads(sys.argv[1])
+papermill_task.start_notebook_run(prepared)
+papermill.execute_notebook(
+    prepared["input_ipynb"], prepared["output_ipynb"], parameters=prepared["parameters"],
+    kernel_name=prepared["kernel_name"], progress_bar=False, request_save_on_cell_execute=True,
+)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_papermill_task_is_listed_as_killed(hp_env, notebook):
+    params = _params(hp_env, "worker")
+    prepared = papermill_task.prepare_notebook_run(
+        str(notebook), params, run_id="scheduled__1", dag_id="dag", task_id="run_it"
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, json.dumps(prepared)],
+        env=os.environ.copy(),
+        stderr=(hp_env / "worker.log").open("w"),
+        start_new_session=True,
+    )
+    kernels: list[int] = []
+    try:
+        _wait(lambda: Path(params["marker"]).exists(), 180, "the task's last cell to start")
+        folder = Path(prepared["run_dir"])
+        _wait(lambda: _first_cell_saved(folder), 30, "papermill to save the first cell")
+        kernels = _kernels_of(worker.pid)
+        os.killpg(worker.pid, signal.SIGKILL)
+        assert worker.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        for pid in [worker.pid, *kernels]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    prov = storage.read_json(folder / "run.json")
+    assert prov["status"] == "running" and prov["owner"]["pid"] == worker.pid
+    assert prov["executor"]["task_id"] == "run_it"
+    rows, page = _gallery(hp_env / "rendered")
+    (row,) = rows.rows.values()
+    assert row["class"] == "run-killed"
+    assert f"{folder.name}/{NAME}.ipynb" in [unquote(h) for h in row["links"]]
+
+
 # The liveness rule, on real processes.
 
 
