@@ -133,12 +133,15 @@ def test_killed_runner_leaves_the_batch_to_the_next_one(env):
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
-    # Half-way: the batch file is written, the cursor never moved, the run left no record.
+    # Half-way: the batch file is written, the cursor never moved, the run's record says running
+    # (the dead runner's pid) beside its partial notebook.
     first = env.monitoring / "batches" / "batch_0000000.csv"
     assert len(storage.read_csv(first)) == BATCH_ROWS
     assert state_bytes(env.monitoring) is None
     (killed_dir,) = run_dirs(env.rendered, MONITOR)
-    assert not (killed_dir / "run.json").exists()
+    killed = json.loads((killed_dir / "run.json").read_text())
+    assert killed["status"] == "running" and killed["owner"]["pid"] == runner.pid
+    assert (killed_dir / f"{MONITOR}.ipynb").exists()
     (stale,) = mlflow_runs()
     assert stale.info.status == "RUNNING"
     assert f":{runner.pid}:" in lease["holder"]
@@ -180,16 +183,19 @@ def test_killed_runner_leaves_the_batch_to_the_next_one(env):
     assert "died" in by_id[stale.info.run_id].data.tags["healthpredict.killed"]
     assert [r for r in runs if r.info.status == "RUNNING"] == []
 
-    # Rendered: one succeeded run.json per batch; the killed run's folder has none.
-    succeeded = [r for r in run_records(env.rendered, MONITOR) if r["status"] == "succeeded"]
+    # Rendered: one succeeded run.json per batch; the killed run's still says running.
+    records = run_records(env.rendered, MONITOR)
+    succeeded = [r for r in records if r["status"] == "succeeded"]
     assert Counter(r["given_parameters"]["new_data_path"] for r in succeeded) == Counter(batches)
-    assert len(run_dirs(env.rendered, MONITOR)) == 3
+    assert [r["run_id"] for r in records if r["status"] == "running"] == [killed["run_id"]]
+    assert len(records) == len(run_dirs(env.rendered, MONITOR)) == 3
 
-    # Gallery: the same two successful monitoring runs, nothing else from the monitor.
+    # Gallery: the two successful monitoring runs as ok, the killed one once, as killed.
     parser = _GalleryRows()
     parser.feed(Path(build_gallery(str(env.rendered))).read_text())
     monitor_rows = [(run_id, cls) for run_id, cls, nb in parser.rows if nb == MONITOR]
-    assert sorted(monitor_rows) == sorted((r["run_id"], "run-ok") for r in succeeded)
+    expected = [(r["run_id"], "run-ok") for r in succeeded] + [(killed["run_id"], "run-killed")]
+    assert sorted(monitor_rows) == sorted(expected)
 
 
 def test_two_runners_at_once_one_proceeds(env):

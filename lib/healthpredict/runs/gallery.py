@@ -3,12 +3,19 @@
 The page is self-contained (inline CSS and an inline SVG chart, no scripts, no network), so it
 opens from the file system or from a static bucket. Links are relative to the page and only
 point at files that exist when the page is built.
+
+A run whose ``run.json`` still says ``running`` is shown as what it became
+(:func:`healthpredict.runs.record.live_status`): ``killed`` when its runner's process on this
+host is gone, ``stale`` when its runner is elsewhere and it gave no sign of life for
+:data:`~healthpredict.runs.record.STALE_AFTER`, else ``running``; with a link to its partial
+notebook. Radio buttons above the table show one status at a time (CSS only).
 """
 
 from __future__ import annotations
 
 import html
 import os
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +25,7 @@ from urllib.parse import quote
 from healthpredict.core import storage
 from healthpredict.core.layout import RUN_JSON
 from healthpredict.core.settings import get_settings
+from healthpredict.runs import record
 
 GALLERY_NAME = "index.html"
 DRIFT_NOTEBOOK = "03_drift_monitor"
@@ -28,6 +36,15 @@ KEY_SCRAPS = (
     "champion_version",
 )  # fmt: skip
 _AUC_KEYS = ("test_roc_auc", "roc_auc", "auc", "val_roc_auc")
+# Shown status -> (row class, badge class); any other status is shown as failed.
+_STYLES = {
+    record.SUCCEEDED: ("run-ok", "ok"),
+    record.FAILED: ("run-failed", "failed-badge"),
+    record.KILLED: ("run-killed", "killed"),
+    record.STALE: ("run-stale", "stale"),
+    record.RUNNING: ("run-running", "running"),
+}
+_UNFINISHED = (record.KILLED, record.STALE, record.RUNNING)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;font-size:14px;margin:20px;
@@ -38,12 +55,25 @@ table{border-collapse:collapse;width:100%}
 th,td{border-bottom:1px solid #e3e3e8;padding:5px 8px;text-align:left;vertical-align:top}
 th{background:#f3f4f8;position:sticky;top:0}
 tr.run-failed td{background:#fdecea}
+tr.run-killed td{background:#f3e5f5}
+tr.run-stale td{background:#f1f1f1}
+tr.run-running td{background:#e3f2fd}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;color:#fff;
  font-size:12px}
 .ok{background:#2e7d32}.failed-badge{background:#c62828}.synthetic{background:#e65100}
 .real{background:#1565c0}.unknown{background:#9e9e9e}.drift{background:#c62828}
-.nodrift{background:#2e7d32}
+.nodrift{background:#2e7d32}.killed{background:#6a1b9a}.stale{background:#616161}
+.running{background:#1565c0}
+input[name=show]{vertical-align:middle;margin-left:10px}
+label{cursor:pointer}
+table{margin-top:8px}
+#show-ok:checked ~ table tbody tr:not(.run-ok){display:none}
+#show-failed:checked ~ table tbody tr:not(.run-failed){display:none}
+#show-killed:checked ~ table tbody tr:not(.run-killed){display:none}
+#show-stale:checked ~ table tbody tr:not(.run-stale){display:none}
+#show-running:checked ~ table tbody tr:not(.run-running){display:none}
 .err{color:#c62828;font-size:12px}
+.note{color:#555;font-size:12px}
 code{font-size:12px}
 .kv{white-space:nowrap}
 .chart{margin:10px 0 18px 0}
@@ -78,13 +108,25 @@ def _sort_key(run: Mapping[str, Any]) -> str:
     return str(run.get("started_at") or "")
 
 
+def _heartbeat(folder: str, notebook: Any) -> datetime | None:
+    """When papermill last saved the run's notebook (it saves after every cell); local only."""
+    if storage.is_s3(folder):
+        return None
+    try:
+        return datetime.fromtimestamp(os.stat(Path(folder, f"{notebook}.ipynb")).st_mtime, UTC)
+    except OSError:
+        return None
+
+
 def load_runs(rendered_dir: str) -> list[dict[str, Any]]:
     """Read every ``run.json`` under ``rendered_dir``, oldest first.
 
-    Each run gets two extra keys: ``_dir`` (where its ``run.json`` was found, which is where its
-    files are even if the folder was moved) and ``_files`` (the files inside that folder).
+    Each run gets three extra keys: ``_dir`` (where its ``run.json`` was found, which is where
+    its files are even if the folder was moved), ``_files`` (the files inside that folder) and
+    ``_status`` (the status to show: see :func:`healthpredict.runs.record.live_status`).
     """
-    uris = storage.list_uris(rendered_dir)
+    uris = sorted(storage.list_uris(rendered_dir))
+    sep = "/" if storage.is_s3(rendered_dir) else os.sep
     runs = []
     for uri in uris:
         if uri.replace(os.sep, "/").rsplit("/", 1)[-1] != RUN_JSON:
@@ -97,9 +139,15 @@ def load_runs(rendered_dir: str) -> list[dict[str, Any]]:
             continue
         folder = uri[: -len(RUN_JSON) - 1]
         prov["_dir"] = folder
-        prov["_files"] = {
-            u for u in uris if u.startswith(folder + ("/" if storage.is_s3(folder) else os.sep))
-        }
+        # The folder's files are one slice of the sorted listing (a scan per run was quadratic:
+        # 11 s for 1,000 runs, measured).
+        prefix = folder + sep
+        first, end = bisect_left(uris, prefix), bisect_left(uris, prefix + "\U0010ffff")
+        prov["_files"] = set(uris[first:end])
+        heartbeat = None
+        if prov.get("status") == record.RUNNING:
+            heartbeat = _heartbeat(folder, prov["notebook"])
+        prov["_status"] = record.live_status(prov, heartbeat=heartbeat)
         runs.append(prov)
     return sorted(runs, key=_sort_key)
 
@@ -240,9 +288,33 @@ def _badge(text: str, cls: str) -> str:
     return f'<span class="badge {cls}">{_e(text)}</span>'
 
 
+def _shown_status(run: Mapping[str, Any]) -> str:
+    return str(run.get("_status") or run.get("status") or "unknown")
+
+
+def _unfinished_note(run: Mapping[str, Any], status: str, has_notebook: bool) -> str:
+    """What became of a run that never wrote its final record, and where its partial files are."""
+    owner = run.get("owner") or {}
+    who = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "an unknown runner"
+    if status == record.KILLED:
+        text = f"its runner ({who}) is gone; the run never finished"
+    elif status == record.STALE:
+        hours = record.STALE_AFTER.total_seconds() / 3600
+        text = f"no heartbeat for over {hours:g} h; its runner ({who}) cannot be checked from here"
+    else:
+        text = f"in progress ({who})"
+    local_dir = run.get("local_dir")
+    if not has_notebook and local_dir and local_dir != run.get("run_dir"):
+        text += f"; its partial files are in {local_dir} on {owner.get('host', 'its host')}"
+    elif status != record.RUNNING:
+        text += "; partial notebook kept" if has_notebook else "; no notebook was saved"
+    return f'<div class="{"note" if status == record.RUNNING else "err"}">{_e(text)}</div>'
+
+
 def _row(run: Mapping[str, Any], rendered_dir: str) -> str:
-    status = str(run.get("status") or "unknown")
-    failed = status != "succeeded"
+    status = _shown_status(run)
+    failed = status != record.SUCCEEDED
+    row_cls, badge_cls = _STYLES.get(status, _STYLES[record.FAILED])
     started = str(run.get("started_at") or "")
     when = started[:19].replace("T", " ") + (" UTC" if started else "")
     source = run.get("data_source")
@@ -258,7 +330,7 @@ def _row(run: Mapping[str, Any], rendered_dir: str) -> str:
         )
         or '<span class="sub">defaults</span>'
     )
-    status_cell = _badge(status, "failed-badge" if failed else "ok")
+    status_cell = _badge(status, badge_cls)
     error = run.get("error") or {}
     if failed and error:
         cell = error.get("cell_number")
@@ -276,10 +348,14 @@ def _row(run: Mapping[str, Any], rendered_dir: str) -> str:
             bits.append(f'<span class="kv">{_e(name)}: <b>{_e(_short(value))}</b></span>')
     folder = run["_dir"]
     sep = "/" if storage.is_s3(folder) else os.sep
+    unfinished = status in _UNFINISHED
+    if unfinished:
+        has_notebook = folder + sep + f"{run['notebook']}.ipynb" in run["_files"]
+        status_cell += _unfinished_note(run, status, has_notebook)
     links = []
     for label, filename in (
         ("HTML", f"{run['notebook']}.html"),
-        ("ipynb", f"{run['notebook']}.ipynb"),
+        ("partial ipynb" if unfinished else "ipynb", f"{run['notebook']}.ipynb"),
         ("run.json", RUN_JSON),
     ):
         target = folder + sep + filename
@@ -289,18 +365,44 @@ def _row(run: Mapping[str, Any], rendered_dir: str) -> str:
         name = report.replace(os.sep, "/").rsplit("/", 1)[-1]
         links.append(f'<a href="{_e(_rel_link(report, rendered_dir))}">{_e(name)}</a>')
     return (
-        f'<tr class="{"run-failed" if failed else "run-ok"}" data-run-id="{_e(run.get("run_id", ""))}">'
+        f'<tr class="{row_cls}" data-run-id="{_e(run.get("run_id", ""))}">'
         f"<td>{_e(when)}</td><td><b>{_e(run.get('notebook'))}</b></td><td>{source_cell}</td>"
         f"<td>{params_cell}</td><td>{status_cell}</td><td>{'<br>'.join(bits)}</td>"
         f"<td>{' · '.join(links)}</td></tr>"
     )
 
 
+def _row_class(run: Mapping[str, Any]) -> str:
+    return _STYLES.get(_shown_status(run), _STYLES[record.FAILED])[0]
+
+
+def _filter(runs: list[dict[str, Any]]) -> str:
+    """Radio buttons showing all rows or one status (CSS only: they precede the table)."""
+    counts = {cls: 0 for cls, _ in _STYLES.values()}
+    for run in runs:
+        counts[_row_class(run)] += 1
+    items = [
+        '<input type="radio" name="show" id="show-all" checked><label for="show-all">all</label>'
+    ]
+    for status, (row_cls, badge_cls) in _STYLES.items():
+        name = row_cls.removeprefix("run-")
+        items.append(
+            f'<input type="radio" name="show" id="show-{name}">'
+            f'<label for="show-{name}">{_badge(status, badge_cls)} {counts[row_cls]}</label>'
+        )
+    return '<span class="sub">show: </span>' + "\n".join(items)
+
+
 def render_gallery(runs: list[dict[str, Any]], rendered_dir: str) -> str:
     """HTML of the gallery for runs read by :func:`load_runs` (oldest first)."""
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    n_failed = sum(1 for r in runs if r.get("status") != "succeeded")
+    classes = [_row_class(r) for r in runs]
     n_synth = sum(1 for r in runs if r.get("data_source") == "synthetic")
+    counts = ", ".join(
+        f"{classes.count(cls)} {status}"
+        for status, (cls, _) in _STYLES.items()
+        if status == record.FAILED or (status != record.SUCCEEDED and cls in classes)
+    )
     rows = "\n".join(_row(r, rendered_dir) for r in sorted(runs, key=_sort_key, reverse=True))
     if not rows:
         rows = '<tr><td colspan="7" class="sub">No runs yet: try <code>healthpredict run 01_eda</code>.</td></tr>'
@@ -310,8 +412,9 @@ def render_gallery(runs: list[dict[str, Any]], rendered_dir: str) -> str:
 <title>Health Predict runs</title><style>{_CSS}</style></head>
 <body>
 <h1>Health Predict: notebook runs</h1>
-<div class="sub">{len(runs)} runs ({n_failed} failed, {n_synth} on synthetic data) · built {_e(now)}</div>
+<div class="sub">{len(runs)} runs ({counts}, {n_synth} on synthetic data) · built {_e(now)}</div>
 <div class="chart">{chart_svg(series(runs))}</div>
+{_filter(runs)}
 <table id="runs">
 <thead><tr><th>time</th><th>notebook</th><th>data</th><th>parameters</th><th>status</th><th>key results</th><th>files</th></tr></thead>
 <tbody>

@@ -5,10 +5,11 @@ the whole notebook as its input path. So a DAG first *prepares* a run
 (:func:`prepare_notebook_run`): the parameters are checked against the notebook's parameters
 cell, the ``.py`` becomes ``<name>.input.ipynb`` with the project kernel in the run's own folder
 under ``rendered/``, and the real ``.py`` path, its sha256 and the input data hashes are kept.
-The operator's hooks (:func:`papermill_args`) export the settings to the kernel and, when it
-finished, record the run with :mod:`healthpredict.runs.record` exactly like
-:func:`healthpredict.runs.run`, so Airflow runs appear in the gallery; a run without its
-required scraps fails its task.
+The operator's hooks (:func:`papermill_args`) export the settings to the kernel and write a
+``running`` ``run.json`` naming the worker process (:func:`start_notebook_run`) before it
+starts, and when it finished, record the run with :mod:`healthpredict.runs.record` exactly like
+:func:`healthpredict.runs.run`, so Airflow runs appear in the gallery (a killed task's run as
+killed or stale); a run without its required scraps fails its task.
 
 Nothing here imports Airflow: the package works without the ``airflow`` extra.
 """
@@ -145,6 +146,29 @@ def _spec(prepared: Mapping[str, Any]) -> record.RunSpec:
     )
 
 
+def _started(prepared: Mapping[str, Any]) -> dt.datetime:
+    return dt.datetime.strptime(prepared["prepared_at"], _ISO_FORMAT).replace(tzinfo=dt.UTC)
+
+
+def start_notebook_run(prepared: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the run's ``running`` record, naming this process, before its kernel starts.
+
+    Called in the process that runs the kernel (the operator's ``pre_execute``), so that a
+    worker killed mid-run leaves a record the gallery shows as killed (same host) or stale.
+
+    Args:
+        prepared: What :func:`prepare_notebook_run` returned.
+
+    Returns:
+        The record written to ``run.json``.
+    """
+    spec = _spec(prepared)
+    running = record.running_record(spec, _started(prepared))
+    record.write_running(running)
+    record.refresh_gallery(_parent(spec.run_dir))
+    return running.to_dict()
+
+
 def finish_notebook_run(
     prepared: Mapping[str, Any], failure: BaseException | None = None
 ) -> dict[str, Any]:
@@ -167,7 +191,7 @@ def finish_notebook_run(
         failure = FileNotFoundError(f"no executed notebook at {prepared['output_ipynb']}")
     error = record.outcome_error(spec.notebook, failure, scraps)
     ended = record.utc_now()
-    started = dt.datetime.strptime(prepared["prepared_at"], _ISO_FORMAT).replace(tzinfo=dt.UTC)
+    started = _started(prepared)
     duration = round((ended - started).total_seconds(), 3)
     run_record = record.build_record(spec, scraps, error, started, ended, duration)
     record.write_run(run_record, executed, spec.run_dir)
@@ -204,17 +228,18 @@ def papermill_args(prepare_task_id: str, key: str | None = None) -> dict[str, An
 
     The prepared run (:func:`prepare_notebook_run`) comes from ``prepare_task_id``'s XCom
     (``[key]`` of it when given). Needs the DAG's ``render_template_as_native_obj=True`` so that
-    the parameters arrive as a dict. The hooks export the resolved settings to the kernel
-    before it starts and write the run's ``run.json`` and HTML afterwards; a run that lacks a
-    required scrap fails its task.
+    the parameters arrive as a dict. The hooks export the resolved settings to the kernel and
+    write the ``running`` ``run.json`` before it starts, and write the final ``run.json`` and
+    HTML afterwards; a run that lacks a required scrap fails its task.
     """
     xcom = f"ti.xcom_pull(task_ids={prepare_task_id!r})" + (f"[{key!r}]" if key else "")
 
-    def export_settings(context) -> None:
+    def start(context) -> None:
         # The operator starts the kernel from this process with no way to pass it an
         # environment: relative settings become absolute so that the kernel reads the same
         # storage and MLflow store whatever its working folder.
         os.environ.update(get_settings().as_env())
+        start_notebook_run(_prepared_from(context, prepare_task_id, key))
 
     def finish(context, result=None) -> None:
         record.raise_if_failed(finish_notebook_run(_prepared_from(context, prepare_task_id, key)))
@@ -237,7 +262,7 @@ def papermill_args(prepare_task_id: str, key: str | None = None) -> dict[str, An
         "language_name": "python",
         "log_output": True,
         "do_xcom_push": False,  # the prepared run already says where the output is
-        "pre_execute": export_settings,
+        "pre_execute": start,
         "post_execute": finish,
         "on_failure_callback": record_failure,
     }

@@ -1,19 +1,25 @@
 """The record of one notebook run (``run.json``), built and written in one place.
 
 The local runner (:func:`healthpredict.runs.run`) and the PapermillOperator path of the DAGs
-(:mod:`healthpredict.runs.papermill_task`) both describe their run with a :class:`RunSpec`,
-then call :func:`record_run`: the scraps are read, the contract is checked, the executed
-notebook gets the record in its metadata, the HTML is rendered (or a fallback page when the
-rendering fails), ``run.json`` is written atomically and the gallery is refreshed.
+(:mod:`healthpredict.runs.papermill_task`) both describe their run with a :class:`RunSpec`.
+Before the kernel starts, :func:`write_running` puts a ``running`` record (with its
+:func:`process_owner`: host, pid, process start) at the run's final ``run.json``; when the
+kernel is done the scraps are read, the contract is checked, the executed notebook gets the
+record in its metadata, the HTML is rendered (or a fallback page when the rendering fails) and
+the final ``run.json`` (``succeeded`` or ``failed``) replaces the running one, atomically.
+
+A run whose runner was killed keeps its ``running`` record; :func:`live_status` tells such a
+run (``killed`` or ``stale``) from a live one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,6 @@ from healthpredict.core.gitinfo import git_info
 from healthpredict.core.settings import project_root
 from healthpredict.runs import contracts, provenance, render
 from healthpredict.runs.errors import NotebookRunError
-from healthpredict.runs.gallery import build_gallery
 from healthpredict.runs.result import RunResult
 from healthpredict.runs.scraps import scraps_from_notebook
 
@@ -30,6 +35,15 @@ log = logging.getLogger(__name__)
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
+RUNNING = "running"  # written at the start; replaced by SUCCEEDED or FAILED at the end
+# What live_status makes of a RUNNING record whose runner is gone (never written to run.json).
+KILLED = "killed"
+STALE = "stale"
+# No notebook of the project runs near this long without saving its notebook (papermill saves
+# after every cell): a running record older than this, whose runner cannot be checked from
+# here, is shown as stale.
+STALE_AFTER = timedelta(hours=6)
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 # Optional keys: only one of the two executors sets them, and run.json leaves them out then.
 _OPTIONAL_KEYS = ("cache_key", "executor")
 
@@ -50,6 +64,116 @@ def relpath_in_project(path: str | os.PathLike) -> str | None:
         return str(Path(path).relative_to(project_root()))
     except ValueError:
         return None
+
+
+def parse_iso(text: Any) -> datetime | None:
+    """A time written by :func:`iso` (or any ISO 8601 form), None when absent or unreadable."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of a process from /proc; None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces
+    return fields[0], int(fields[19])
+
+
+def _boot_id() -> str | None:
+    try:
+        return _BOOT_ID.read_text().strip()
+    except OSError:
+        return None
+
+
+def process_owner(pid: int | None = None) -> dict[str, Any]:
+    """Who runs a notebook: host, pid, and what tells this process from a later one.
+
+    ``process_start`` (clock ticks since boot) and ``boot_id`` come from Linux's /proc; they
+    are None elsewhere, and then only the pid is checked.
+    """
+    pid = os.getpid() if pid is None else pid
+    stat = _proc_stat(pid)
+    return {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "process_start": None if stat is None else stat[1],
+        "boot_id": _boot_id(),
+    }
+
+
+def owner_alive(owner: Any) -> bool | None:
+    """Whether the process that wrote a running record still runs; None when it cannot be told.
+
+    It cannot be told from another host (or without a recorded pid). On the same host, the
+    process is gone when the machine rebooted since (another ``boot_id``), when no process has
+    its pid, when that process is a zombie, or when it started at another time than recorded
+    (the pid was reused).
+    """
+    if not isinstance(owner, Mapping) or owner.get("host") != socket.gethostname():
+        return None
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    boot = _boot_id()
+    if owner.get("boot_id") and boot and owner["boot_id"] != boot:
+        return False
+    stat = _proc_stat(pid)
+    if stat is None:
+        if Path("/proc/self/stat").exists():
+            return False  # /proc works here and has no such process
+        try:  # no /proc (not Linux): signal 0 only says whether the pid exists
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    state, started = stat
+    if state in ("Z", "X"):  # dead, not yet reaped by its parent
+        return False
+    recorded = owner.get("process_start")
+    return recorded is None or recorded == started
+
+
+def live_status(
+    prov: Mapping[str, Any], *, heartbeat: datetime | None = None, now: datetime | None = None
+) -> str:
+    """The status to show for a run: its recorded one, or what became of a running run.
+
+    A ``running`` record is shown as:
+
+    - :data:`KILLED` when it was written on this host and its process is gone
+      (:func:`owner_alive`: no such pid, a zombie, a reused pid or a reboot);
+    - :data:`RUNNING` when that process still runs;
+    - otherwise (another host, such as an Airflow worker, or no owner recorded):
+      :data:`STALE` when the last sign of life, the newest of ``started_at`` and ``heartbeat``
+      (e.g. when papermill last saved the partial notebook), is older than
+      :data:`STALE_AFTER`; else :data:`RUNNING`.
+
+    Args:
+        prov: The ``run.json`` document.
+        heartbeat: Last time the run was seen working, when known.
+        now: The current time (default: now).
+    """
+    status = str(prov.get("status") or "unknown")
+    if status != RUNNING:
+        return status
+    alive = owner_alive(prov.get("owner"))
+    if alive is not None:
+        return RUNNING if alive else KILLED
+    signs = [t for t in (parse_iso(prov.get("started_at")), heartbeat) if t is not None]
+    if not signs:
+        return STALE
+    return STALE if (now or utc_now()) - max(signs) > STALE_AFTER else RUNNING
 
 
 @dataclass(frozen=True)
@@ -100,6 +224,7 @@ class RunRecord:
     notebook_sha256: str
     status: str
     error: dict[str, Any] | None
+    owner: dict[str, Any]
     data_source: Any
     mlflow_run_id: Any
     parameters: dict[str, Any]
@@ -111,8 +236,8 @@ class RunRecord:
     kernel_name: str
     executor: dict[str, Any] | None
     started_at: str
-    ended_at: str
-    duration_s: float
+    ended_at: str | None
+    duration_s: float | None
     run_dir: str
     local_dir: str
     ipynb: str
@@ -134,25 +259,19 @@ class RunRecord:
         return doc
 
 
-def build_record(
-    spec: RunSpec,
-    scraps: Mapping[str, Any],
-    error: dict[str, Any] | None,
-    started: datetime,
-    ended: datetime,
-    duration_s: float,
-) -> RunRecord:
-    """The record of a finished run: the spec plus outcome, scraps, times and environment."""
+def running_record(spec: RunSpec, started: datetime) -> RunRecord:
+    """The record of a run about to start: status ``running``, no outcome, this process as owner."""
     return RunRecord(
         run_id=spec.run_id,
         notebook=spec.notebook,
         notebook_path=spec.notebook_path,
         notebook_relpath=relpath_in_project(spec.notebook_path),
         notebook_sha256=spec.notebook_sha256,
-        status=FAILED if error else SUCCEEDED,
-        error=error,
-        data_source=scraps.get("data_source"),
-        mlflow_run_id=scraps.get("mlflow_run_id"),
+        status=RUNNING,
+        error=None,
+        owner=process_owner(),
+        data_source=None,
+        mlflow_run_id=None,
         parameters=spec.parameters,
         given_parameters=spec.given_parameters,
         inputs=spec.inputs,
@@ -162,15 +281,56 @@ def build_record(
         kernel_name=spec.kernel_name,
         executor=spec.executor,
         started_at=iso(started),
-        ended_at=iso(ended),
-        duration_s=duration_s,
+        ended_at=None,
+        duration_s=None,
         run_dir=spec.run_dir,
         local_dir=spec.local_dir,
         ipynb=spec.final(f"{spec.notebook}.ipynb"),
         html=spec.final(f"{spec.notebook}.html"),
         run_json=spec.final(layout.RUN_JSON),
+    )
+
+
+def finished_record(
+    running: RunRecord,
+    scraps: Mapping[str, Any],
+    error: dict[str, Any] | None,
+    ended: datetime,
+    duration_s: float,
+) -> RunRecord:
+    """The running record completed with the outcome, scraps and end time."""
+    return replace(
+        running,
+        status=FAILED if error else SUCCEEDED,
+        error=error,
+        owner=process_owner(),
+        data_source=scraps.get("data_source"),
+        mlflow_run_id=scraps.get("mlflow_run_id"),
+        ended_at=iso(ended),
+        duration_s=duration_s,
         scraps=dict(scraps),
     )
+
+
+def build_record(
+    spec: RunSpec,
+    scraps: Mapping[str, Any],
+    error: dict[str, Any] | None,
+    started: datetime,
+    ended: datetime,
+    duration_s: float,
+) -> RunRecord:
+    """The record of a finished run: the spec plus outcome, scraps, times and environment."""
+    return finished_record(running_record(spec, started), scraps, error, ended, duration_s)
+
+
+def write_running(running: RunRecord) -> str:
+    """Write a running record at the run's final ``run.json`` (S3 included); returns its URI.
+
+    Local writes are atomic (temporary file and rename), an S3 write is one PUT: a reader sees
+    the whole record or none.
+    """
+    return storage.write_json(running.run_json, running.to_dict())
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
@@ -297,6 +457,9 @@ def write_run(
 
 def refresh_gallery(rendered_dir: str) -> None:
     """Rebuild the gallery of ``rendered_dir``; a broken gallery never fails a run."""
+    # The gallery reads records through this module (live_status): imported here, not above.
+    from healthpredict.runs.gallery import build_gallery
+
     try:
         build_gallery(rendered_dir)
     except Exception as exc:

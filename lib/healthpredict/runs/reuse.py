@@ -2,6 +2,8 @@
 
 The index maps re-use keys to run folders; it is a cache of the ``run.json`` files, so it is
 rebuilt from them when missing and every hit is checked against its ``run.json`` before use.
+Only ``succeeded`` records count: a ``running`` one (live, or left by a killed runner) and a
+``failed`` one are never re-used, also when a forced run overwrites an indexed folder.
 """
 
 from __future__ import annotations

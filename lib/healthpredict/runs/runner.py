@@ -2,9 +2,11 @@
 
 A run writes, into its own folder: the executed ``<name>.ipynb``, its ``<name>.html`` and a
 ``run.json`` with the provenance (also stored in the notebook's ``metadata.healthpredict`` and
-shown at the top of the HTML). A failed run writes the same three files, then raises
-:class:`NotebookRunError`. A successful run with the same notebook bytes, parameters and input
-data is re-used instead of executed again.
+shown at the top of the HTML). ``run.json`` first says ``running`` (written before the kernel
+starts, naming this process), so that a run killed half-way still shows in the gallery with its
+partial notebook; the final record replaces it. A failed run writes the same three files, then
+raises :class:`NotebookRunError`. A successful run with the same notebook bytes, parameters and
+input data is re-used instead of executed again.
 """
 
 from __future__ import annotations
@@ -249,6 +251,11 @@ def run(
         "display_name": spec.kernel_name,
         "language": "python",
     }
+    # Seen in the gallery from now on, even if this process is killed before the end (the final
+    # record replaces it; for an s3:// run_dir it goes there now, the files at the end).
+    running = record.running_record(spec, started)
+    record.write_running(running)
+    record.refresh_gallery(rendered)
     if progress:
         _console.print(
             f"[bold]running[/bold] {spec.notebook} on kernel {spec.kernel_name} -> {spec.run_dir}"
@@ -262,7 +269,7 @@ def run(
     executed = nb if executed is None else executed
     scraps = record.executed_scraps(executed)
     error = record.outcome_error(spec.notebook, failure, scraps, contract)
-    run_record = record.build_record(spec, scraps, error, started, ended, duration)
+    run_record = record.finished_record(running, scraps, error, ended, duration)
     record.write_run(run_record, executed, spec.local_dir, hide_code=hide_code)
     return _finish(run_record, rendered, progress)
 
