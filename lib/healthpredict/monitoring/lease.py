@@ -1,18 +1,18 @@
 """The lease that lets one monitoring-loop runner at a time advance the loop's state.
 
-The lease (``<storage>/monitoring/lease.json``: ``holder``, ``expires_at`` and, once released on
-S3, ``released``) is renewed by a live runner every third of its lifetime
-(``HP_LOOP_LEASE_SECONDS``, default 300 s) and expires when its holder dies; the next runner then
-takes it over (and may end the MLflow runs the dead one left RUNNING).
+The lease (``<storage>/monitoring/lease.json``: ``holder``, ``expires_at``, on S3 once released
+``released``) is renewed by a live runner every third of its lifetime (``HP_LOOP_LEASE_SECONDS``,
+default 300 s) and expires when its holder dies; the next runner then takes it over (and may end
+the MLflow runs the dead one left RUNNING).
 
-Every change is a compare-and-swap on the exact version of the lease a runner read, so that at
-most one runner holds it: creation, takeover of an expired lease, renewal and release all fail
-(and change nothing) when somebody else changed the lease in between.
+Every change is a compare-and-swap on the exact version of the lease a runner read, so at most
+one runner holds it: creation, takeover, renewal and release change nothing when somebody else
+changed the lease in between.
 
 - S3: conditional writes. Creation ``IfNoneMatch="*"``; takeover, renewal and release
-  ``IfMatch=<ETag read>``. Release overwrites the lease with a ``released`` copy (expired at
-  once) instead of deleting it, since a delete would not be conditional; the next runner takes a
-  released lease over without reporting a death.
+  ``IfMatch=<ETag read>``. Release writes a ``released`` copy, expired at once, rather than
+  deleting (conditional deletes are not on every S3; a plain one could remove a lease just
+  taken); a released lease is taken over without reporting a death.
 - Local files: an exclusive ``fcntl.flock`` on a sidecar ``.lease.json.lock`` around
   read-compare-replace (``os.replace`` of a fully written draft) or the delete of a release.
 """
@@ -56,10 +56,8 @@ def _now() -> dt.datetime:
 
 
 class _Seen(NamedTuple):
-    """The lease as read: its document (None if absent or damaged) and version (None if absent)."""
-
-    doc: dict | None
-    version: str | None
+    doc: dict | None  # None if absent or damaged
+    version: str | None  # None if absent
 
 
 @dataclass
@@ -117,15 +115,16 @@ class Lease:
 
     def release(self) -> None:
         """Give the lease up if it is still exactly ours; somebody else's lease stays."""
-        with self._mutex:
-            for _ in range(ATTEMPTS):
-                seen = _read(self.uri)
-                if not self.owns(seen.doc):
-                    return
-                # Local: deleted under the lock. S3: a released copy (see the module docstring).
-                gone = None if not storage.is_s3(self.uri) else self.payload(released=True)
-                if _swap(self.uri, seen.version, gone):
-                    return
+        # Not under the mutex: a renewal stuck on a dead storage must not hold the exit up, and
+        # either order of the two compare-and-swaps leaves the lease released.
+        for _ in range(ATTEMPTS):
+            seen = _read(self.uri)
+            if not self.owns(seen.doc):
+                return
+            # Local: deleted under the lock. S3: a released copy (see the module docstring).
+            gone = None if not storage.is_s3(self.uri) else self.payload(released=True)
+            if _swap(self.uri, seen.version, gone):
+                return
 
 
 def _keep_renewed(held: Lease, stop: threading.Event) -> None:
