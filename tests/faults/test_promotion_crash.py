@@ -21,6 +21,7 @@ import pytest
 from fault_helpers import MONITOR, RETRAIN, aliases, cli_env, mlflow_runs, run_records
 
 from healthpredict.core.settings import get_settings
+from healthpredict.mlops import tracking
 from healthpredict.monitoring.state import LoopState
 
 pytestmark = pytest.mark.faults
@@ -59,6 +60,7 @@ def _use(monkeypatch, settings: dict[str, str]) -> None:
     for name in ("MLFLOW_TRACKING_URI", "HP_LOOP_HOLDER"):
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
+    tracking.setup_mlflow()  # MLflow's global tracking URI: this world's store, not the last one
 
 
 def _loop(settings: dict[str, str], boundary: str, batch_rows: int, cwd: Path):
