@@ -23,6 +23,16 @@ REPO = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO / "dags"
 N_SYNTHETIC = 4000  # half of it the initial period: ~1,400 training rows, 2,000 future rows
 BATCH_ROWS = 250
+# What the DAG files and their tasks import: imported once by the scheduler and the DAG
+# processor, not again (seconds of CPU each) by every task process they fork.
+PRELOAD = (
+    "airflow.providers.papermill.operators.papermill",
+    "airflow.providers.standard.operators.trigger_dagrun",
+    "healthpredict.pipelines.deployment",
+    "healthpredict.pipelines.monitoring",
+    "healthpredict.pipelines.training",
+    "mlflow",
+)
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +95,7 @@ def airflow(postgres, airflow_world):
     db_url = postgres.create_database(f"airflow_{uuid.uuid4().hex[:8]}")
     # The tasks run in processes Airflow starts: they get this process's settings (patched by
     # airflow_world) through the environment, as the API server and DAG processor do.
-    server = AirflowServer.start(db_url, DAGS_FOLDER)
+    server = AirflowServer.start(db_url, DAGS_FOLDER, preload=PRELOAD)
     try:
         yield server
     finally:
