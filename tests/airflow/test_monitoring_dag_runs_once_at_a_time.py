@@ -69,7 +69,9 @@ def test_two_triggered_runs_never_overlap_and_each_takes_its_own_batch(
         states = {
             t: ti["state"] for t, ti in airflow.task_instances(DAG_ID, run["dag_run_id"]).items()
         }
-        assert (run["state"], states) == ("success", NO_RETRAINING_PATH), run["dag_run_id"]
+        assert (run["state"], states) == ("success", NO_RETRAINING_PATH), (
+            f"{run['dag_run_id']}: {run['state']}, tasks {states}"
+        )
     # max_active_runs=1: the second stayed queued while the first ran.
     assert _time(second["queued_at"]) < _time(first["end_date"])
     assert _time(second["start_date"]) >= _time(first["end_date"])
