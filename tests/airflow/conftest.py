@@ -1,0 +1,102 @@
+"""Fixtures of the tests against a real Airflow: PostgreSQL, a champion, Airflow's services.
+
+``postgres`` is one private cluster per session (skipped when the PostgreSQL server binaries are
+not installed). ``airflow_world`` prepares a module's Health Predict world (storage, MLflow
+sqlite with a registered champion, a warm drift cache) in a fresh folder and points this
+process's settings at it; ``airflow`` starts Airflow's scheduler, DAG processor and API server
+with the same settings in their environment (the tasks read them), a metadata database of its
+own on the cluster, and stops every process it started at the end of the module.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.support.postgres import PostgresCluster, PostgresUnavailable
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS_FOLDER = REPO / "dags"
+N_SYNTHETIC = 4000  # half of it the initial period: ~1,400 training rows, 2,000 future rows
+BATCH_ROWS = 250
+# What the DAG files and their tasks import: imported once by the scheduler and the DAG
+# processor, not again (seconds of CPU each) by every task process they fork.
+PRELOAD = (
+    "airflow.providers.papermill.operators.papermill",
+    "airflow.providers.standard.operators.trigger_dagrun",
+    "healthpredict.pipelines.deployment",
+    "healthpredict.pipelines.monitoring",
+    "healthpredict.pipelines.training",
+    "mlflow",
+)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL cluster on 127.0.0.1 for the session; removed at the end."""
+    try:
+        cluster = PostgresCluster.start_new()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def airflow_world(tmp_path_factory, synthetic_champion, settings_isolation):
+    """Settings in a fresh folder, synthetic splits, a logistic-regression champion, and the
+    drift monitor's calibration for ``BATCH_ROWS`` already cached (as the fault tests do).
+
+    Module-scoped: the settings stay patched in this process for the module (the tests read
+    the loop state and take the lease with them) and are restored afterwards.
+    """
+    from healthpredict.core import layout
+    from healthpredict.core.settings import get_settings
+    from healthpredict.monitoring.reference import default_model_reference, prepare_reference
+
+    # A short path: the folder is also the tasks' storage, named in every run record.
+    base = tmp_path_factory.mktemp("airflow-world")
+    patch = pytest.MonkeyPatch()
+    settings_isolation(patch, base)
+    patch.delenv("HP_LOOP_HOLDER", raising=False)
+    try:
+        made = synthetic_champion(N_SYNTHETIC)
+        reference = str(Path(layout.processed_data()) / "initial_train.csv")
+        prepare_reference(
+            reference, default_model_reference(reference), made.pipeline, made.info, BATCH_ROWS
+        )
+        yield SimpleNamespace(
+            base=base,
+            storage=base / "var",
+            state_file=base / "var" / "monitoring" / "state.json",
+            info=made.info,
+            batch_rows=BATCH_ROWS,
+        )
+    finally:
+        patch.undo()
+        get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def airflow(postgres, airflow_world):
+    """Airflow 3 (LocalExecutor, metadata DB on ``postgres``) running the project's ``dags/``."""
+    pytest.importorskip("airflow", reason="the airflow extra is not installed")
+    if importlib.util.find_spec("psycopg") is None:
+        pytest.fail(
+            "the PostgreSQL driver psycopg is not installed: the airflow extra needs "
+            "psycopg[binary] (Airflow's metadata DB on PostgreSQL)"
+        )
+    from tests.support.airflow_server import AirflowServer
+
+    db_url = postgres.create_database(f"airflow_{uuid.uuid4().hex[:8]}")
+    # The tasks run in processes Airflow starts: they get this process's settings (patched by
+    # airflow_world) through the environment, as the API server and DAG processor do.
+    server = AirflowServer.start(db_url, DAGS_FOLDER, preload=PRELOAD)
+    try:
+        yield server
+    finally:
+        server.stop()
