@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -56,46 +57,120 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str) -> N
 
 
 class MotoS3:
-    """moto's S3 server in a child process, stopped and started again on the same port.
+    """An S3 endpoint on a fixed port that goes down and comes back with what it held.
 
-    moto keeps objects in memory; its recorder logs every request to a file and a restarted
-    server replays that file, so what was written before the outage is there again, as with a
-    real endpoint coming back.
+    moto keeps objects in memory, so it runs for the whole test; the endpoint clients use is a
+    TCP relay in front of it. ``stop`` closes the port and cuts every open connection (clients
+    get "connection refused", as when a real endpoint goes down); ``start`` opens the same port
+    again, and the objects written before the outage are all there.
+
+    Why not stop and restart moto itself: its memory would have to come back from moto's
+    recorder (``MOTO_ENABLE_RECORDING``, replayed by ``POST /moto-api/recorder/replay-recording``),
+    and that replay answered 500 once under load. The recorder (moto 5.2.5) appends each request
+    as two writes, the JSON and then the newline, the JSON going out at once when over 8 KiB; the
+    replay parses line by line and fails on the first line that is not one JSON object. So a line
+    breaks when another request's entry lands between those two writes (concurrent requests over
+    8 KiB: 4 parallel 4 MB PUTs gave 22 broken lines out of 40 PUTs and a 500 on replay, under
+    load), when the server is terminated between them (the restarted server's first request, the
+    health check, is then appended to the unfinished line) or in the middle of a large write.
+    Which one hit the failing run is not known; all depend on thread timing. (A replayed multipart
+    upload would also get a new upload id, and its parts would go nowhere.)
     """
 
-    def __init__(self, port: int, recording: Path):
+    def __init__(self, port: int, log: Path):
         self.port = port
-        self.recording = recording
-        self.proc: subprocess.Popen | None = None
+        self.log = log
+        self._moto: subprocess.Popen | None = None
+        self._moto_address: tuple[str, int] = ("127.0.0.1", 0)
+        self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        replay = self.recording.exists() and self.recording.stat().st_size > 0
-        env = {
-            **os.environ,
-            "MOTO_ENABLE_RECORDING": "true",
-            "MOTO_RECORDER_FILEPATH": str(self.recording),
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        _wait_http(self.url, self.proc, timeout=30, what=f"moto on {self.url}")
-        if replay:
-            req = urllib.request.Request(
-                f"{self.url}/moto-api/recorder/replay-recording", method="POST"
-            )
-            urllib.request.urlopen(req, timeout=120)
+        """Open the endpoint (moto itself starts the first time only)."""
+        if self._moto is None:
+            self._moto_address = ("127.0.0.1", free_port())
+            with self.log.open("a") as log:
+                self._moto = subprocess.Popen(
+                    [sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                     "-p", str(self._moto_address[1])],
+                    stdout=subprocess.DEVNULL, stderr=log,
+                )  # fmt: skip
+        # Same port again: create_server sets SO_REUSEADDR, so closed connections don't block it.
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener.settimeout(0.1)  # the acceptor checks for stop() this often
+        self._acceptor = threading.Thread(target=self._accept, args=(self._listener,), daemon=True)
+        self._acceptor.start()
+        _wait_http(self.url, self._moto, timeout=30, what=f"moto behind {self.url}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=15)
+        """The outage: the port closes and every open connection is cut, moto keeps its data."""
+        if self._listener is None:
+            return
+        listener, self._listener = self._listener, None
+        self._acceptor.join(timeout=5)  # it sees the listener is no longer current and returns
+        listener.close()
+        with self._lock:
+            cut, self._open = list(self._open), set()
+        for sock in cut:
+            _close(sock)
+
+    def close(self) -> None:
+        """Stop the endpoint and moto."""
+        self.stop()
+        if self._moto is not None and self._moto.poll() is None:
+            self._moto.terminate()
+            self._moto.wait(timeout=15)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while listener is self._listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(self._moto_address, timeout=10)
+            except OSError:
+                _close(client)  # moto itself is gone: the client sees the connection closed
+                continue
+            upstream.settimeout(None)
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                if listener is not self._listener:  # stopped meanwhile
+                    _close(client)
+                    _close(upstream)
+                    return
+                self._open.update((client, upstream))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        """Copy one direction; when either side ends, end the connection on both."""
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass  # cut by stop(), or the other direction closed it
+        with self._lock:
+            self._open.difference_update((src, dst))
+        _close(src)
+        _close(dst)
+
+
+def _close(sock: socket.socket) -> None:
+    """Shut a socket down (waking a thread blocked on it, sending what is queued) and close it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed or never connected
+    sock.close()
 
 
 @pytest.fixture
@@ -106,7 +181,7 @@ def s3(env, monkeypatch):
     """
     import boto3
 
-    server = MotoS3(free_port(), env.tmp / "moto-recording.jsonl")
+    server = MotoS3(free_port(), env.tmp / "moto.log")
     server.start()
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
@@ -130,7 +205,7 @@ def s3(env, monkeypatch):
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
         get_settings.cache_clear()
 
 
@@ -244,7 +319,11 @@ def test_mlflow_unreachable_fails_fast_then_the_run_completes(env):
         assert done.returncode == 0, done.stderr[-3000:]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # under load it took over 30 s to stop: not ours
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
     state = loop_state.LoopState.load()
     assert state.next_batch_start_index == 2 * BATCH_ROWS and len(state.history) == 1
     (run,) = mlflow_runs()  # the server's store, read directly
