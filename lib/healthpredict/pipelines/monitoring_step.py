@@ -29,8 +29,10 @@ from healthpredict.core.constants import (
     MIN_BATCH_ROWS,
     NO_DRIFT,
 )
+from healthpredict.core.settings import get_settings
 from healthpredict.core.stages import LoopParams
-from healthpredict.mlops import tracking
+from healthpredict.mlops import registry, tracking
+from healthpredict.modeling.runtime.model_meta import ModelNotFoundError
 from healthpredict.monitoring.labels import LabelPlan
 from healthpredict.monitoring.lease import Lease
 from healthpredict.monitoring.state import BatchWindow, LoopState, next_window, write_batch
@@ -361,7 +363,21 @@ def retrain_on(
         # The loop moves the champion alias itself, recorded in its state first (write-ahead).
         "promote": False,
     }
-    return run(RETRAIN_NOTEBOOK, parameters, kernel=kernel)
+    result = run(RETRAIN_NOTEBOOK, parameters, kernel=kernel)
+    if result.reused and not _challenger_exists(result.scraps):
+        # An identical earlier retraining is re-used (a redone step), unless the version it
+        # registered was deleted since (a rolled-back promotion): its decision is void then.
+        result = run(RETRAIN_NOTEBOOK, parameters, kernel=kernel, force=True)
+    return result
+
+
+def _challenger_exists(scraps: Mapping[str, Any]) -> bool:
+    name = scraps.get("model_name") or get_settings().model_name
+    try:
+        registry.get_model_info(f"models:/{name}/{scraps['challenger_version']}")
+    except ModelNotFoundError:
+        return False
+    return True
 
 
 def monitoring_step(
@@ -419,9 +435,16 @@ def monitoring_step(
         outcome = outcome_of(window, batch_uri, decision.as_dict(), plan, retrain)
         commit_step(state, outcome, plan, root=config.root, held=held)
     except Exception as exc:
-        exc.add_note(
-            f"batch rows {window.start}-{window.end} ({batch_uri}) was not completed: the loop "
-            f"state is unchanged and the next run starts again at row {window.start}"
-        )
+        if state.promotion:  # recorded ahead, the alias not moved yet
+            exc.add_note(
+                f"batch rows {window.start}-{window.end} is done but the promotion of v"
+                f"{state.promotion['challenger_version']} recorded in the loop state is not: the "
+                "next run finishes it (or rolls it back) before anything else"
+            )
+        else:
+            exc.add_note(
+                f"batch rows {window.start}-{window.end} ({batch_uri}) was not completed: the "
+                f"loop state is unchanged and the next run starts again at row {window.start}"
+            )
         raise
     return outcome
