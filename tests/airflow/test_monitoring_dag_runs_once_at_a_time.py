@@ -17,7 +17,8 @@ import json
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# slow (a real Airflow), and a fault: two runs at once, a run against a held lease
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 DAG_ID = "health_predict_monitoring_retraining"
 NO_RETRAINING_PATH = {
