@@ -215,6 +215,7 @@ def test_drifted_batch_triggers_retraining(dags, stream):
         "retraining_data_path": labelled,
         "gate_data_path": labelled,
         "mlflow_model_name": "HealthPredict",
+        "promote": True,  # not awaited: the retraining moves the alias itself
     }
 
 
