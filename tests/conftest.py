@@ -156,3 +156,20 @@ def s3_bucket(moto_server, monkeypatch):
     boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=name)
     yield f"s3://{name}"
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL cluster on 127.0.0.1 for the session (see tests/support/postgres.py).
+
+    Skipped, with the reason, only when the server binaries are not installed (CI installs them).
+    Each user creates its own database with ``postgres.create_database(name)``.
+    """
+    from tests.support.postgres import PostgresCluster, PostgresUnavailable
+
+    try:
+        cluster = PostgresCluster.start_new()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    yield cluster
+    cluster.stop()

@@ -1,7 +1,6 @@
 """Fixtures of the tests against a real Airflow: PostgreSQL, a champion, Airflow's services.
 
-``postgres`` is one private cluster per session (skipped when the PostgreSQL server binaries are
-not installed). ``airflow_world`` prepares a module's Health Predict world (storage, MLflow
+``postgres`` (tests/conftest.py) is one private cluster per session. ``airflow_world`` prepares a module's Health Predict world (storage, MLflow
 sqlite with a registered champion, a warm drift cache) in a fresh folder and points this
 process's settings at it; ``airflow`` starts Airflow's scheduler, DAG processor and API server
 with the same settings in their environment (the tasks read them), a metadata database of its
@@ -10,14 +9,11 @@ own on the cluster, and stops every process it started at the end of the module.
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from tests.support.postgres import PostgresCluster, PostgresUnavailable
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO / "dags"
@@ -33,17 +29,6 @@ PRELOAD = (
     "healthpredict.pipelines.training",
     "mlflow",
 )
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    """A private PostgreSQL cluster on 127.0.0.1 for the session; removed at the end."""
-    try:
-        cluster = PostgresCluster.start_new()
-    except PostgresUnavailable as exc:
-        pytest.skip(str(exc))
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +70,6 @@ def airflow_world(tmp_path_factory, synthetic_champion, settings_isolation):
 def airflow(postgres, airflow_world):
     """Airflow 3 (LocalExecutor, metadata DB on ``postgres``) running the project's ``dags/``."""
     pytest.importorskip("airflow", reason="the airflow extra is not installed")
-    if importlib.util.find_spec("psycopg") is None:
-        pytest.fail(
-            "the PostgreSQL driver psycopg is not installed: the airflow extra needs "
-            "psycopg[binary] (Airflow's metadata DB on PostgreSQL)"
-        )
     from tests.support.airflow_server import AirflowServer
 
     db_url = postgres.create_database(f"airflow_{uuid.uuid4().hex[:8]}")
