@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= dev,serve,airflow
 KERNEL := healthpredict
 
-.PHONY: setup demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-drift bench-loop bench-serve clean tools nannyml-venv airflow
+.PHONY: setup demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-drift bench-loop bench-serve clean tools nannyml-venv airflow postgres-down
 
 # The kernel spec lives in the user's Jupyter folder, not in the checkout: another checkout, or a
 # venv since deleted, may own the name. It is re-registered whenever it would not start this
@@ -81,14 +81,32 @@ $(NANNYML)/.installed: Makefile
 # ~35 s to healthy; the scheduler's and triggerer's log servers bind ALL interfaces (8793/8794),
 # so use it on a trusted network; stop it with Ctrl-C in its terminal, or `kill -- -<pgid>` (the
 # whole process group): killing only the parent PID leaves its children running.
+# AIRFLOW_DB picks the metadata database: sqlite (default, var/airflow), postgres (a local
+# cluster kept in var/postgres on 127.0.0.1:$(PG_PORT), started by the tests' own harness; needs
+# apt-get install postgresql; `make postgres-down` stops it), or any SQLAlchemy URL
+# (postgresql+psycopg://user:password@host:5432/airflow; psycopg serves the async engine too,
+# so asyncpg is not needed).
 AIRFLOW_LOCAL_HOME := $(CURDIR)/var/airflow
+AIRFLOW_DB ?= sqlite
+PG_PORT ?= 5433
+PG_LOCAL := $(BIN)/python -m tests.support.postgres
 airflow: setup
 	@$(BIN)/python -c "import airflow.providers.papermill" 2>/dev/null || { \
 	  echo "Airflow is not installed: run make setup EXTRAS=dev,serve,airflow"; exit 1; }
 	mkdir -p $(AIRFLOW_LOCAL_HOME)
+	@case "$(AIRFLOW_DB)" in \
+	  sqlite) db="" ;; \
+	  postgres) db=$$($(PG_LOCAL) up --dir var/postgres --port $(PG_PORT) --database airflow) || exit 1 ;; \
+	  *://*) db="$(AIRFLOW_DB)" ;; \
+	  *) echo "AIRFLOW_DB must be sqlite, postgres or a SQLAlchemy URL, not '$(AIRFLOW_DB)'"; exit 1 ;; \
+	esac; \
+	if [ -n "$$db" ]; then echo "Airflow metadata DB: PostgreSQL at $${db##*@}"; export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$$db" AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC="$$db"; fi; \
 	AIRFLOW_HOME=$(AIRFLOW_LOCAL_HOME) AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	  AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__API__HOST=127.0.0.1 \
 	  PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/airflow standalone
+
+postgres-down: setup
+	$(PG_LOCAL) down --dir var/postgres --port $(PG_PORT)
 
 gallery: setup
 	$(BIN)/healthpredict gallery

@@ -9,10 +9,14 @@ Usage::
 
     with PostgresCluster.start_new() as pg:
         url = pg.create_database("airflow")
+
+The same cluster, kept in a folder between runs, is what ``make airflow AIRFLOW_DB=postgres``
+uses (``python -m tests.support.postgres up|down --dir var/postgres``; see :func:`main`).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import pwd
@@ -86,12 +90,14 @@ class PostgresCluster:
         port: TCP port on 127.0.0.1.
         bin_dir: Folder of the server binaries.
         user: OS user the server runs as (None: this process's user).
+        keep: A persistent cluster (:meth:`open`): :meth:`stop` leaves its folder in place.
     """
 
     base: Path
     port: int
     bin_dir: Path
     user: str | None
+    keep: bool = False
 
     @property
     def data_dir(self) -> Path:
@@ -133,6 +139,37 @@ class PostgresCluster:
             cluster.stop()
             raise
         return cluster
+
+    @classmethod
+    def open(cls, base: Path, port: int, timeout: float = 60) -> PostgresCluster:
+        """The cluster kept in ``base``: created on first use, started unless it is running.
+
+        Raises:
+            PostgresUnavailable: The binaries are missing.
+            RuntimeError: ``initdb`` or the server failed (its log is in the message).
+        """
+        base = base.resolve()
+        cluster = cls(base=base, port=port, bin_dir=find_bin_dir(), user=_run_as(), keep=True)
+        if not (cluster.data_dir / "PG_VERSION").exists():
+            cluster.socket_dir.mkdir(parents=True, exist_ok=True)
+            if cluster.user is not None:
+                info = pwd.getpwnam(cluster.user)
+                for path in (base, cluster.socket_dir):
+                    os.chown(path, info.pw_uid, info.pw_gid)
+            cluster._initdb()
+        pid = cluster._postmaster_pid()
+        if pid is None or not _alive(pid):
+            cluster._start(timeout)
+        return cluster
+
+    def ensure_database(self, name: str, driver: str = "psycopg") -> str:
+        """Create ``name`` unless it exists; returns its SQLAlchemy URL."""
+        try:
+            return self.create_database(name, driver)
+        except RuntimeError as error:
+            if "already exists" not in str(error):
+                raise
+            return self.url(name, driver)
 
     def _command(self, tool: str, *args: str) -> list[str]:
         command = [str(self.bin_dir / tool), *args]
@@ -216,7 +253,8 @@ class PostgresCluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 _wait_gone(pid, 10)
-        shutil.rmtree(self.base, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self) -> PostgresCluster:
         return self
@@ -242,3 +280,25 @@ def _wait_gone(pid: int, timeout: float) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``up``: start (creating it first if needed) the cluster kept in ``--dir`` on ``--port``
+    and make ``--database``; prints its SQLAlchemy URL. ``down``: stop it (its data stays).
+    """
+    parser = argparse.ArgumentParser(description="A local PostgreSQL cluster on 127.0.0.1.")
+    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--dir", type=Path, required=True, help="folder of the cluster")
+    parser.add_argument("--port", type=int, default=5433, help="TCP port on 127.0.0.1")
+    parser.add_argument("--database", default="airflow", help="database to create (up)")
+    args = parser.parse_args(argv)
+    if args.action == "down":
+        cluster = PostgresCluster(args.dir.resolve(), args.port, find_bin_dir(), _run_as(), True)
+        cluster.stop()
+        return 0
+    print(PostgresCluster.open(args.dir, args.port).ensure_database(args.database))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
