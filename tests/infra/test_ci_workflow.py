@@ -65,9 +65,13 @@ def test_test_job_lints_and_tests_like_ci_run(jobs):
     assert job["runs-on"].startswith("ubuntu")
     assert re.fullmatch(r"python:3\.11(-[a-z]+)?", job["container"]), job["container"]
     run = _run_text(job)
-    assert "apt-get install" in run and "chromium" in run
+    assert "apt-get install" in run and "chromium" in run and "postgresql" in run
     assert "make lint" in run and "make test" in run and "make tools" in run
+    (test_step,) = [step for step in job["steps"] if step.get("run") == "make test"]
     ci_run = (ROOT / ".ci" / "run").read_text()
+    assert test_step["env"]["HP_TESTS_STRICT"] == "1" and "HP_TESTS_STRICT=1" in ci_run, (
+        "CI fails, not skips, when PostgreSQL is missing"
+    )
     for command in ("make lint", "make tools", "make test"):
         assert command in ci_run, f".ci/run should also run {command}"
     assert re.search(r"(?m)^tools:", (ROOT / "Makefile").read_text()), "Makefile target tools"
