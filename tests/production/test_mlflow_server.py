@@ -146,12 +146,18 @@ def test_training_run_is_on_the_server_and_its_model_in_s3(stack):
     version = client.get_model_version_by_alias(MODEL_NAME, "champion")
     assert version.version == result.model_version == "1" and result.promoted
     # The run's own artifacts and the logged model are both objects of the bucket.
-    run_keys = _keys(stack, _s3_prefix(stack, run.info.artifact_uri))
-    assert any(k.endswith("/trials.json") for k in run_keys), run_keys
+    run_prefix = _s3_prefix(stack, run.info.artifact_uri)
+    run_keys = _keys(stack, run_prefix)
+    assert f"{run_prefix}trials.json" in run_keys, (
+        f"no trials.json under s3://{stack.bucket}/{run_prefix}: {run_keys}"
+    )
     model_uri = client.get_model_version_download_uri(MODEL_NAME, version.version)
-    model_keys = _keys(stack, _s3_prefix(stack, model_uri))
-    names = {k.rsplit("/", 1)[-1] for k in model_keys}
-    assert {"MLmodel", "model.pkl", "requirements.txt"} <= names, model_keys
+    model_prefix = _s3_prefix(stack, model_uri)
+    model_keys = _keys(stack, model_prefix)
+    expected = {f"{model_prefix}{n}" for n in ("MLmodel", "model.pkl", "requirements.txt")}
+    assert expected <= set(model_keys), (
+        f"model files missing under s3://{stack.bucket}/{model_prefix}: {model_keys}"
+    )
     _no_local_artifacts(stack)
 
 
