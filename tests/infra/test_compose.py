@@ -217,7 +217,8 @@ def test_mlflow_uses_postgres_and_serves_s3_artifacts(services):
     assert "--workers=1" in command
     assert "--artifacts-destination=s3://${HP_BUCKET}/mlartifacts" in command
     backend = mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"]
-    assert backend.startswith("postgresql+psycopg2://") and "@postgres:5432/" in backend
+    # psycopg 3, the driver tests/production/test_mlflow_server.py runs MLflow's store with.
+    assert backend.startswith("postgresql+psycopg://") and "@postgres:5432/" in backend
     # The password stays out of the command line.
     assert not any("PASSWORD" in part for part in command)
 
@@ -233,7 +234,9 @@ def test_airflow_runs_3_3_2_with_local_executor_and_the_project_mounted(compose,
     assert "--name healthpredict" in dockerfile.read_text()
     env = common["environment"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
-    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    # psycopg 3 for both engines, as tests/airflow run it (no asyncpg needed).
+    for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"):
+        assert env[key].startswith("postgresql+psycopg://"), key
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].startswith("http://airflow-apiserver:")
     assert "./dags:/opt/airflow/dags:ro" in common["volumes"]
     # The checkout (notebooks, lib, rendered/, serving/, k8s/) at the project root the
