@@ -5,20 +5,29 @@ Airflow 3 (scheduler, DAG processor, API server, LocalExecutor, metadata DB on P
 
 1. ``health_predict_training_hpo`` prepares 4,000 synthetic encounters and trains the first
    champion (2 trials, logistic regression): the champion the monitoring runs use is the DAG's.
-2. The future stream is written as two batches: 250 unchanged rows, then 250 rows tilted to
-   older patients (``older_patients``, strength 1.0) and passed as ``s3_full_future_data_path``
-   (a local path).
+2. The future stream is written as two batches of 400 and passed as
+   ``s3_full_future_data_path`` (a local path): batch 0 with its features unchanged but its
+   labels redrawn from the inverted risk relation (``concept_drift``, 1.0: invisible until its
+   labels arrive), batch 1 tilted to older patients (``older_patients``, 1.0: data drift).
 3. ``health_predict_monitoring_retraining`` runs on each batch with ``wait_for_retraining``
-   (its default). The first batch has no labels yet: ``NO_DRIFT`` -> ``log_no_retraining``. On
-   the second the first batch's labels arrive (``label_delay_batches`` 1) and the growth trigger
-   (set low) asks for a retraining: ``DRIFT_DETECTED`` -> ``trigger_retraining_dag``, which
-   starts the training DAG's retraining branch (``promote: false``) and waits for it;
-   ``advance_state`` then records the gate's decision (and promotes, write-ahead, when it
-   promoted). Data drift alone is reported, not acted on (see
-   ``healthpredict.monitoring.policy``): the retraining is asked for by the new labelled rows.
+   (its default) and ``label_delay_batches`` 1. Batch 0 has no labels yet: ``NO_DRIFT`` ->
+   ``log_no_retraining``. With batch 1 the labels of batch 0 arrive: the realised ROC AUC has
+   dropped, so ``DRIFT_DETECTED`` -> ``trigger_retraining_dag``, which starts the training
+   DAG's retraining branch (``promote: false``) and waits for it; its gate promotes (the
+   challenger learned the new relation), ``advance_state`` records the promotion and moves the
+   alias (write-ahead), and ``trigger_deployment_after_retraining`` triggers the deployment.
+   Data drift alone is reported, not acted on (``healthpredict.monitoring.policy``): the
+   retraining is asked for by the realised drop.
 
-The deployment DAG is paused (there is no cluster to roll out to): a deployment triggered
-after a promotion stays queued, which is enough to see that it was triggered.
+Data drift here counts from 10% of the monitored columns (``drift_share_threshold``): on batch
+0, one column of 33 crosses its calibrated threshold (a false alarm the per-column calibration
+allows); batch 1 has 4 drifted columns and drifted predictions. The deployment DAG is paused
+(there is no cluster to roll out to): the run a promotion triggers stays queued, which shows it
+was triggered.
+
+Measured here (2 cores shared with other work, load average ~4): 4.5 minutes in all; training
+71 s, batch 0 45 s, batch 1 with the awaited retraining 72 s, Airflow's start ~55 s and stop
+~13 s (under a load average of 5-12: 6.5-7.5 minutes).
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ TRAINING = "health_predict_training_hpo"
 MONITORING = "health_predict_monitoring_retraining"
 DEPLOYMENT = "health_predict_api_deployment"
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-BATCH = 250
+BATCH = 400
 TRAINING_CONF = {
     "prepare_data": True,
     "data_source": "synthetic",
@@ -44,8 +53,8 @@ TRAINING_CONF = {
     "cv_folds": 2,
     "families": ["logreg"],
 }
-# Any labelled rows the champion never learned from ask for a retraining: the story needs one.
-MONITOR_PARAMS = {"growth_trigger": 0.01}
+# Data drift from 10% of the columns (see the module doc).
+MONITOR_PARAMS = {"drift_share_threshold": 0.1}
 NO_DRIFT_RUN, DRIFT_RUN = "monitor_batch_0_no_drift", "monitor_batch_1_drift"
 RETRAIN_RUN = f"retrain__{DRIFT_RUN}"
 
@@ -108,6 +117,8 @@ def _run(airflow, dag_id: str, run_id: str, conf: dict, timeout: float) -> dict:
 @pytest.fixture(scope="module")
 def story(airflow_empty, empty_world):
     """The training run, the stream, and both monitoring runs (with the awaited retraining)."""
+    import pandas as pd
+
     from healthpredict.core import storage
     from healthpredict.data.split import load_split
     from tests.support import drift_scenarios
@@ -118,13 +129,20 @@ def story(airflow_empty, empty_world):
     trained = _run(airflow, TRAINING, "train_first_champion", TRAINING_CONF, timeout=600)
     assert trained["run"]["state"] == "success", (trained["states"], airflow.process_logs())
 
-    # Rows 0-249 of future_data follow the initial period closely in time; 250-499 are
-    # well inside the no-drift band of the calibration, as in tests/dags/test_pipeline_dags.
+    # Batch 0: features unchanged (no data drift), labels redrawn from the inverted risk
+    # relation (concept drift, seen only once its labels arrive); batch 1: tilted to older
+    # patients (data drift). Batch 0's labels, due with batch 1, show the champion's drop and
+    # are the gate's holdout pool: 400 rows hold enough positives for the gate to compare.
     future = load_split("future_data")
-    drifted = drift_scenarios.apply("older_patients", future.iloc[500:750], strength=1.0)
-    import pandas as pd
-
-    frame = pd.concat([future.iloc[250:500], drifted], ignore_index=True)
+    frame = pd.concat(
+        [
+            drift_scenarios.apply("concept_drift", future.iloc[250 : 250 + BATCH], strength=1.0),
+            drift_scenarios.apply(
+                "older_patients", future.iloc[250 + BATCH : 250 + 2 * BATCH], strength=1.0
+            ),
+        ],
+        ignore_index=True,
+    )
     stream_uri = storage.write_csv(str(empty_world.base / "stream.csv"), frame)
     conf = {
         "s3_full_future_data_path": stream_uri,
@@ -154,13 +172,11 @@ def _decision(airflow, run_id: str) -> dict:
 
 
 def test_the_training_dag_prepares_the_data_and_registers_the_first_champion(airflow_empty, story):
-    from healthpredict.mlops import registry
 
     trained = story["trained"]
     assert trained["states"] == TRAIN_PATH
     checked = airflow_empty.xcom(TRAINING, "train_first_champion", "check_registration")
     assert checked["model_version"] == "1" and checked["promoted"] is True
-    assert registry.get_model_info(registry.champion_uri()).version in ("1", "2")
 
 
 def test_the_no_drift_batch_is_logged_without_retraining(airflow_empty, empty_world, story):
@@ -180,6 +196,7 @@ def test_the_no_drift_batch_is_logged_without_retraining(airflow_empty, empty_wo
 
 def test_the_drift_batch_triggers_an_awaited_retraining(airflow_empty, empty_world, story):
     from healthpredict.core import layout, storage
+    from healthpredict.mlops import registry
     from healthpredict.monitoring.state import LoopState
     from healthpredict.pipelines import training
 
@@ -187,7 +204,8 @@ def test_the_drift_batch_triggers_an_awaited_retraining(airflow_empty, empty_wor
     assert drift["run"]["state"] == "success", drift["states"]
     decision = _decision(airflow_empty, DRIFT_RUN)
     assert (decision["drift_status"], decision["retrain"]) == ("DRIFT_DETECTED", True)
-    assert "data_growth" in decision["triggers"]
+    # The labels of batch 0 arrived: the champion's realised ROC AUC dropped.
+    assert "realised_performance" in decision["triggers"], decision["reasons"]
     labelled = [layout.labelled_csv("labelled_0000000.csv")]
     assert decision["retraining_data"] == labelled and decision["gate_data"] == labelled
 
@@ -200,37 +218,31 @@ def test_the_drift_batch_triggers_an_awaited_retraining(airflow_empty, empty_wor
     assert retrain_run["conf"]["retraining_data_path"] == labelled
     assert retrain_run["end_date"] <= drift["run"]["end_date"]
     outcome = storage.read_json(training.retrain_result_uri(RETRAIN_RUN))
-    assert outcome["decision"] in ("PROMOTED", "REJECTED")
-    promoted = outcome["decision"] == "PROMOTED"
-    print(f"retraining gate: {outcome['decision']} ({outcome.get('reason')})")
-    assert outcome["promoted"] is promoted
-    assert (
-        airflow_empty.xcom(TRAINING, RETRAIN_RUN, "record_retraining_result", "decision")
-        == (outcome["decision"])
-    )
-
-    deploy = "success" if promoted else "skipped"
+    assert (outcome["decision"], outcome["promoted"]) == ("PROMOTED", True), outcome["reason"]
+    assert outcome["alias_moved"] is False  # promote: false, the monitoring DAG moves it
+    assert airflow_empty.xcom(TRAINING, RETRAIN_RUN, "record_retraining_result", "promoted")
     assert drift["states"] == {
         **MONITOR_COMMON,
         "log_no_retraining": "skipped",
         "trigger_retraining_dag": "success",
-        "trigger_deployment_after_retraining": deploy,
+        "trigger_deployment_after_retraining": "success",
     }
 
+    # advance_state recorded the promotion, moved the alias and finished it.
     state = LoopState.load()
     entry = state.history[1]
     assert (entry["start"], entry["end"], entry["dag_run_id"]) == (BATCH, 2 * BATCH, DRIFT_RUN)
     assert state.next_batch_start_index == 2 * BATCH
     assert entry["retrain"]["triggered_run_id"] == RETRAIN_RUN
-    assert entry["retrain"]["decision"] == outcome["decision"]
-    assert state.promotion is None  # a recorded promotion was finished
-    from healthpredict.mlops import registry
-
+    assert (entry["retrain"]["decision"], entry["retrain"]["promoted"]) == ("PROMOTED", True)
+    assert state.promotion is None  # nothing left half done
+    assert state.new_labelled == []  # the new champion learned from batch 0's labels
     champion = registry.get_model_info(registry.champion_uri()).version
-    assert champion == (str(outcome["challenger_version"]) if promoted else "1")
-    # A promotion triggers the (paused) deployment DAG; a rejection does not.
-    deployments = airflow_empty.dag_runs(DEPLOYMENT)
-    assert list(deployments) == ([f"deploy__{DRIFT_RUN}"] if promoted else [])
+    assert champion == str(outcome["challenger_version"]) == "2"
+    # The promotion triggered the (paused) deployment DAG.
+    (deployment,) = airflow_empty.dag_runs(DEPLOYMENT).values()
+    assert deployment["dag_run_id"] == f"deploy__{DRIFT_RUN}"
+    assert deployment["conf"] == {"mlflow_model_name": "HealthPredict"}
 
 
 def test_only_the_drift_batch_started_a_training_run(airflow_empty, story):
@@ -282,4 +294,6 @@ def test_mlflow_holds_one_training_two_monitoring_and_one_retraining_run(empty_w
     assert [r.data.tags["drift_status"] for r in monitoring] == ["NO_DRIFT", "DRIFT_DETECTED"]
     assert [r.data.tags["retrain"] for r in monitoring] == ["false", "true"]
     retraining = [r for r in runs(RETRAINING_EXPERIMENT) if "mlflow.parentRunId" not in r.data.tags]
-    assert [r.data.tags.get("stage") for r in retraining] == ["retrain"]
+    assert [(r.data.tags.get("stage"), r.data.tags["promoted"]) for r in retraining] == [
+        ("retrain", "true")
+    ]
