@@ -5,6 +5,7 @@ sqlite with a registered champion, a warm drift cache) in a fresh folder and poi
 process's settings at it; ``airflow`` starts Airflow's scheduler, DAG processor and API server
 with the same settings in their environment (the tasks read them), a metadata database of its
 own on the cluster, and stops every process it started at the end of the module.
+``empty_world`` and ``airflow_empty`` are the same without data or champion: the DAGs make them.
 """
 
 from __future__ import annotations
@@ -66,17 +67,57 @@ def airflow_world(tmp_path_factory, synthetic_champion, settings_isolation):
         get_settings.cache_clear()
 
 
-@pytest.fixture(scope="module")
-def airflow(postgres, airflow_world):
-    """Airflow 3 (LocalExecutor, metadata DB on ``postgres``) running the project's ``dags/``."""
+def _serve(postgres):
+    """Airflow 3 (LocalExecutor, metadata DB on ``postgres``) running the project's ``dags/``.
+
+    The tasks run in processes Airflow starts: they get this process's settings (patched by
+    the module's world fixture) through the environment, as the API server and DAG processor do.
+    """
     pytest.importorskip("airflow", reason="the airflow extra is not installed")
     from tests.support.airflow_server import AirflowServer
 
     db_url = postgres.create_database(f"airflow_{uuid.uuid4().hex[:8]}")
-    # The tasks run in processes Airflow starts: they get this process's settings (patched by
-    # airflow_world) through the environment, as the API server and DAG processor do.
     server = AirflowServer.start(db_url, DAGS_FOLDER, preload=PRELOAD)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def airflow(postgres, airflow_world):
+    """Airflow serving ``airflow_world`` (see :func:`_serve`)."""
+    yield from _serve(postgres)
+
+
+@pytest.fixture(scope="module")
+def empty_world(tmp_path_factory, settings_isolation):
+    """Settings in a fresh folder and nothing else: no data, no model, no drift cache.
+
+    For a module whose DAG runs prepare the data and train the first champion themselves.
+    Module-scoped and patched in this process (the tests read the storage and MLflow store
+    the tasks write), restored afterwards.
+    """
+    from healthpredict.core.settings import get_settings
+
+    base = tmp_path_factory.mktemp("airflow-empty")
+    patch = pytest.MonkeyPatch()
+    settings_isolation(patch, base)
+    patch.delenv("HP_LOOP_HOLDER", raising=False)
+    try:
+        yield SimpleNamespace(
+            base=base,
+            storage=base / "var",
+            rendered=base / "rendered",
+            mlflow_uri=f"sqlite:///{base / 'mlflow.db'}",
+            state_file=base / "var" / "monitoring" / "state.json",
+        )
+    finally:
+        patch.undo()
+        get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def airflow_empty(postgres, empty_world):
+    """Airflow serving ``empty_world`` (see :func:`_serve`)."""
+    yield from _serve(postgres)

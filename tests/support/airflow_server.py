@@ -335,6 +335,28 @@ class AirflowServer:
                 lines.append(str(line))
         return "\n".join(lines)
 
+    def dag_runs(self, dag_id: str) -> dict[str, dict]:
+        """``run_id -> dag run`` of every run of ``dag_id`` (oldest first)."""
+        found = self.api(
+            "GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100, "order_by": "run_after"}
+        )
+        return {run["dag_run_id"]: run for run in found["dag_runs"]}
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        """An XCom value of a task, as the task pushed it.
+
+        Raises:
+            requests.HTTPError: The task pushed no such XCom (404).
+        """
+        # Without ``deserialize`` the API returns the stored (JSON) value itself, not a string.
+        return self.api(
+            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        )["value"]
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        """Pause (its triggered runs stay queued) or unpause a DAG."""
+        self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": paused})
+
     def wait_for_runs(
         self, dag_id: str, run_ids: list[str], timeout: float = 600, poll: float = 1.0
     ) -> dict[str, dict]:
