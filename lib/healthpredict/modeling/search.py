@@ -555,7 +555,7 @@ def _optimize_in_processes(jobs: list[_WorkerJob], progress: _Progress) -> None:
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, family, value (val ROC AUC), seconds, parameters."""
+    """One row per trial: number, worker, state, family, value (val ROC AUC), seconds, params."""
     rows = []
     for t in study.trials:
         family = t.params.get("family")
@@ -564,6 +564,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         rows.append(
             {
                 "trial": t.number,
+                "worker": t.user_attrs.get("worker"),
                 "state": t.state.name,
                 "family": family,
                 "val_roc_auc": t.value,
@@ -572,5 +573,6 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(
-        rows, columns=["trial", "state", "family", "val_roc_auc", "seconds", "params"]
+        rows,
+        columns=["trial", "worker", "state", "family", "val_roc_auc", "seconds", "params"],
     )
