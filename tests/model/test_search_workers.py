@@ -111,7 +111,8 @@ def test_two_worker_processes_share_one_postgres_study(postgres, data_dir, hp_en
     client = MlflowClient()
     run = client.get_run(result.mlflow_run_id)
     assert run.data.metrics["search_best_val_roc_auc"] == pytest.approx(study.best_value)
-    assert run.data.params["n_trials"] == str(BUDGET)  # the study's, not the unused parameter
+    # The study's counts, not the unused parameters.
+    assert (run.data.params["n_trials"], run.data.params["n_workers"]) == (str(BUDGET), "2")
     assert run.data.tags["study_name"] == study_name
     assert run.data.params["best_family"] == family
     version = client.get_model_version(result.model_info.name, result.model_version)
@@ -130,6 +131,8 @@ def test_training_on_a_missing_or_empty_study_names_it(data_dir, hp_env):
     create_search_study("empty", params)
     with pytest.raises(StudyNotFoundError, match=r"'empty' .* has no completed trial"):
         train(params.model_copy(update={"study_name": "empty"}), QUIET)
+    with pytest.raises(ValueError, match=r"'empty' was made with other settings .*'seed': 3"):
+        train(params.model_copy(update={"study_name": "empty", "seed": 4}), QUIET)
 
 
 def test_a_study_is_reused_only_with_the_same_settings(hp_env):
@@ -138,7 +141,7 @@ def test_a_study_is_reused_only_with_the_same_settings(hp_env):
     )
     first = create_study("retry", settings)
     assert create_study("retry", settings)._study_id == first._study_id
-    with pytest.raises(ValueError, match=r"'retry' exists with other settings"):
+    with pytest.raises(ValueError, match=r"'retry' was made with other settings"):
         create_study("retry", SearchSettings(**{**settings.__dict__, "seed": 7}))
 
 

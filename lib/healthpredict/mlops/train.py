@@ -36,6 +36,7 @@ from healthpredict.modeling.runtime.model_meta import ModelInfo
 from healthpredict.modeling.search import (
     SearchSettings,
     StudyNotFoundError,
+    check_study_settings,
     load_study,
     redact,
     search,
@@ -83,13 +84,16 @@ def resolve_target(params: TrainParams, manifest: dict) -> str:
     return params.target or manifest.get("split_params", {}).get("target") or get_settings().target
 
 
-def load_searched_study(study_name: str, study_storage: str | None) -> optuna.Study:
-    """A study filled by separate search workers, checked to hold a completed trial.
+def load_searched_study(params: TrainParams) -> optuna.Study:
+    """The study ``params.study_name`` filled by separate search workers, checked for use.
 
     Raises:
         StudyNotFoundError: The study is missing, or none of its trials completed.
+        ValueError: It was made with other families, seed or folds than ``params``.
     """
+    study_name, study_storage = params.study_name, params.study_storage
     study = load_study(study_name, study_storage)
+    check_study_settings(study, search_settings(params))
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
     if "COMPLETE" not in states:
         counts = {s: states.count(s) for s in sorted(set(states))} or "no trials"
@@ -142,15 +146,19 @@ def _log_settings(
     frames: dict[str, pd.DataFrame],
     study: optuna.Study | None = None,
 ) -> None:
-    # A study searched elsewhere: its real trial count, not the unused n_trials parameter.
-    n_trials = params.n_trials if study is None else len(study.get_trials(deepcopy=False))
+    # A study searched elsewhere: its real trial and worker counts, not the unused parameters.
+    n_trials, n_workers = params.n_trials, params.n_workers
+    if study is not None:
+        trials = study.get_trials(deepcopy=False)
+        n_trials = len(trials)
+        n_workers = len({t.user_attrs.get("worker") for t in trials})
     mlflow.log_params(
         {
             "families": ",".join(params.families),
             "n_trials": n_trials,
             "search": "in-run" if study is None else "separate workers",
             "timeout_s": params.timeout_s,
-            "n_workers": params.n_workers,
+            "n_workers": n_workers,
             "study_storage": redact(params.study_storage) or "journal(default)",
             "seed": params.seed,
             "cv_folds": params.cv_folds,
@@ -255,6 +263,7 @@ def train(params: TrainParams | None = None, options: TrainOptions | None = None
 
     Raises:
         StudyNotFoundError: ``study_name`` is missing from its storage or has no completed trial.
+        ValueError: That study was made with other families, seed or folds.
     """
     params = params or TrainParams()
     options = options or TrainOptions()
@@ -262,9 +271,7 @@ def train(params: TrainParams | None = None, options: TrainOptions | None = None
     manifest, frames = load_training_splits(params.data_dir)
     target = resolve_target(params, manifest)
     # Checked before any MLflow run exists: a missing study leaves no half-made run behind.
-    searched = (
-        load_searched_study(params.study_name, params.study_storage) if params.study_name else None
-    )
+    searched = load_searched_study(params) if params.study_name else None
     train_df = frames["initial_train"]
     tracking.setup_mlflow()
     exp_id = tracking.use_experiment(params.mlflow_experiment_name)

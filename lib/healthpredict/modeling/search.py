@@ -423,6 +423,31 @@ class _Progress:
 _STUDY_ATTRS = ("families", "seed", "cv_folds")
 
 
+def _study_attrs(settings: SearchSettings) -> dict[str, Any]:
+    return {
+        "families": list(settings.families),
+        "seed": settings.seed,
+        "cv_folds": settings.cv_folds,
+    }
+
+
+def check_study_settings(study: optuna.Study, settings: SearchSettings) -> None:
+    """Refuse a study made with other families, seed or folds than ``settings``.
+
+    Its trials would mean something else: other candidates, or scores on other folds.
+
+    Raises:
+        ValueError: Names the study and both settings.
+    """
+    found = {name: study.user_attrs.get(name) for name in _STUDY_ATTRS}
+    wanted = _study_attrs(settings)
+    if found != wanted:
+        raise ValueError(
+            f"study {study.study_name!r} was made with other settings {found}, not {wanted}: "
+            "use the study's settings, or a new study name"
+        )
+
+
 def create_study(
     study_name: str, settings: SearchSettings, *, exist_ok: bool = True
 ) -> optuna.Study:
@@ -441,8 +466,6 @@ def create_study(
         optuna.exceptions.DuplicatedStudyError: It exists and ``exist_ok`` is off.
         ValueError: It exists with other families, seed or folds.
     """
-    wanted = {"families": list(settings.families), "seed": settings.seed}
-    wanted["cv_folds"] = settings.cv_folds
     study = optuna.create_study(
         study_name=study_name,
         storage=open_study_storage(settings.study_storage),
@@ -451,16 +474,10 @@ def create_study(
         pruner=_pruner(),
         load_if_exists=exist_ok,
     )
-    attrs = study.user_attrs
-    if any(name in attrs for name in _STUDY_ATTRS):
-        found = {name: attrs.get(name) for name in _STUDY_ATTRS}
-        if found != wanted:
-            raise ValueError(
-                f"study {study_name!r} exists with other settings {found}, not {wanted}: "
-                "use a new study name"
-            )
+    if any(name in study.user_attrs for name in _STUDY_ATTRS):
+        check_study_settings(study, settings)
     else:
-        for name, value in wanted.items():
+        for name, value in _study_attrs(settings).items():
             study.set_user_attr(name, value)
     for params in settings.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
