@@ -442,6 +442,7 @@ def search_worker_command(
     Start several, as separate processes or on several machines (a PostgreSQL --storage);
     each pulls trials from the study until its --n-trials are done. Prints a JSON summary.
     """
+    from healthpredict.core.storage import StorageError
     from healthpredict.modeling.search import StudyNotFoundError
     from healthpredict.pipelines.training import SEARCH_JOB_FIELDS, run_search_worker
 
@@ -462,7 +463,7 @@ def search_worker_command(
     }
     try:
         summary = run_search_worker(job)
-    except StudyNotFoundError as exc:
+    except (StudyNotFoundError, StorageError, ValueError) as exc:
         _print_error(exc)
         raise typer.Exit(1) from None
     typer.echo(json.dumps(summary))

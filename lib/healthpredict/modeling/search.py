@@ -466,6 +466,7 @@ def create_study(
         optuna.exceptions.DuplicatedStudyError: It exists and ``exist_ok`` is off.
         ValueError: It exists with other families, seed or folds.
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=study_name,
         storage=open_study_storage(settings.study_storage),

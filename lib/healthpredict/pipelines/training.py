@@ -89,12 +89,15 @@ def run_search_worker(job: Mapping[str, Any]) -> dict[str, Any]:
 
     Raises:
         healthpredict.modeling.search.StudyNotFoundError: The study does not exist.
+        healthpredict.core.storage.StorageError: No prepared splits at ``data_dir``.
     """
     from healthpredict.mlops.train import resolve_target, search_settings
     from healthpredict.modeling.fitting import load_training_splits
     from healthpredict.modeling.search import load_study, run_worker
 
     stage = TrainParams(**job["params"])
+    # A missing study fails here, before the splits are read.
+    study = load_study(job["study_name"], stage.study_storage)
     manifest, frames = load_training_splits(stage.data_dir)
     worker = int(job["worker"])
     run_worker(
@@ -106,7 +109,6 @@ def run_search_worker(job: Mapping[str, Any]) -> dict[str, Any]:
         worker,
         int(job["n_trials"]),
     )
-    study = load_study(job["study_name"], stage.study_storage)
     mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == worker]
     return {
         "study_name": job["study_name"],
