@@ -117,6 +117,8 @@ def main() -> int:
                 "test_roc_auc": result.test_metrics["roc_auc"],
                 "best_family": result.best_family,
                 "trial_states": result.trials["state"].value_counts().to_dict(),
+                # Work done, apart from parallelism: the runs explore different trials.
+                "trial_s_sum": round(float(result.trials["seconds"].sum()), 1),
                 "load_avg_1m_before": round(load_before, 2),
                 "load_avg_1m_after": round(os.getloadavg()[0], 2),
             }
@@ -190,7 +192,7 @@ def main() -> int:
         + "".join(
             f"  {k} worker(s)          wall {v['wall_s']:.0f} s, best search val ROC AUC "
             f"{v['search_best_val_roc_auc']:.4f}, test ROC AUC {v['test_roc_auc']:.4f} "
-            f"({v['best_family']})\n"
+            f"({v['best_family']}), trials' own time {v['trial_s_sum']:.0f} s\n"
             for k, v in by_workers.items()
         )
         + f"  wall ratio           {ratio} ({counts[-1]} workers vs 1, same {args.n_trials} trials)\n"
