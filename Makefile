@@ -116,6 +116,8 @@ REAL_DATA ?= ../shared/data/dataset_diabetes.zip
 samples: setup
 	scripts/build_samples.sh $(REAL_DATA)
 
+# The search on the real data with 1 and with 2 worker processes, the same trial budget:
+# quality of both and the wall-time ratio (var/bench/train.json).
 bench-train: setup
 	$(BIN)/python benchmarks/bench_train.py
 

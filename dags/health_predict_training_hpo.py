@@ -7,6 +7,13 @@ was registered (and promoted, when it was the first). A run with `is_retraining_
 `04_retrain` instead: initial_train plus the new data, a warm-started search, and the gate; its
 decision and `promoted` go to XCom and to `<storage>/monitoring/retrains/<run_id>.json`; with
 `promote: false` (the monitoring DAG, awaiting it) the gate decides but the caller moves the alias.
+
+With `search_tasks` N >= 1 the search fans out before the notebook: `plan_search` creates one
+Optuna study for the run (named after the run id, so retries reuse it) in `study_storage`
+(None: a journal file under the storage folder, for tasks on one machine; a PostgreSQL URL for
+workers on several), N mapped `search_worker` tasks each run their share of `n_trials` on it,
+and `02_train_hpo` then refits, tests and registers the study's best trial. With 0 (default)
+the mapped task has no job and is skipped; the notebook searches by itself.
 """
 
 from __future__ import annotations
@@ -46,9 +53,17 @@ with DAG(
         **{
             name: Param(**spec)
             for name, spec in dag_params(
-                TrainParams, ["n_trials", "families", "cv_folds", "mlflow_experiment_name"]
+                TrainParams,
+                ["n_trials", "families", "cv_folds", "study_storage", "mlflow_experiment_name"],
             ).items()
         },
+        "search_tasks": Param(
+            0,
+            type="integer",
+            minimum=0,
+            description="search tasks sharing one Optuna study before the notebook refits and "
+            "registers its best trial (0: the notebook searches by itself)",
+        ),
         "is_retraining_run": Param(False, type="boolean"),
         # RetrainParams under the DAG's names: retraining_data_path is read with
         # is_retraining_run, and one run's conf may carry settings of both stages.
@@ -90,9 +105,24 @@ with DAG(
         )
 
     @task
+    def plan_search(prepared, params=None, run_id=None):
+        """Create this run's study and give each search task its job (none: search_tasks 0)."""
+        return training.plan_search({**params, "data_dir": prepared["data_dir"]}, run_id)
+
+    @task
+    def search_worker(job):
+        """Run one share of the trials on the run's shared study."""
+        return training.run_search_worker(job)
+
+    # After the search tasks, or without them (search_tasks 0 skips the mapped task); skipped
+    # with everything upstream when the branch chose retraining.
+    @task(trigger_rule="none_failed_min_one_success")
     def prepare_notebooks(params=None, run_id=None):
         """Check the notebooks' parameters and derive their .ipynb in fresh run folders."""
         common = {"run_id": run_id, "dag_id": DAG_ID}
+        searched = (
+            {"study_name": training.search_study_name(run_id)} if params["search_tasks"] else {}
+        )
         return {
             "eda": prepare_notebook_run("01_eda", {}, task_id="run_eda", **common),
             "train": prepare_notebook_run(
@@ -101,8 +131,10 @@ with DAG(
                     "n_trials": params["n_trials"],
                     "families": params["families"],
                     "cv_folds": params["cv_folds"],
+                    "study_storage": params["study_storage"],
                     "mlflow_experiment_name": params["mlflow_experiment_name"],
                     "model_name": params["mlflow_model_name"],
+                    **searched,
                 },
                 task_id="run_train_hpo",
                 **common,
@@ -150,8 +182,12 @@ with DAG(
 
     choose = choose_run_type()
     data = prepare_data()
+    plan = plan_search(data)
     notebooks = prepare_notebooks()
     retraining = prepare_retraining()
     choose >> [data, retraining]
-    data >> notebooks >> run_eda >> run_train_hpo >> check_registration()
+    searches = search_worker.expand(job=plan)
+    # plan_search feeds the notebooks too, so they run when no search task does (search_tasks 0).
+    [searches, plan] >> notebooks
+    notebooks >> run_eda >> run_train_hpo >> check_registration()
     retraining >> run_retrain >> record_retraining_result()

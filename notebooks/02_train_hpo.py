@@ -18,7 +18,9 @@
 #
 # An Optuna (TPE) search over logistic regression, random forest and histogram gradient
 # boosting, each one sklearn pipeline from raw encounter fields to a 30-day readmission risk.
-# Trials are scored by ROC AUC on the patient-grouped validation split; the best model is refit
+# Trials are scored by ROC AUC on the patient-grouped validation split (the search runs here, or,
+# with `study_name`, ran before in separate worker tasks sharing that Optuna study, as the
+# training DAG does with `search_tasks` >= 1); the best model is refit
 # on `initial_train`, its decision threshold chosen on validation, and it is judged once on the
 # held-out test split. Every trial is a nested MLflow run; the model is registered (alias
 # `challenger`, and `champion` when the model had none). The logic lives in
@@ -32,6 +34,9 @@ n_trials = 30  # Optuna trials in all (split over the workers)
 timeout_s = None  # stop starting new trials after this many seconds (None: no limit)
 n_workers = 1  # worker processes sharing one Optuna study (1 is reproducible)
 study_storage = None  # Optuna storage: None (journal file), a path, sqlite:/// or postgresql URL
+study_name = (
+    None  # a study already searched by separate workers in study_storage (None: search here)
+)
 seed = 42  # seed of the sampler and of every estimator
 cv_folds = 0  # >= 2: judge trials by patient-grouped CV over train + validation (0: validation)
 target = "<30"  # readmission target: "<30" (within 30 days) or "any"
@@ -62,10 +67,15 @@ else:
 
 # %%
 trials = result.trials
-print(
-    f"{len(trials)} trials in {result.wall_s:.0f} s: "
-    + ", ".join(f"{n} {s.lower()}" for s, n in trials["state"].value_counts().items())
-)
+states = ", ".join(f"{n} {s.lower()}" for s, n in trials["state"].value_counts().items())
+if study_name:
+    workers = trials["worker"].nunique()
+    print(
+        f"{len(trials)} trials ({states}) searched before this run by {workers} worker task(s) "
+        f"sharing study {study_name!r}; loaded, refit and tested here in {result.wall_s:.0f} s"
+    )
+else:
+    print(f"{len(trials)} trials in {result.wall_s:.0f} s: {states}")
 display(
     trials.style.format({"val_roc_auc": "{:.4f}", "seconds": "{:.1f}"}, na_rep="-").highlight_max(
         subset=["val_roc_auc"], color="#d4edda"

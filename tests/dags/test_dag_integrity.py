@@ -25,7 +25,11 @@ MONITORING_EDGES = {
 }
 TRAINING_EDGES = {
     ("choose_run_type", "prepare_data"),
-    ("prepare_data", "prepare_notebooks"),
+    # The search fan-out: one mapped search_worker per job of plan_search (none: skipped).
+    ("prepare_data", "plan_search"),
+    ("plan_search", "search_worker"),
+    ("plan_search", "prepare_notebooks"),
+    ("search_worker", "prepare_notebooks"),
     ("prepare_notebooks", "run_eda"),
     ("run_eda", "run_train_hpo"),
     ("run_train_hpo", "check_registration"),
@@ -113,6 +117,11 @@ def test_training_and_deployment_params(dags):
     assert training["retraining_data_path"] is None
     deployment = dags["health_predict_api_deployment"].params
     assert deployment["dry_run"] is False and deployment["k8s_dir"] == "k8s/"
+    assert training["search_tasks"] == 0 and training["study_storage"] is None
+    tasks = {t.task_id: t for t in dags["health_predict_training_hpo"].tasks}
+    assert type(tasks["search_worker"]).__name__.endswith("MappedOperator")
+    # Runs without search tasks (mapped task skipped), stays skipped when retraining was chosen.
+    assert tasks["prepare_notebooks"].trigger_rule == "none_failed_min_one_success"
     kinds = {t.task_id: type(t).__name__ for t in dags["health_predict_training_hpo"].tasks}
     assert {k for k, v in kinds.items() if v == "PapermillOperator"} == {
         "run_eda",

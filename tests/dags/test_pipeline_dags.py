@@ -1,6 +1,7 @@
 """Training and monitoring DAGs end to end with ``dag.test()`` on tiny synthetic data.
 
-One module-wide story, in file order: the training DAG prepares data and registers a champion;
+One module-wide story, in file order: the training DAG prepares data, searches in two mapped
+tasks sharing one Optuna study, and registers the study's best trial as the champion;
 the future stream is rewritten into two batches (no drift, then ``older_patients`` drift); the
 monitoring DAG runs on the first batch (monitored without labels: nothing to retrain on), fails
 on a schema-broken batch without moving the cursor, runs on the second batch (the first one's
@@ -26,6 +27,7 @@ from healthpredict.core import (
 )
 from healthpredict.core.settings import get_settings  # noqa: E402
 from healthpredict.core.stages import LoopParams
+from healthpredict.modeling.models import split_trial_params
 from healthpredict.monitoring import state as loop_state
 from healthpredict.pipelines import local_loop, training
 
@@ -53,7 +55,8 @@ def dags(airflow_db, dag_env):
 
 @pytest.fixture(scope="module")
 def trained(dags, dag_env):
-    """One training DAG run: prepares 4,000 synthetic encounters, trains (2 trials, 2-fold CV)."""
+    """One training DAG run: prepares 4,000 synthetic encounters, searches in two tasks (2
+    trials, 2-fold CV), then the notebook registers the best trial."""
     return dags(
         TRAINING,
         prepare_data=True,
@@ -63,6 +66,7 @@ def trained(dags, dag_env):
         n_trials=2,
         cv_folds=2,
         families=["logreg"],
+        search_tasks=2,
     )
 
 
@@ -118,6 +122,8 @@ def test_training_dag_prepares_trains_and_registers(trained):
     assert task_states(trained) == {
         "choose_run_type": "success",
         "prepare_data": "success",
+        "plan_search": "success",
+        "search_worker": "success",
         "prepare_notebooks": "success",
         "run_eda": "success",
         "run_train_hpo": "success",
@@ -143,6 +149,17 @@ def test_training_dag_prepares_trains_and_registers(trained):
         assert derived["metadata"]["kernelspec"]["name"] == "healthpredict"
     parameters = run_json(run_dirs("02_train_hpo")[0])["parameters"]
     assert parameters["n_trials"] == 2 and parameters["cv_folds"] == 2
+    # The two mapped tasks each ran one trial of the run's study; the notebook refit its best.
+    from healthpredict.modeling.search import load_study
+
+    study_name = training.search_study_name(trained.run_id)
+    assert parameters["study_name"] == study_name
+    jobs = xcom(TRAINING, trained.run_id, "plan_search")
+    assert [(j["worker"], j["n_trials"]) for j in jobs] == [(0, 1), (1, 1)]
+    study = load_study(study_name)
+    assert sorted(t.user_attrs["worker"] for t in study.trials) == [0, 1]
+    scraps = run_json(run_dirs("02_train_hpo")[0])["scraps"]
+    assert scraps["best_params"] == split_trial_params(study.best_trial.params)[1]
 
 
 def test_no_drift_batch_logs_and_advances_once(dags, stream):
@@ -267,6 +284,8 @@ def test_the_triggered_conf_runs_the_retraining_branch(dags, stream):
     assert run.state == "success", states
     assert states["record_retraining_result"] == "success"
     assert states["prepare_data"] == "skipped" and states["run_train_hpo"] == "skipped"
+    assert states["plan_search"] == states["search_worker"] == "skipped"
+    assert states["prepare_notebooks"] == "skipped"  # none_failed_min_one_success: all skipped
     outcome = storage.read_json(training.retrain_result_uri(run.run_id))
     assert outcome["decision"] in ("PROMOTED", "REJECTED")
     assert outcome["promoted"] is (outcome["decision"] == "PROMOTED")

@@ -22,6 +22,7 @@ FED = {
         "n_trials": (TrainParams, "n_trials"),
         "families": (TrainParams, "families"),
         "cv_folds": (TrainParams, "cv_folds"),
+        "study_storage": (TrainParams, "study_storage"),
         "mlflow_experiment_name": (TrainParams, "mlflow_experiment_name"),
         "retraining_data_path": (RetrainParams, "retraining_data_path"),
         "gate_data_path": (RetrainParams, "gate_data_path"),

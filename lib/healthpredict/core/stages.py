@@ -107,6 +107,11 @@ class TrainParams(StageParams):
         None,
         description="Optuna storage: None (journal file), a path, sqlite:/// or postgresql URL",
     )
+    study_name: str | None = Field(
+        None,
+        description="a study already searched by separate workers in study_storage "
+        "(None: search here)",
+    )
     seed: int = Field(42, description="seed of the sampler and of every estimator")
     cv_folds: int = Field(
         0,

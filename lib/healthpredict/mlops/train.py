@@ -5,6 +5,10 @@ settings, the best parameters, validation and test metrics, trial table, importa
 each Optuna trial is a nested run. Only this process writes to MLflow: the search hands every
 finished trial (from any worker) to a :class:`~healthpredict.mlops.run_logging.TrialLogger`.
 
+With ``study_name`` set, the search already ran elsewhere (the training DAG's mapped search
+tasks, or ``healthpredict search-worker`` processes, filled that study in ``study_storage``):
+:func:`train` loads it, logs its finished trials and goes on with the refit.
+
 Reproducibility: with ``n_workers=1`` and no timeout, the same data, options and seed give the
 same trials, the same chosen parameters and the same metrics; the study name is fresh per run.
 """
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -29,10 +33,15 @@ from healthpredict.modeling.evaluation import HeldOutEvaluation, evaluate_on_tes
 from healthpredict.modeling.fitting import FittedModel, data_tags, fit_final, load_training_splits
 from healthpredict.modeling.models import split_trial_params
 from healthpredict.modeling.runtime.model_meta import ModelInfo
-from healthpredict.modeling.search import SearchSettings, redact, search, trials_frame
-
-if TYPE_CHECKING:
-    import optuna
+from healthpredict.modeling.search import (
+    SearchSettings,
+    StudyNotFoundError,
+    check_study_settings,
+    load_study,
+    redact,
+    search,
+    trials_frame,
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,9 @@ class TrainOptions:
     progress: bool = True
 
 
+# The trials of a study searched elsewhere that become nested runs (running ones are not done).
+_LOGGED_STATES = tuple(optuna.trial.TrialState[name] for name in ("COMPLETE", "PRUNED", "FAIL"))
+
 # The stage parameters that are the search's own settings.
 _SEARCH_FIELDS = {
     "families",
@@ -62,8 +74,35 @@ _SEARCH_FIELDS = {
 }
 
 
-def _search_settings(params: TrainParams, options: TrainOptions) -> SearchSettings:
-    return SearchSettings(**params.model_dump(include=_SEARCH_FIELDS), progress=options.progress)
+def search_settings(params: TrainParams, progress: bool = False) -> SearchSettings:
+    """The search settings a stage's parameters stand for (also those of separate workers)."""
+    return SearchSettings(**params.model_dump(include=_SEARCH_FIELDS), progress=progress)
+
+
+def resolve_target(params: TrainParams, manifest: dict) -> str:
+    """The label: the parameter, else the one the splits were prepared for, else the setting."""
+    return params.target or manifest.get("split_params", {}).get("target") or get_settings().target
+
+
+def load_searched_study(params: TrainParams) -> optuna.Study:
+    """The study ``params.study_name`` filled by separate search workers, checked for use.
+
+    Raises:
+        StudyNotFoundError: The study is missing, or none of its trials completed.
+        ValueError: It was made with other families, seed or folds than ``params``.
+    """
+    study_name, study_storage = params.study_name, params.study_storage
+    study = load_study(study_name, study_storage)
+    check_study_settings(study, search_settings(params))
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    if "COMPLETE" not in states:
+        counts = {s: states.count(s) for s in sorted(set(states))} or "no trials"
+        where = redact(study_storage) or "the default journal"
+        raise StudyNotFoundError(
+            f"Optuna study {study_name!r} in {where} has no completed trial ({counts}): "
+            "did its search workers run?"
+        )
+    return study
 
 
 @dataclass
@@ -101,13 +140,25 @@ class TrainResult:
         return self.model_info.version
 
 
-def _log_settings(params: TrainParams, target: str, frames: dict[str, pd.DataFrame]) -> None:
+def _log_settings(
+    params: TrainParams,
+    target: str,
+    frames: dict[str, pd.DataFrame],
+    study: optuna.Study | None = None,
+) -> None:
+    # A study searched elsewhere: its real trial and worker counts, not the unused parameters.
+    n_trials, n_workers = params.n_trials, params.n_workers
+    if study is not None:
+        trials = study.get_trials(deepcopy=False)
+        n_trials = len(trials)
+        n_workers = len({t.user_attrs.get("worker") for t in trials})
     mlflow.log_params(
         {
             "families": ",".join(params.families),
-            "n_trials": params.n_trials,
+            "n_trials": n_trials,
+            "search": "in-run" if study is None else "separate workers",
             "timeout_s": params.timeout_s,
-            "n_workers": params.n_workers,
+            "n_workers": n_workers,
             "study_storage": redact(params.study_storage) or "journal(default)",
             "seed": params.seed,
             "cv_folds": params.cv_folds,
@@ -199,7 +250,7 @@ def _fit_and_test(
 
 
 def train(params: TrainParams | None = None, options: TrainOptions | None = None) -> TrainResult:
-    """Search, refit, evaluate on the held-out test split and register the model.
+    """Search (or load a study searched elsewhere), refit, evaluate on test and register.
 
     The model is registered through :func:`healthpredict.mlops.registry.log_model` (alias
     ``challenger``; ``champion`` too when the model had none).
@@ -207,31 +258,42 @@ def train(params: TrainParams | None = None, options: TrainOptions | None = None
     Args:
         params: The stage's parameters (data, search budget, target, threshold rule,
             experiment, model name), as the 02 notebook takes them; default as declared.
+            With ``study_name``, the study in ``study_storage`` replaces the search.
         options: Importance and progress settings (default: :class:`TrainOptions` as is).
+
+    Raises:
+        StudyNotFoundError: ``study_name`` is missing from its storage or has no completed trial.
+        ValueError: That study was made with other families, seed or folds.
     """
     params = params or TrainParams()
     options = options or TrainOptions()
     started = time.perf_counter()
     manifest, frames = load_training_splits(params.data_dir)
-    target = (
-        params.target or manifest.get("split_params", {}).get("target") or get_settings().target
-    )
+    target = resolve_target(params, manifest)
+    # Checked before any MLflow run exists: a missing study leaves no half-made run behind.
+    searched = load_searched_study(params) if params.study_name else None
     train_df = frames["initial_train"]
     tracking.setup_mlflow()
     exp_id = tracking.use_experiment(params.mlflow_experiment_name)
     with mlflow.start_run(run_name=f"hpo-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
         run_id = parent.info.run_id
-        study_name = f"healthpredict-{run_id}"
+        study_name = params.study_name or f"healthpredict-{run_id}"
         mlflow.set_tags({**data_tags(manifest), "study_name": study_name, "stage": "train"})
-        _log_settings(params, target, frames)
-        study = search(
-            train_df,
-            frames["validation"],
-            study_name=study_name,
-            target=target,
-            settings=_search_settings(params, options),
-            on_trial=TrialLogger(run_id, exp_id),
-        )
+        _log_settings(params, target, frames, searched)
+        if searched is None:
+            study = search(
+                train_df,
+                frames["validation"],
+                study_name=study_name,
+                target=target,
+                settings=search_settings(params, options.progress),
+                on_trial=TrialLogger(run_id, exp_id),
+            )
+        else:
+            study = searched
+            log_trial = TrialLogger(run_id, exp_id)
+            for trial in study.get_trials(deepcopy=False, states=_LOGGED_STATES):
+                log_trial(trial)
         fitted, held_out = _fit_and_test(study, frames, target, params, options)
         trials = trials_frame(study)
         _log_outcome(study, fitted, held_out, trials)

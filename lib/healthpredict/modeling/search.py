@@ -9,9 +9,14 @@ hopeless trials early.
 Scale-out uses Optuna itself: ``n_workers > 1`` starts that many worker processes which call
 ``study.optimize`` on one study held in shared storage. The default storage is a journal file
 under ``<storage>/optuna/`` (no server); ``study_storage`` also takes ``sqlite:///...`` or a
-PostgreSQL URL (``postgresql+psycopg2://user:pass@host/db``) so workers on several machines
+PostgreSQL URL (``postgresql+psycopg://user:pass@host/db``) so workers on several machines
 can share one study. Only the calling process sees every finished trial (``on_trial``), so a
 caller that logs them never has concurrent writers.
+
+Workers may also be separate programs (Airflow tasks, other machines): :func:`create_study`
+makes the study, :func:`worker_shares` splits the budget, and each one calls :func:`run_worker`
+(``healthpredict search-worker``); every trial records the worker that ran it (user attribute
+``worker``). The caller then loads the filled study with :func:`load_study`.
 
 Reproducibility: with ``n_workers=1`` and no timeout, the same data, settings, seed and study
 name give the same trials, the same chosen parameters and the same metrics (the sampler and
@@ -159,6 +164,7 @@ class Objective:
         seed: int,
         cv_folds: int = 0,
         n_jobs: int | None = None,
+        worker: int = 0,
     ) -> None:
         for family in families:
             check_family(family)
@@ -169,6 +175,7 @@ class Objective:
         self.families = list(families)
         self.seed = seed
         self.n_jobs = n_jobs
+        self.worker = worker
         self._cache: dict[bool, list[tuple[np.ndarray, np.ndarray]]] = {}
 
     def matrices(self, family: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -194,6 +201,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Fit the trial's model on every fold (tree families in stages); return the mean AUC."""
+        trial.set_user_attr("worker", self.worker)
         family = trial.suggest_categorical("family", self.families)
         params = suggest_params(trial, family)
         data = self.matrices(family)
@@ -236,7 +244,7 @@ def open_study_storage(spec: str | None = None) -> Any:
     Args:
         spec: None (journal file, see :func:`default_study_storage`), a path (journal file), or
             an SQLAlchemy URL such as ``sqlite:///var/optuna.db`` or
-            ``postgresql+psycopg2://user:pass@host:5432/optuna`` (several machines).
+            ``postgresql+psycopg://user:pass@host:5432/optuna`` (several machines).
     """
     spec = spec or default_study_storage()
     if "://" in spec:
@@ -276,6 +284,84 @@ def _pruner() -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
 
 
+class StudyNotFoundError(LookupError):
+    """The named study is not in the storage, or has no completed trial to use."""
+
+
+def load_study(study_name: str, study_storage: str | None = None, **kwargs: Any) -> optuna.Study:
+    """Load an existing study; a clear :class:`StudyNotFoundError` when the storage lacks it.
+
+    Args:
+        study_name: The study.
+        study_storage: Its storage (see :func:`open_study_storage`).
+        **kwargs: Passed to :func:`optuna.load_study` (``sampler``, ``pruner``).
+    """
+    storage_obj = open_study_storage(study_storage)
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage_obj, **kwargs)
+    except KeyError:
+        where = redact(study_storage) or default_study_storage()
+        raise StudyNotFoundError(
+            f"no Optuna study {study_name!r} in storage {where}: create it first "
+            "(healthpredict search-study create, or the DAG's plan_search task)"
+        ) from None
+
+
+def worker_shares(n_trials: int, n_workers: int) -> list[int]:
+    """Trials per worker: ``n_trials`` split as evenly as possible (no worker gets none).
+
+    Raises:
+        ValueError: ``n_trials`` or ``n_workers`` below 1.
+    """
+    if n_trials < 1 or n_workers < 1:
+        raise ValueError(f"n_trials and n_workers must be >= 1, got {n_trials}, {n_workers}")
+    k = min(n_workers, n_trials)
+    return [n_trials // k + (i < n_trials % k) for i in range(k)]
+
+
+def run_worker(
+    study_name: str,
+    settings: SearchSettings,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    target: str,
+    worker: int,
+    n_trials: int,
+) -> int:
+    """One worker: load the shared study and run ``n_trials`` of it (any process, any machine).
+
+    The study must exist (:func:`create_study`). Worker ``i`` samples with seed ``seed + i``, or
+    all workers would start by proposing the same parameters; its trials carry the user
+    attribute ``worker = i``. A failing trial is recorded as FAIL and the worker goes on.
+
+    Returns:
+        The number of trials it ran.
+
+    Raises:
+        StudyNotFoundError: No such study in ``settings.study_storage``.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = load_study(
+        study_name,
+        settings.study_storage,
+        # n_startup_trials follows the whole budget: the workers share the startup phase.
+        sampler=_sampler(settings.seed + worker, settings.n_trials),
+        pruner=_pruner(),
+    )
+    objective = Objective(
+        train,
+        val,
+        target=target,
+        families=list(settings.families),
+        seed=settings.seed,
+        cv_folds=settings.cv_folds,
+        worker=worker,
+    )
+    with single_threaded():
+        study.optimize(objective, n_trials=n_trials, timeout=settings.timeout_s, catch=(Exception,))
+    return n_trials
+
+
 @dataclass(frozen=True)
 class _WorkerJob:
     """What one worker process needs (pickled to it): the shared study and its share of trials."""
@@ -290,29 +376,10 @@ class _WorkerJob:
 
 
 def _optimize_worker(job: _WorkerJob) -> int:
-    """Body of one worker process: load the shared study and optimise ``job.n_trials`` of it."""
-    settings = job.settings
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(
-        study_name=job.study_name,
-        storage=open_study_storage(settings.study_storage),
-        # Each worker its own seed, or all would start by proposing the same parameters.
-        sampler=_sampler(settings.seed + job.worker, job.n_trials * settings.n_workers),
-        pruner=_pruner(),
+    """Body of one pool process: :func:`run_worker` with the job's fields."""
+    return run_worker(
+        job.study_name, job.settings, job.train, job.val, job.target, job.worker, job.n_trials
     )
-    objective = Objective(
-        job.train,
-        job.val,
-        target=job.target,
-        families=list(settings.families),
-        seed=settings.seed,
-        cv_folds=settings.cv_folds,
-    )
-    with single_threaded():
-        study.optimize(
-            objective, n_trials=job.n_trials, timeout=settings.timeout_s, catch=(Exception,)
-        )
-    return job.n_trials
 
 
 class _Progress:
@@ -353,18 +420,66 @@ class _Progress:
                 self(trial)
 
 
-def _create_study(study_name: str, settings: SearchSettings) -> optuna.Study:
+_STUDY_ATTRS = ("families", "seed", "cv_folds")
+
+
+def _study_attrs(settings: SearchSettings) -> dict[str, Any]:
+    return {
+        "families": list(settings.families),
+        "seed": settings.seed,
+        "cv_folds": settings.cv_folds,
+    }
+
+
+def check_study_settings(study: optuna.Study, settings: SearchSettings) -> None:
+    """Refuse a study made with other families, seed or folds than ``settings``.
+
+    Its trials would mean something else: other candidates, or scores on other folds.
+
+    Raises:
+        ValueError: Names the study and both settings.
+    """
+    found = {name: study.user_attrs.get(name) for name in _STUDY_ATTRS}
+    wanted = _study_attrs(settings)
+    if found != wanted:
+        raise ValueError(
+            f"study {study.study_name!r} was made with other settings {found}, not {wanted}: "
+            "use the study's settings, or a new study name"
+        )
+
+
+def create_study(
+    study_name: str, settings: SearchSettings, *, exist_ok: bool = True
+) -> optuna.Study:
+    """Create the study the workers share (direction, sampler, pruner, warm-start trials).
+
+    Idempotent by default, for retried tasks: an existing study of the same name is loaded,
+    provided it was made with the same families, seed and folds (its trials would mean
+    something else otherwise); enqueued trials are not queued twice.
+
+    Args:
+        study_name: The study.
+        settings: Its storage, families, seed, folds and warm-start trials.
+        exist_ok: Load an existing study instead of refusing it.
+
+    Raises:
+        optuna.exceptions.DuplicatedStudyError: It exists and ``exist_ok`` is off.
+        ValueError: It exists with other families, seed or folds.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=study_name,
         storage=open_study_storage(settings.study_storage),
         direction="maximize",
         sampler=_sampler(settings.seed, settings.n_trials),
         pruner=_pruner(),
-        load_if_exists=False,
+        load_if_exists=exist_ok,
     )
-    study.set_user_attr("families", list(settings.families))
-    study.set_user_attr("seed", settings.seed)
-    study.set_user_attr("cv_folds", settings.cv_folds)
+    if any(name in study.user_attrs for name in _STUDY_ATTRS):
+        check_study_settings(study, settings)
+    else:
+        for name, value in _study_attrs(settings).items():
+            study.set_user_attr(name, value)
     for params in settings.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     return study
@@ -400,7 +515,7 @@ def search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Checked here, before any study or worker exists, so bad folds fail fast and clearly.
     search_folds(train, val, target=target, cv_folds=settings.cv_folds, seed=settings.seed)
-    study = _create_study(study_name, settings)
+    study = create_study(study_name, settings, exist_ok=False)
     progress = _Progress(study, settings.n_trials, settings.progress, on_trial)
     try:
         if settings.n_workers == 1:
@@ -411,6 +526,7 @@ def search(
                 families=list(settings.families),
                 seed=settings.seed,
                 cv_folds=settings.cv_folds,
+                worker=0,
             )
             with single_threaded():
                 study.optimize(
@@ -436,12 +552,10 @@ def search(
 def _worker_jobs(
     study_name: str, settings: SearchSettings, train: pd.DataFrame, val: pd.DataFrame, target: str
 ) -> list[_WorkerJob]:
-    n, k = settings.n_trials, settings.n_workers
-    shares = [n // k + (i < n % k) for i in range(k)]
+    shares = worker_shares(settings.n_trials, settings.n_workers)
     return [
         _WorkerJob(study_name, settings, train, val, target, worker=i, n_trials=share)
         for i, share in enumerate(shares)
-        if share > 0
     ]
 
 
@@ -459,7 +573,7 @@ def _optimize_in_processes(jobs: list[_WorkerJob], progress: _Progress) -> None:
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, family, value (val ROC AUC), seconds, parameters."""
+    """One row per trial: number, worker, state, family, value (val ROC AUC), seconds, params."""
     rows = []
     for t in study.trials:
         family = t.params.get("family")
@@ -468,6 +582,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         rows.append(
             {
                 "trial": t.number,
+                "worker": t.user_attrs.get("worker"),
                 "state": t.state.name,
                 "family": family,
                 "val_roc_auc": t.value,
@@ -476,5 +591,6 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(
-        rows, columns=["trial", "state", "family", "val_roc_auc", "seconds", "params"]
+        rows,
+        columns=["trial", "worker", "state", "family", "val_roc_auc", "seconds", "params"],
     )

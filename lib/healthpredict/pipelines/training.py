@@ -1,7 +1,10 @@
-"""The training DAG's steps: prepared data, registration check, retraining outcome.
+"""The training DAG's steps: prepared data, search fan-out, registration check, retraining outcome.
 
 The notebooks (``01_eda``, ``02_train_hpo``, ``04_retrain``) run through
-:mod:`healthpredict.runs.papermill_task`; these functions check and record what they did.
+:mod:`healthpredict.runs.papermill_task`; these functions check and record what they did. With
+``search_tasks`` >= 1 the search runs before the notebook, in that many tasks (processes,
+machines) sharing one Optuna study: :func:`plan_search` creates it and gives each task its job,
+:func:`run_search_worker` runs one job, and the notebook evaluates and registers the best trial.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 from healthpredict.core import layout, storage
 from healthpredict.core.constants import CHAMPION
 from healthpredict.core.settings import get_settings
+from healthpredict.core.stages import TrainParams
 from healthpredict.mlops import registry, tracking
 from healthpredict.runs.papermill_task import read_run_scraps, safe_name
 
@@ -19,6 +23,99 @@ from healthpredict.runs.papermill_task import read_run_scraps, safe_name
 def retrain_result_uri(run_id: str, root: str | None = None) -> str:
     """Where the training DAG leaves the outcome of a retraining run with this run id."""
     return layout.retrain_record(safe_name(run_id, 200), root)
+
+
+# The stage parameters a search worker needs besides its share of the trials.
+SEARCH_JOB_FIELDS = (
+    "data_dir",
+    "families",
+    "n_trials",
+    "study_storage",
+    "seed",
+    "cv_folds",
+    "target",
+)
+
+
+def search_study_name(run_id: str) -> str:
+    """The study of a DAG run's search tasks: the same on every retry of the run."""
+    return f"healthpredict-{safe_name(run_id, 200)}"
+
+
+def create_search_study(study_name: str, params: TrainParams) -> str:
+    """Create (or, on a retry, reuse) the study separate search workers fill; returns its name.
+
+    Raises:
+        ValueError: The study exists with other families, seed or folds.
+    """
+    from healthpredict.mlops.train import search_settings
+    from healthpredict.modeling.search import create_study
+
+    create_study(study_name, search_settings(params))
+    return study_name
+
+
+def plan_search(params: Mapping[str, Any], run_id: str) -> list[dict[str, Any]]:
+    """One job per search task of this run (none when ``search_tasks`` is 0), study created.
+
+    Args:
+        params: The DAG run's params: ``search_tasks`` and the :class:`TrainParams` fields
+            among :data:`SEARCH_JOB_FIELDS` it has (the others keep the stage's defaults).
+        run_id: The DAG run, which names the study (:func:`search_study_name`).
+
+    Returns:
+        JSON-safe jobs for :func:`run_search_worker`: study, worker index, its share of
+        ``n_trials`` and the search parameters.
+    """
+    from healthpredict.modeling.search import worker_shares
+
+    n_tasks = int(params.get("search_tasks") or 0)
+    if n_tasks < 1:
+        return []
+    stage = TrainParams(**{k: params[k] for k in SEARCH_JOB_FIELDS if k in params})
+    study_name = create_search_study(search_study_name(run_id), stage)
+    search = stage.model_dump(mode="json", include=set(SEARCH_JOB_FIELDS))
+    return [
+        {"study_name": study_name, "worker": i, "n_trials": share, "params": search}
+        for i, share in enumerate(worker_shares(stage.n_trials, n_tasks))
+    ]
+
+
+def run_search_worker(job: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one job of :func:`plan_search`: load the prepared splits once, then its trials.
+
+    Returns:
+        The study, the worker and how many of the study's trials it finished by now.
+
+    Raises:
+        healthpredict.modeling.search.StudyNotFoundError: The study does not exist.
+        healthpredict.core.storage.StorageError: No prepared splits at ``data_dir``.
+    """
+    from healthpredict.mlops.train import resolve_target, search_settings
+    from healthpredict.modeling.fitting import load_training_splits
+    from healthpredict.modeling.search import load_study, run_worker
+
+    stage = TrainParams(**job["params"])
+    # A missing study fails here, before the splits are read.
+    study = load_study(job["study_name"], stage.study_storage)
+    manifest, frames = load_training_splits(stage.data_dir)
+    worker = int(job["worker"])
+    run_worker(
+        job["study_name"],
+        search_settings(stage),
+        frames["initial_train"],
+        frames["validation"],
+        resolve_target(stage, manifest),
+        worker,
+        int(job["n_trials"]),
+    )
+    mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == worker]
+    return {
+        "study_name": job["study_name"],
+        "worker": worker,
+        "trials": len(mine),
+        "complete": sum(t.state.name == "COMPLETE" for t in mine),
+    }
 
 
 def ensure_prepared_data(
