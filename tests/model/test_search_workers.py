@@ -23,6 +23,7 @@ from healthpredict.modeling.search import (
     StudyNotFoundError,
     create_study,
     load_study,
+    run_worker,
     worker_shares,
 )
 from healthpredict.pipelines.training import create_search_study
@@ -143,6 +144,33 @@ def test_a_study_is_reused_only_with_the_same_settings(hp_env):
     assert create_study("retry", settings)._study_id == first._study_id
     with pytest.raises(ValueError, match=r"'retry' was made with other settings"):
         create_study("retry", SearchSettings(**{**settings.__dict__, "seed": 7}))
+
+
+def test_a_restarted_worker_fails_its_dead_trial_and_runs_only_the_rest(data_dir, hp_env):
+    from healthpredict.modeling.fitting import load_training_splits
+
+    settings = SearchSettings(
+        families=FAMILIES,
+        n_trials=3,
+        study_storage=str(hp_env / "journal.log"),
+        seed=SEED,
+        progress=False,
+    )
+    study = create_study("restarted", settings)
+    # What a worker killed mid-trial leaves: one finished trial and one RUNNING.
+    _, frames = load_training_splits(data_dir)
+    args = (frames["initial_train"], frames["validation"], "<30")
+    assert run_worker("restarted", settings, *args, worker=0, n_trials=1) == 1
+    dead = study.ask()
+    dead.set_user_attr("worker", 0)
+
+    assert run_worker("restarted", settings, *args, worker=0, n_trials=3) == 2
+    states = Counter(t.state.name for t in study.get_trials())
+    assert states["FAIL"] == 1 and states["COMPLETE"] + states["PRUNED"] == 3, states
+    assert study.get_trials()[dead.number].state.name == "FAIL"
+    # Its share is done: started once more, it runs nothing.
+    assert run_worker("restarted", settings, *args, worker=0, n_trials=3) == 0
+    assert len(study.get_trials()) == 4
 
 
 def test_budget_shares_cover_it_and_leave_no_worker_idle():

@@ -334,6 +334,11 @@ def run_worker(
     all workers would start by proposing the same parameters; its trials carry the user
     attribute ``worker = i``. A failing trial is recorded as FAIL and the worker goes on.
 
+    Worker ``i`` may be started again after it died (an Airflow task retry, a re-run command):
+    the trials it left RUNNING are recorded as FAIL (worker indices are unique among live
+    workers, so nobody else is running them) and only the rest of its share runs, so a retry
+    neither loses trials of the budget nor adds any.
+
     Returns:
         The number of trials it ran.
 
@@ -348,6 +353,17 @@ def run_worker(
         sampler=_sampler(settings.seed + worker, settings.n_trials),
         pruner=_pruner(),
     )
+    done = 0
+    for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get("worker") != worker:
+            continue
+        if trial.state == optuna.trial.TrialState.RUNNING:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        else:
+            done += trial.state.is_finished()
+    remaining = max(0, n_trials - done)
+    if remaining == 0:
+        return 0
     objective = Objective(
         train,
         val,
@@ -358,8 +374,10 @@ def run_worker(
         worker=worker,
     )
     with single_threaded():
-        study.optimize(objective, n_trials=n_trials, timeout=settings.timeout_s, catch=(Exception,))
-    return n_trials
+        study.optimize(
+            objective, n_trials=remaining, timeout=settings.timeout_s, catch=(Exception,)
+        )
+    return remaining
 
 
 @dataclass(frozen=True)
