@@ -59,9 +59,13 @@ MONITOR_PARAMS = {"drift_share_threshold": 0.1}
 NO_DRIFT_RUN, DRIFT_RUN = "monitor_batch_0_no_drift", "monitor_batch_1_drift"
 RETRAIN_RUN = f"retrain__{DRIFT_RUN}"
 
+# search_tasks 0 (the default): the mapped search task has no job and is skipped, the notebook
+# searches by itself (tests/dags runs the fan-out).
 TRAIN_PATH = {
     "choose_run_type": "success",
     "prepare_data": "success",
+    "plan_search": "success",
+    "search_worker": "skipped",
     "prepare_notebooks": "success",
     "run_eda": "success",
     "run_train_hpo": "success",
@@ -73,6 +77,8 @@ TRAIN_PATH = {
 RETRAIN_PATH = {
     "choose_run_type": "success",
     "prepare_data": "skipped",
+    "plan_search": "skipped",
+    "search_worker": "skipped",
     "prepare_notebooks": "skipped",
     "run_eda": "skipped",
     "run_train_hpo": "skipped",
