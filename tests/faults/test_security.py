@@ -71,7 +71,7 @@ NOT_SECRETS = {
         "the PEM header line of an OpenSSH private key, alone: the input of a test that a "
         "private key pasted as ssh_public_key is refused",
     ("tests/model/test_training_units.py", "Basic Auth Credentials", "e5e9fa1b"):
-        "the input of the test that search.redact hides passwords in storage URLs",
+        "the input of the test that studies.redact hides passwords in storage URLs",
 }  # fmt: skip
 # Anywhere under tests/: the dummy AWS credentials of moto's documentation.
 TEST_PLACEHOLDERS = {hashlib.sha1(b"testing").hexdigest()[:8]}
