@@ -71,7 +71,8 @@ def open_study_storage(spec: str | None = None) -> Any:
     Args:
         spec: None (journal file, see :func:`default_study_storage`), a path (journal file), or
             an SQLAlchemy URL such as ``sqlite:///var/optuna.db`` or
-            ``postgresql+psycopg://user:pass@host:5432/optuna`` (several machines).
+            ``postgresql+psycopg://user@host:5432/optuna`` (several machines; the password from
+            ``PGPASSWORD`` or ``~/.pgpass``, so that it is in no record).
     """
     spec = spec or default_study_storage()
     if "://" in spec:
