@@ -84,8 +84,8 @@ $(NANNYML)/.installed: Makefile
 # AIRFLOW_DB picks the metadata database: sqlite (default, var/airflow), postgres (a local
 # cluster kept in var/postgres on 127.0.0.1:$(PG_PORT), started by the tests' own harness; needs
 # apt-get install postgresql; `make postgres-down` stops it), or any SQLAlchemy URL
-# (postgresql+psycopg://user:password@host:5432/airflow; psycopg serves the async engine too,
-# so asyncpg is not needed).
+# (postgresql+psycopg://user@host:5432/airflow, the password in PGPASSWORD; psycopg serves the
+# async engine too, so asyncpg is not needed).
 AIRFLOW_LOCAL_HOME := $(CURDIR)/var/airflow
 AIRFLOW_DB ?= sqlite
 PG_PORT ?= 5433

@@ -150,7 +150,7 @@ def test_training_dag_prepares_trains_and_registers(trained):
     parameters = run_json(run_dirs("02_train_hpo")[0])["parameters"]
     assert parameters["n_trials"] == 2 and parameters["cv_folds"] == 2
     # The two mapped tasks each ran one trial of the run's study; the notebook refit its best.
-    from healthpredict.modeling.search import load_study
+    from healthpredict.modeling.studies import load_study
 
     study_name = training.search_study_name(trained.run_id)
     assert parameters["study_name"] == study_name

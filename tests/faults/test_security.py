@@ -65,13 +65,11 @@ NOT_SECRETS = {
         "the test asserting that secretName",
     ("lib/healthpredict/data/uci.py", "Hex High Entropy String", "42b8d356"):
         "CSV_SHA256, the checksum the downloaded UCI file is verified against",
-    ("lib/healthpredict/modeling/search.py", "Basic Auth Credentials", "9d4e1e23"):
-        "a docstring example of a PostgreSQL URL with the placeholders user and pass",
     ("tests/infra/test_terraform.py", "Private Key", "27c6929a"):
         "the PEM header line of an OpenSSH private key, alone: the input of a test that a "
         "private key pasted as ssh_public_key is refused",
     ("tests/model/test_training_units.py", "Basic Auth Credentials", "e5e9fa1b"):
-        "the input of the test that search.redact hides passwords in storage URLs",
+        "the input of the test that studies.redact hides passwords in storage URLs",
 }  # fmt: skip
 # Anywhere under tests/: the dummy AWS credentials of moto's documentation.
 TEST_PLACEHOLDERS = {hashlib.sha1(b"testing").hexdigest()[:8]}

@@ -4,7 +4,8 @@ from healthpredict.core.stages import TrainParams
 from healthpredict.mlops.train import TrainOptions, train
 from healthpredict.modeling.fitting import load_training_splits
 from healthpredict.modeling.models import make_pipeline, trial_params_for
-from healthpredict.modeling.search import SearchSettings, search, search_folds
+from healthpredict.modeling.search import search, search_folds
+from healthpredict.modeling.studies import SearchSettings
 
 
 @pytest.fixture

@@ -18,12 +18,12 @@ import pytest
 from healthpredict.core.stages import TrainParams
 from healthpredict.mlops.train import TrainOptions, train
 from healthpredict.modeling.models import split_trial_params
-from healthpredict.modeling.search import (
+from healthpredict.modeling.search import run_worker
+from healthpredict.modeling.studies import (
     SearchSettings,
     StudyNotFoundError,
     create_study,
     load_study,
-    run_worker,
     worker_shares,
 )
 from healthpredict.pipelines.training import create_search_study

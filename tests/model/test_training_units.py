@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from healthpredict.modeling import evaluation, models, search
+from healthpredict.modeling import evaluation, models, studies
 
 
 def test_trial_params_round_trip():
@@ -82,10 +82,10 @@ def test_roc_auc_interval_brackets_the_auc_and_narrows_with_more_rows():
 
 
 def test_redact_hides_password():
-    assert search.redact("postgresql://hp:secret@db:5432/optuna") == (
+    assert studies.redact("postgresql://hp:secret@db:5432/optuna") == (
         "postgresql://hp:***@db:5432/optuna"
     )
-    assert search.redact("sqlite:///var/optuna.db") == "sqlite:///var/optuna.db"
+    assert studies.redact("sqlite:///var/optuna.db") == "sqlite:///var/optuna.db"
 
 
 def test_artifact_location_follows_storage(hp_env, monkeypatch):

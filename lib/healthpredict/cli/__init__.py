@@ -443,7 +443,7 @@ def search_worker_command(
     each pulls trials from the study until its --n-trials are done. Prints a JSON summary.
     """
     from healthpredict.core.storage import StorageError
-    from healthpredict.modeling.search import StudyNotFoundError
+    from healthpredict.modeling.studies import StudyNotFoundError
     from healthpredict.pipelines.training import SEARCH_JOB_FIELDS, run_search_worker
 
     stage = _search_stage(

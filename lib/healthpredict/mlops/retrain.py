@@ -38,7 +38,8 @@ from healthpredict.modeling.retrain_data import (
     retrain_data,
 )
 from healthpredict.modeling.runtime.model_meta import ModelInfo
-from healthpredict.modeling.search import SearchSettings, search, trials_frame
+from healthpredict.modeling.search import search
+from healthpredict.modeling.studies import SearchSettings, trials_frame
 
 if TYPE_CHECKING:
     import optuna
@@ -54,7 +55,7 @@ class RetrainOptions:
         timeout_s: Search time limit per worker.
         n_workers: Search worker processes.
         study_storage: Optuna storage (see
-            :func:`healthpredict.modeling.search.open_study_storage`).
+            :func:`healthpredict.modeling.studies.open_study_storage`).
         target_recall: Threshold rule (default: max F1 on validation).
         progress: Progress bar over trials.
     """

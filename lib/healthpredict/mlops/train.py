@@ -33,13 +33,13 @@ from healthpredict.modeling.evaluation import HeldOutEvaluation, evaluate_on_tes
 from healthpredict.modeling.fitting import FittedModel, data_tags, fit_final, load_training_splits
 from healthpredict.modeling.models import split_trial_params
 from healthpredict.modeling.runtime.model_meta import ModelInfo
-from healthpredict.modeling.search import (
+from healthpredict.modeling.search import search
+from healthpredict.modeling.studies import (
     SearchSettings,
     StudyNotFoundError,
     check_study_settings,
     load_study,
     redact,
-    search,
     trials_frame,
 )
 

@@ -49,7 +49,7 @@ def create_search_study(study_name: str, params: TrainParams) -> str:
         ValueError: The study exists with other families, seed or folds.
     """
     from healthpredict.mlops.train import search_settings
-    from healthpredict.modeling.search import create_study
+    from healthpredict.modeling.studies import create_study
 
     create_study(study_name, search_settings(params))
     return study_name
@@ -67,7 +67,7 @@ def plan_search(params: Mapping[str, Any], run_id: str) -> list[dict[str, Any]]:
         JSON-safe jobs for :func:`run_search_worker`: study, worker index, its share of
         ``n_trials`` and the search parameters.
     """
-    from healthpredict.modeling.search import worker_shares
+    from healthpredict.modeling.studies import worker_shares
 
     n_tasks = int(params.get("search_tasks") or 0)
     if n_tasks < 1:
@@ -93,7 +93,8 @@ def run_search_worker(job: Mapping[str, Any]) -> dict[str, Any]:
     """
     from healthpredict.mlops.train import resolve_target, search_settings
     from healthpredict.modeling.fitting import load_training_splits
-    from healthpredict.modeling.search import load_study, run_worker
+    from healthpredict.modeling.search import run_worker
+    from healthpredict.modeling.studies import load_study
 
     stage = TrainParams(**job["params"])
     # A missing study fails here, before the splits are read.
