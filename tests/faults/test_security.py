@@ -53,8 +53,6 @@ ENTROPY = ("HexHighEntropyString", "Base64HighEntropyString")
 NOT_SECRETS = {
     (".github/workflows/ci.yml", "Secret Keyword", "59443718"):
         "the words 'No AIRFLOW_API_URL secret: trigger the deployment DAG' in a step summary",
-    ("docs/USER_MANUAL.md", "Basic Auth Credentials", "1a91d62f"):
-        "an example Optuna storage URL whose password is the placeholder 'pw'",
     ("iac/github_oidc.tf", "Hex High Entropy String", "cbc1f47e"):
         "a SHA-1 thumbprint of GitHub's OIDC certificate chain, published by GitHub",
     ("iac/github_oidc.tf", "Hex High Entropy String", "1583f84a"):
