@@ -144,6 +144,26 @@ class Objective:
         self.worker = worker
         self._cache: dict[bool, list[tuple[np.ndarray, np.ndarray]]] = {}
 
+    @classmethod
+    def for_search(
+        cls,
+        train: pd.DataFrame,
+        val: pd.DataFrame,
+        target: str,
+        settings: SearchSettings,
+        worker: int,
+    ) -> Objective:
+        """The objective of worker ``worker`` of a search run with ``settings``."""
+        return cls(
+            train,
+            val,
+            target=target,
+            families=list(settings.families),
+            seed=settings.seed,
+            cv_folds=settings.cv_folds,
+            worker=worker,
+        )
+
     def matrices(self, family: str) -> list[tuple[np.ndarray, np.ndarray]]:
         """(fit matrix, scoring matrix) of every fold for ``family``'s preprocessing variant."""
         scale = family == "logreg"
@@ -242,15 +262,7 @@ def run_worker(
     remaining = max(0, n_trials - done)
     if remaining == 0:
         return 0
-    objective = Objective(
-        train,
-        val,
-        target=target,
-        families=list(settings.families),
-        seed=settings.seed,
-        cv_folds=settings.cv_folds,
-        worker=worker,
-    )
+    objective = Objective.for_search(train, val, target, settings, worker)
     with single_threaded():
         study.optimize(
             objective, n_trials=remaining, timeout=settings.timeout_s, catch=(Exception,)
@@ -350,15 +362,7 @@ def search(
     progress = _Progress(study, settings.n_trials, settings.progress, on_trial)
     try:
         if settings.n_workers == 1:
-            objective = Objective(
-                train,
-                val,
-                target=target,
-                families=list(settings.families),
-                seed=settings.seed,
-                cv_folds=settings.cv_folds,
-                worker=0,
-            )
+            objective = Objective.for_search(train, val, target, settings, worker=0)
             with single_threaded():
                 study.optimize(
                     objective,
