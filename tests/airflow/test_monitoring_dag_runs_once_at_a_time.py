@@ -17,23 +17,12 @@ import json
 
 import pytest
 
+from tests.support.dag_paths import NO_RETRAINING_PATH
+
 # slow (a real Airflow), and a fault: two runs at once, a run against a held lease
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 DAG_ID = "health_predict_monitoring_retraining"
-NO_RETRAINING_PATH = {
-    "get_iteration_state": "success",
-    "simulate_data_batch": "success",
-    "check_for_more_data": "success",
-    "get_production_model_uri": "success",
-    "run_drift_monitoring": "success",
-    "decide_on_retraining": "success",
-    "log_no_retraining": "success",
-    "advance_state": "success",
-    "trigger_retraining_dag": "skipped",
-    "trigger_deployment_after_retraining": "skipped",
-    "end_pipeline": "skipped",
-}
 
 
 def _conf(world) -> dict:

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.dag_paths import MONITOR_COMMON, NO_RETRAINING_PATH
+
 pytestmark = pytest.mark.slow
 
 TRAINING = "health_predict_training_hpo"
@@ -86,22 +88,6 @@ RETRAIN_PATH = {
     "prepare_retraining": "success",
     "run_retrain": "success",
     "record_retraining_result": "success",
-}
-MONITOR_COMMON = {
-    "get_iteration_state": "success",
-    "simulate_data_batch": "success",
-    "check_for_more_data": "success",
-    "get_production_model_uri": "success",
-    "run_drift_monitoring": "success",
-    "decide_on_retraining": "success",
-    "advance_state": "success",
-    "end_pipeline": "skipped",
-}
-NO_RETRAINING_PATH = {
-    **MONITOR_COMMON,
-    "log_no_retraining": "success",
-    "trigger_retraining_dag": "skipped",
-    "trigger_deployment_after_retraining": "skipped",
 }
 
 

@@ -41,6 +41,7 @@ from typing import Any
 import requests
 
 from tests.support.postgres import free_port
+from tests.support.processes import signal_group
 
 FINISHED = ("success", "failed")
 
@@ -388,13 +389,13 @@ class AirflowServer:
         the group) is killed by pid.
         """
         for proc in reversed(list(self.procs.values())):
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for proc in self.procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         for proc in self.procs.values():
-            _signal_group(proc.pid, signal.SIGKILL)  # the group's stragglers, if any
+            signal_group(proc.pid, signal.SIGKILL)  # the group's stragglers, if any
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
         for pid in processes_with_env("AIRFLOW_HOME", str(self.home)):
@@ -408,11 +409,6 @@ class AirflowServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 def processes_with_env(name: str, value: str) -> list[int]:

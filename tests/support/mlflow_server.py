@@ -19,7 +19,6 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -34,6 +33,7 @@ from pathlib import Path
 import requests
 
 from tests.support.postgres import free_port
+from tests.support.processes import signal_group
 
 # Variables of this process that must not reach the server: another store's settings.
 _FOREIGN_PREFIXES = ("MLFLOW_", "HP_", "AWS_")
@@ -149,10 +149,10 @@ class MlflowServer:
             RuntimeError: A process of the group survived SIGKILL (named with its pid).
         """
         pgid = self.proc.pid
-        _signal_group(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGTERM)
         gone = _wait_group_gone(self.proc, timeout)
         if not gone:
-            _signal_group(pgid, signal.SIGKILL)
+            signal_group(pgid, signal.SIGKILL)
             gone = _wait_group_gone(self.proc, 10)
         shutil.rmtree(self.base, ignore_errors=True)
         if not gone:
@@ -163,11 +163,6 @@ class MlflowServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 def _wait_group_gone(leader: subprocess.Popen, timeout: float) -> bool:
