@@ -8,8 +8,8 @@ the most workers to one (``wall_ratio``), and for the run with the most workers 
 (and its 95 % bootstrap interval ``test_roc_auc_ci95``), ``test_pr_auc``, ``wall_s`` and
 ``any_target_test_roc_auc``. Several workers explore in a timing-dependent order, so their best
 trial may differ from one worker's; the budget is the same. The machine's load average is
-recorded: other work on the cores slows every figure. The goal: test ROC AUC >= 0.70 for the ``<30`` target within 10
-minutes on 2 cores. ``make bench-train-ceiling`` puts the figure in context over several splits.
+recorded: other work on the cores slows every figure. The goal: test ROC AUC >= 0.70 for the
+``<30`` target within 10 minutes on 2 cores. ``make bench-train-ceiling`` puts the figure in context over several splits.
 
 The ``any`` figure refits the chosen family and parameters for the ``any readmission`` label
 (no separate search) and scores it on the same test split.

@@ -59,9 +59,6 @@ class TrainOptions:
     progress: bool = True
 
 
-# The trials of a study searched elsewhere that become nested runs (running ones are not done).
-_LOGGED_STATES = tuple(optuna.trial.TrialState[name] for name in ("COMPLETE", "PRUNED", "FAIL"))
-
 # The stage parameters that are the search's own settings.
 _SEARCH_FIELDS = {
     "families",
@@ -292,8 +289,9 @@ def train(params: TrainParams | None = None, options: TrainOptions | None = None
         else:
             study = searched
             log_trial = TrialLogger(run_id, exp_id)
-            for trial in study.get_trials(deepcopy=False, states=_LOGGED_STATES):
-                log_trial(trial)
+            for trial in study.get_trials(deepcopy=False):
+                if trial.state.is_finished():  # a running one (a dead worker's) is not a result
+                    log_trial(trial)
         fitted, held_out = _fit_and_test(study, frames, target, params, options)
         trials = trials_frame(study)
         _log_outcome(study, fitted, held_out, trials)

@@ -62,7 +62,6 @@ PRUNE_FROM = 3 * STAGE
 # Pruning compares a trial with others at the same step; the offset keeps the steps of random
 # forests (trees) and boosting (iterations) apart so each family is judged against its own kind.
 _STEP_OFFSET = {"rf": 0, "hgb": 100_000}
-_FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 TrialCallback = Callable[[optuna.trial.FrozenTrial], None]
 
@@ -324,7 +323,7 @@ class _Progress:
     def poll(self) -> None:
         """Hand on every trial of the study that finished since the last look."""
         for trial in self.study.get_trials(deepcopy=False):
-            if trial.state.name in _FINISHED:
+            if trial.state.is_finished():
                 self(trial)
 
 
