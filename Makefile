@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= dev,serve,airflow
 KERNEL := healthpredict
 
-.PHONY: setup demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-drift bench-loop bench-serve clean tools nannyml-venv airflow postgres-down
+.PHONY: setup demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-calibration bench-drift bench-loop bench-serve clean tools nannyml-venv airflow postgres-down
 
 # The kernel spec lives in the user's Jupyter folder, not in the checkout: another checkout, or a
 # venv since deleted, may own the name. It is re-registered whenever it would not start this
@@ -124,6 +124,10 @@ bench-train: setup
 # What the data allows: fixed models and feature ideas over ten splits (~3 min).
 bench-train-ceiling: setup
 	$(BIN)/python benchmarks/bench_train_ceiling.py
+
+# Brier, ECE and ROC AUC before and after calibration, test split and first stream batches.
+bench-calibration: setup
+	$(BIN)/python benchmarks/bench_calibration.py
 
 bench-drift: setup
 	$(BIN)/python benchmarks/bench_drift.py

@@ -191,3 +191,26 @@ def test_pipeline_without_the_icd9_encoding_compiles(synthetic):
     pipe = make_pipeline("hgb", FAMILIES["hgb"]).set_params(preprocess__encode__codes="drop")
     predictor = assert_identical(pipe.fit(X, y), synthetic["score"])
     assert predictor.encoder.encoded == ()
+
+
+@pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_calibrated_models_identical(family, method, synthetic, synthetic_models):
+    """The calibrated model that is logged and served compiles to the same risks."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    pipe = synthetic_models[family]
+    cal_frame = generate(800, seed=13)
+    X_cal, y_cal = _xy(cal_frame)
+    calibrated = CalibratedClassifierCV(FrozenEstimator(pipe.steps[-1][1]), method=method)
+    calibrated.fit(pipe.steps[0][1].transform(X_cal), y_cal)
+    model = Pipeline([pipe.steps[0], ("model", calibrated)])
+    frame = pd.concat([_edge_frame(synthetic["score"]), synthetic["score"]], ignore_index=True)
+    predictor = assert_identical(model, frame)
+    assert predictor.estimator.endswith(f"+{method}")
+    # The map changes the risks: the test would catch a scorer that skipped it.
+    raw = pipe.predict_proba(frame.drop(columns=["readmitted"]))[:, 1]
+    assert (
+        np.max(np.abs(raw - model.predict_proba(frame.drop(columns=["readmitted"]))[:, 1])) > 1e-3
+    )

@@ -121,6 +121,8 @@ def log_model(
     data_source: str,
     params: dict[str, Any],
     train_rows: int | None = None,
+    calibration: str = "",
+    model_card: str = "",
     name: str | None = None,
 ) -> ModelInfo:
     """Log a fitted pipeline in the active MLflow run and register it as a new version.
@@ -139,6 +141,9 @@ def log_model(
         params: Model family and hyperparameters (stored as JSON in the ``params`` tag).
         train_rows: Rows the model was fitted on (the gate's more-data rule reads it; None:
             not recorded).
+        calibration: The calibration map inside the pipeline (``none``, ``sigmoid``,
+            ``isotonic``).
+        model_card: Artifact URI of the model card logged with this run.
         name: Registered model name (default ``settings.model_name``).
 
     Returns:
@@ -185,6 +190,8 @@ def log_model(
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "params": json.dumps(params, sort_keys=True, default=str),
         **({"train_rows": str(int(train_rows))} if train_rows is not None else {}),
+        **({"calibration": calibration} if calibration else {}),
+        **({"model_card": model_card} if model_card else {}),
         **{f"{METRIC_TAG_PREFIX}{k}": repr(float(v)) for k, v in test_metrics.items()},
     }
     for key, value in tags.items():

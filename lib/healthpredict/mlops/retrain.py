@@ -26,8 +26,8 @@ from healthpredict.core.stages import RetrainParams
 from healthpredict.data.schema import make_target
 from healthpredict.data.split import drop_unreadmittable
 from healthpredict.mlops import registry, tracking
-from healthpredict.mlops.run_logging import TrialLogger, log_metrics_prefixed
-from healthpredict.modeling.evaluation import score
+from healthpredict.mlops.run_logging import TrialLogger, log_calibration, log_metrics_prefixed
+from healthpredict.modeling.evaluation import score, uncalibrated_scores
 from healthpredict.modeling.fitting import FittedModel, data_tags, fit_final, load_training_splits
 from healthpredict.modeling.gate import GateRule, GateVerdict, paired_gate
 from healthpredict.modeling.models import FAMILIES, split_trial_params, trial_params_for
@@ -191,6 +191,10 @@ def _judge(
     challenger_metrics = {
         **score(fitted.pipeline, data.test, target, fitted.threshold, "test_"),
         **score(fitted.pipeline, data.holdout, target, fitted.threshold, "holdout_"),
+        **{
+            f"test_{k}": v
+            for k, v in uncalibrated_scores(fitted.uncalibrated, data.test, target).items()
+        },
     }
     threshold = champion.info.threshold
     champion_metrics = {
@@ -293,6 +297,7 @@ def _register_challenger(
         data_source=str(manifest.get("data_source", "unknown")),
         params={"family": fitted.family, **fitted.params},
         train_rows=len(data.train),
+        calibration=fitted.calibration.method,
         name=name,
     )
 
@@ -378,6 +383,7 @@ def retrain(params: RetrainParams, options: RetrainOptions | None = None) -> Ret
             on_trial=TrialLogger(run_id, exp_id),
         )
         fitted, verdict = _challenge(study, champion, data, target, (params, options))
+        log_calibration(fitted)
         # Written before the model is registered: a storage outage here moves no alias at all.
         holdout_path = storage.write_csv(
             params.holdout_output_path or layout.reference_csv(f"holdout_{run_id}"),

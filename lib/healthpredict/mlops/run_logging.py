@@ -1,4 +1,4 @@
-"""MLflow logging shared by the recorded runs: Optuna trials, prefixed metrics, figures."""
+"""MLflow logging shared by the recorded runs: trials, prefixed metrics, figures, calibration."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from healthpredict.modeling import plots
 
 if TYPE_CHECKING:
     import optuna
+
+    from healthpredict.modeling.fitting import FittedModel
 
 
 class TrialLogger:
@@ -84,3 +86,11 @@ def log_figures(
         figures["importance.png"] = plots.importance_bar(importance)
     for name, fig in figures.items():
         mlflow.log_figure(fig, f"figures/{name}")
+
+
+def log_calibration(fitted: FittedModel) -> None:
+    """Log the calibration choice of a refit model: method, reason, out-of-fold Brier scores."""
+    choice = fitted.calibration
+    mlflow.log_param("calibration", choice.method)
+    mlflow.set_tag("calibration_reason", choice.reason[:5000])
+    log_metrics_prefixed("val_cv_brier.", choice.cv_brier)

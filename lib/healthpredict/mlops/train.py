@@ -28,8 +28,17 @@ from healthpredict.core.constants import CHAMPION
 from healthpredict.core.settings import get_settings
 from healthpredict.core.stages import TrainParams
 from healthpredict.mlops import registry, tracking
-from healthpredict.mlops.run_logging import TrialLogger, log_figures, log_metrics_prefixed
-from healthpredict.modeling.evaluation import HeldOutEvaluation, evaluate_on_test
+from healthpredict.mlops.run_logging import (
+    TrialLogger,
+    log_calibration,
+    log_figures,
+    log_metrics_prefixed,
+)
+from healthpredict.modeling.evaluation import (
+    HeldOutEvaluation,
+    evaluate_on_test,
+    uncalibrated_scores,
+)
 from healthpredict.modeling.fitting import FittedModel, data_tags, fit_final, load_training_splits
 from healthpredict.modeling.models import split_trial_params
 from healthpredict.modeling.runtime.model_meta import ModelInfo
@@ -179,6 +188,7 @@ def _log_outcome(
     mlflow.log_metric("n_trials_pruned", int((trials["state"] == "PRUNED").sum()))
     log_metrics_prefixed("val_", fitted.val_metrics)
     log_metrics_prefixed("test_", held_out.metrics)
+    log_calibration(fitted)
     mlflow.log_table(trials, "trials.json")
     if len(held_out.importance):
         mlflow.log_table(held_out.importance, "permutation_importance.json")
@@ -204,6 +214,7 @@ def _register(
         data_source=str(manifest.get("data_source", "unknown")),
         params={"family": fitted.family, **fitted.params},
         train_rows=len(input_example),  # fit_final fits on exactly these rows
+        calibration=fitted.calibration.method,
         name=model_name,
     )
     mlflow.set_tags(
@@ -243,6 +254,7 @@ def _fit_and_test(
         importance_repeats=options.importance_repeats,
         importance_rows=options.importance_rows,
     )
+    held_out.metrics.update(uncalibrated_scores(fitted.uncalibrated, frames["test"], target))
     return fitted, held_out
 
 

@@ -47,7 +47,8 @@ def classification_metrics(
     Returns:
         ``roc_auc``, ``pr_auc`` (average precision), ``brier``, ``log_loss``, ``f1``,
         ``precision``, ``recall`` and ``accuracy`` at ``threshold``, the confusion counts
-        ``tn fp fn tp``, ``n`` and ``positive_rate``. AUCs are NaN when one class is absent.
+        ``tn fp fn tp``, ``n``, ``positive_rate`` and ``ece`` (expected calibration error).
+        AUCs are NaN when one class is absent.
     """
     y_true = np.asarray(y_true).astype(int)
     proba = np.asarray(proba, dtype=float)
@@ -58,6 +59,7 @@ def classification_metrics(
         "roc_auc": float(skm.roc_auc_score(y_true, proba)) if both else math.nan,
         "pr_auc": float(skm.average_precision_score(y_true, proba)) if both else math.nan,
         "brier": float(skm.brier_score_loss(y_true, proba)),
+        "ece": expected_calibration_error(y_true, proba),
         "log_loss": float(skm.log_loss(y_true, np.clip(proba, 1e-15, 1 - 1e-15), labels=[0, 1])),
         "f1": float(skm.f1_score(y_true, pred, zero_division=0)),
         "precision": float(skm.precision_score(y_true, pred, zero_division=0)),
@@ -71,6 +73,20 @@ def classification_metrics(
         "n": int(len(y_true)),
         "positive_rate": float(y_true.mean()) if len(y_true) else math.nan,
     }
+
+
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> float:
+    """Expected calibration error: mean |observed rate - mean risk| over equal-count risk bins.
+
+    Each bin weighs by its share of rows; rows are ranked by risk and cut into ``n_bins`` groups
+    of (nearly) equal size, so sparse high-risk bins do not dominate. NaN for no rows.
+    """
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(proba, dtype=float)
+    if len(p) == 0:
+        return math.nan
+    bins = np.array_split(np.argsort(p, kind="stable"), min(n_bins, len(p)))
+    return float(sum(len(b) * abs(y[b].mean() - p[b].mean()) for b in bins) / len(p))
 
 
 def _roc_auc_along(y_true: np.ndarray, proba: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -180,6 +196,15 @@ def score(pipeline: Any, frame: pd.DataFrame, target: str, threshold: float, pre
         proba = pipeline.predict_proba(frame)[:, 1]
     metrics = classification_metrics(make_target(frame, target), proba, threshold)
     return {f"{prefix}{k}": v for k, v in metrics.items()}
+
+
+def uncalibrated_scores(pipeline: Any, frame: pd.DataFrame, target: str) -> dict[str, float]:
+    """ROC AUC, Brier and ECE of a model's scores before calibration (``uncalibrated_*`` keys).
+
+    Logged next to the calibrated model's metrics so a run shows what calibration changed.
+    """
+    got = score(pipeline, frame, target, 0.5, "uncalibrated_")
+    return {f"uncalibrated_{k}": got[f"uncalibrated_{k}"] for k in ("roc_auc", "brier", "ece")}
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The final model: the prepared splits it learns from, its refit, threshold and data tags."""
+"""The final model: the prepared splits it learns from, its refit, calibration, threshold, tags."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from healthpredict.core.constants import SPLITS, STREAM_SPLIT
 from healthpredict.core.gitinfo import git_commit
 from healthpredict.data.schema import make_target
 from healthpredict.data.split import drop_unreadmittable, load_split, read_manifest
+from healthpredict.modeling.calibration import CalibrationChoice, calibrate_pipeline
 from healthpredict.modeling.evaluation import choose_threshold, classification_metrics
 from healthpredict.modeling.models import make_pipeline, single_threaded
 
@@ -22,7 +23,11 @@ MODEL_SPLITS = tuple(name for name in SPLITS if name != STREAM_SPLIT)
 
 @dataclass
 class FittedModel:
-    """A pipeline refitted on the training rows, its threshold and its scores."""
+    """A pipeline refitted on the training rows and calibrated, its threshold and its scores.
+
+    ``pipeline`` is the calibrated model that is logged and served; ``uncalibrated`` the same
+    fitted steps without the map (kept to report what calibration changed).
+    """
 
     family: str
     params: dict[str, Any]
@@ -30,6 +35,8 @@ class FittedModel:
     threshold: float
     val_metrics: dict[str, float]
     val_proba: np.ndarray
+    calibration: CalibrationChoice
+    uncalibrated: Pipeline
 
 
 def fit_final(
@@ -42,15 +49,17 @@ def fit_final(
     seed: int,
     target_recall: float | None = None,
 ) -> FittedModel:
-    """Refit ``family``/``params`` on ``train``; choose the threshold on ``val``.
+    """Refit ``family``/``params`` on ``train``; calibrate it and choose the threshold on ``val``.
 
-    The threshold comes from a model that never saw the validation rows, so it is honest; the
-    validation metrics are reported at that threshold.
+    The model never saw the validation rows, so its calibration map
+    (:func:`~healthpredict.modeling.calibration.calibrate_pipeline`) and the threshold on the
+    calibrated risks are honest; the validation metrics are reported at that threshold.
     """
-    pipeline = make_pipeline(family, params, seed=seed)
+    raw = make_pipeline(family, params, seed=seed)
+    y_val = make_target(val, target)
     with single_threaded():
-        pipeline.fit(train, make_target(train, target))
-        y_val = make_target(val, target)
+        raw.fit(train, make_target(train, target))
+        pipeline, calibration = calibrate_pipeline(raw, val, y_val)
         proba = pipeline.predict_proba(val)[:, 1]
     threshold = choose_threshold(y_val, proba, target_recall)
     return FittedModel(
@@ -60,6 +69,8 @@ def fit_final(
         threshold,
         classification_metrics(y_val, proba, threshold),
         proba,
+        calibration,
+        raw,
     )
 
 

@@ -98,6 +98,8 @@ class LoadedModel:
             "target": info.get("target", ""),
             "data_source": info.get("data_source", ""),
             "params": info.get("params", {}),
+            "calibration": info.get("calibration", ""),
+            "model_card": info.get("model_card", ""),
             "feature_schema_hash": info.get("schema_hash", ""),
             "serving_schema_hash": schema_hash(),
             "schema_matches": info.get("schema_hash", "") == schema_hash(),

@@ -83,6 +83,12 @@ class ModelInfoResponse(BaseModel):
     target: str
     data_source: str
     params: dict[str, Any]
+    calibration: str = Field(
+        "", description="Map from model scores to the served risks: none, sigmoid or isotonic."
+    )
+    model_card: str = Field(
+        "", description="Artifact URI of the version's model card (HTML), empty when none."
+    )
     feature_schema_hash: str = Field(description="Raw schema hash the model was trained on.")
     serving_schema_hash: str = Field(description="Raw schema hash this API validates with.")
     schema_matches: bool

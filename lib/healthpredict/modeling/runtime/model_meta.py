@@ -41,6 +41,9 @@ class ModelInfo:
         data_source: ``real`` or ``synthetic`` (the manifest's ``data_source``).
         params: Model family and hyperparameters.
         train_rows: Rows it was fitted on (None: not recorded, older versions).
+        calibration: Map from scores to risks inside the model (``none``, ``sigmoid``,
+            ``isotonic``; empty: older versions, uncalibrated).
+        model_card: Artifact URI of the version's model card (HTML; empty: none recorded).
     """
 
     name: str
@@ -56,6 +59,8 @@ class ModelInfo:
     data_source: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     train_rows: int | None = None
+    calibration: str = ""
+    model_card: str = ""
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -137,4 +142,6 @@ def read_model_info(client: Any, model_uri: str) -> ModelInfo:
         data_source=tags.get("data_source", ""),
         params=json.loads(tags["params"]) if tags.get("params") else {},
         train_rows=int(tags["train_rows"]) if tags.get("train_rows", "").isdigit() else None,
+        calibration=tags.get("calibration", ""),
+        model_card=tags.get("model_card", ""),
     )

@@ -2,7 +2,10 @@
 
 Random forests and gradient boosting walk all trees at once for small batches (few large numpy
 calls) and use sklearn's compiled per-tree code above :data:`SMALL_BATCH`; logistic regression
-is one dot product. :class:`EstimatorScorer` calls any other estimator's own ``predict_proba``.
+is one dot product. A calibrated estimator (``CalibratedClassifierCV`` over one frozen estimator,
+see :mod:`healthpredict.modeling.calibration`) is its compiled estimator's response (the decision
+function, or the probability of a forest) put through the same Platt or isotonic map.
+:class:`EstimatorScorer` calls any other estimator's own ``predict_proba``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from typing import Any
 
 import numpy as np
 from scipy.special import expit
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.frozen import FrozenEstimator
+from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from healthpredict.modeling.runtime.encoder import UnsupportedModelError
@@ -99,6 +105,9 @@ class _RandomForestScorer:
             total += proba[tree.apply(X32)]  # compiled traversal, no per-tree validation
         return total / len(self.trees)
 
+    # What calibration maps: a forest has no decision function, its probability is the response.
+    response = __call__
+
 
 class _HistGradientBoostingScorer:
     name = "hist_gradient_boosting"
@@ -130,12 +139,16 @@ class _HistGradientBoostingScorer:
         self.baseline = float(np.ravel(est._baseline_prediction)[0])
         self.est = est
 
-    def __call__(self, X: np.ndarray) -> np.ndarray:
+    def response(self, X: np.ndarray) -> np.ndarray:
+        """The decision function (log-odds) of each row."""
         if len(X) <= SMALL_BATCH:
-            return expit(self.baseline + self.forest.leaf_values(X).sum(axis=1))
+            return self.baseline + self.forest.leaf_values(X).sum(axis=1)
         # One thread: OpenMP start-up per boosting iteration costs more than it saves for a
         # request-sized batch, and it fights the other workers for the same cores.
-        return expit(self.est._raw_predict(X, n_threads=1)[:, 0])
+        return self.est._raw_predict(X, n_threads=1)[:, 0]
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return expit(self.response(X))
 
 
 class _LogisticScorer:
@@ -147,8 +160,37 @@ class _LogisticScorer:
         self.coef = np.ascontiguousarray(est.coef_[0], dtype=np.float64)
         self.intercept = float(est.intercept_[0])
 
+    def response(self, X: np.ndarray) -> np.ndarray:
+        """The decision function (log-odds) of each row."""
+        return X @ self.coef + self.intercept
+
     def __call__(self, X: np.ndarray) -> np.ndarray:
-        return expit(X @ self.coef + self.intercept)
+        return expit(self.response(X))
+
+
+class _CalibratedScorer:
+    """A compiled estimator's response through the fitted Platt or isotonic map."""
+
+    def __init__(self, est: CalibratedClassifierCV) -> None:
+        if len(est.classes_) != 2 or len(est.calibrated_classifiers_) != 1:
+            raise UnsupportedModelError("calibration that is not one binary map")
+        (calibrated,) = est.calibrated_classifiers_
+        inner = calibrated.estimator
+        self.base = compile_estimator(inner.estimator if type(inner) is FrozenEstimator else inner)
+        (calibrator,) = calibrated.calibrators
+        if type(calibrator) is IsotonicRegression:
+            # IsotonicRegression.predict with out_of_bounds="clip": clip, then interpolate.
+            x, y = calibrator.X_thresholds_, calibrator.y_thresholds_
+            self.map = lambda r: np.interp(np.clip(r, x[0], x[-1]), x, y)
+        elif calibrated.method == "sigmoid":
+            a, b = float(calibrator.a_), float(calibrator.b_)
+            self.map = lambda r: expit(-(a * r + b))
+        else:
+            raise UnsupportedModelError(f"calibration method {calibrated.method!r}")
+        self.name = f"{self.base.name}+{calibrated.method}"
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return self.map(self.base.response(X))
 
 
 class EstimatorScorer:
@@ -164,7 +206,7 @@ class EstimatorScorer:
 
 
 def compile_estimator(est: Any) -> Any:
-    """Compiled scorer of a fitted estimator (random forest, gradient boosting, logistic).
+    """Compiled scorer of a fitted forest, gradient boosting or logistic model, calibrated or not.
 
     Raises:
         UnsupportedModelError: Another estimator, or an unsupported variant of these.
@@ -175,4 +217,6 @@ def compile_estimator(est: Any) -> Any:
         return _HistGradientBoostingScorer(est)
     if type(est) is LogisticRegression:
         return _LogisticScorer(est)
+    if type(est) is CalibratedClassifierCV:
+        return _CalibratedScorer(est)
     raise UnsupportedModelError(f"estimator {type(est).__name__}")
