@@ -41,12 +41,15 @@ target = "<30"  # readmission target: "<30" (within 30 days) or "any"
 target_recall = None  # choose the threshold reaching this validation recall (None: max F1)
 mlflow_experiment_name = "HealthPredict_Training"  # MLflow experiment of the search
 model_name = None  # registered model name (None: the HP_MODEL_NAME setting)
+run_dir = None  # set by the runner: the folder this run writes into
 
 # %%
 import pandas as pd
+from healthpredict.modeling.card_report import show_card
 from IPython.display import Markdown, display
 
 from healthpredict.core.stages import TrainParams
+from healthpredict.mlops.model_card import write_next_to_run
 from healthpredict.mlops.train import train
 from healthpredict.modeling import plots
 from healthpredict.runs.scraps import record
@@ -116,6 +119,41 @@ display(metrics.style.format("{:.4f}", na_rep="-"))
 plots.show(plots.roc_pr_curves(result.y_test, result.p_test))
 plots.show(plots.calibration(result.y_test, result.p_test))
 plots.show(plots.confusion(result.y_test, result.p_test, result.threshold))
+
+# %% [markdown]
+# ## Calibration
+# The served risk is calibrated: the refit model's scores were mapped to probabilities on the
+# validation split (Platt scaling, isotonic regression or none, whichever had the lowest Brier
+# score out of fold), so "0.30" means about 30 in 100 such patients are readmitted. Test split,
+# before and after the map: the ranking (ROC AUC) barely moves, the Brier score and the expected
+# calibration error (ECE) show what the raw scores got wrong.
+
+# %%
+display(Markdown(f"**Calibration: {result.card.card.facts['calibration_method']}**"))
+display(
+    pd.DataFrame(
+        {
+            "raw scores": [test[f"uncalibrated_{k}"] for k in ("roc_auc", "brier", "ece")],
+            "calibrated (served)": [test[k] for k in ("roc_auc", "brier", "ece")],
+        },
+        index=["ROC AUC", "Brier score", "ECE"],
+    ).style.format("{:.4f}")
+)
+
+# %% [markdown]
+# ## Model card
+# What a clinical reviewer asks of a readmission model: are the risks right, for whom does it
+# work less well, and what does acting on it buy. Every interval is a 95 % bootstrap over the
+# test encounters; a subgroup is flagged when its interval excludes the overall figure (or zero
+# for calibration-in-the-large). The same card is a standalone HTML file next to this notebook
+# (`model_card.html`, linked from the gallery) and an artifact of the MLflow run, which the
+# registry version's `model_card` tag and the API's `/model-info` point to.
+
+# %%
+show_card(result.card.card)
+card_path = write_next_to_run(result.card, run_dir)
+if card_path:
+    record("report_paths", {"model card": card_path})
 
 # %% [markdown]
 # ## What the model relies on

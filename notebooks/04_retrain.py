@@ -40,11 +40,14 @@ mlflow_experiment_name = "HealthPredict_Retraining"  # MLflow experiment of the 
 model_name = None  # registered model name (None: the HP_MODEL_NAME setting)
 holdout_output_path = None  # raw CSV for the new holdout; None: <storage>/monitoring/reference/
 promote = True  # move the champion alias on promotion (false: the loop moves it, write-ahead)
+run_dir = None  # set by the runner: the folder this run writes into
 
 # %%
+from healthpredict.modeling.card_report import show_card
 from IPython.display import Markdown, display
 
 from healthpredict.core.stages import RetrainParams
+from healthpredict.mlops.model_card import write_next_to_run
 from healthpredict.mlops.retrain import retrain
 from healthpredict.modeling import plots
 from healthpredict.runs.scraps import record
@@ -109,3 +112,17 @@ display(
         )
     )
 )
+
+# %% [markdown]
+# ## The challenger's model card
+# Its risks are calibrated on its own validation rows, like every trained model's; the card
+# judges them on the fixed test split: intervals are 95 % bootstraps over its encounters, and a
+# subgroup is flagged when its interval excludes the overall figure. The same card is
+# `model_card.html` next to this notebook and an artifact of the MLflow run (the version's
+# `model_card` tag).
+
+# %%
+show_card(result.card.card)
+card_path = write_next_to_run(result.card, run_dir)
+if card_path:
+    record("report_paths", {"model card": card_path})

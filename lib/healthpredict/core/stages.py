@@ -39,6 +39,10 @@ def _model_name_field() -> Any:
     return Field(None, description="registered model name (None: the HP_MODEL_NAME setting)")
 
 
+def _run_dir_field() -> Any:
+    return Field(None, description="set by the runner: the folder this run writes into")
+
+
 def _experiment_field(default: str, what: str) -> Any:
     return Field(default, description=f"MLflow experiment of the {what}")
 
@@ -125,6 +129,7 @@ class TrainParams(StageParams):
     )
     mlflow_experiment_name: str = _experiment_field(TRAINING_EXPERIMENT, "search")
     model_name: str | None = _model_name_field()
+    run_dir: str | None = _run_dir_field()
 
 
 class MonitorParams(StageParams):
@@ -179,9 +184,7 @@ class MonitorParams(StageParams):
         description="retrain when new labelled rows reach this share of the model's training "
         "rows (None: off)",
     )
-    run_dir: str | None = Field(
-        None, description="set by the runner: the folder this run writes into"
-    )
+    run_dir: str | None = _run_dir_field()
 
 
 class RetrainParams(StageParams):
@@ -227,6 +230,7 @@ class RetrainParams(StageParams):
         description="move the champion alias when the gate promotes (false: the monitoring loop "
         "records its intent first, then moves it)",
     )
+    run_dir: str | None = _run_dir_field()
 
 
 # Where the loop's labels come from: its own replay of the stream's labels, or outside.

@@ -122,7 +122,6 @@ def log_model(
     params: dict[str, Any],
     train_rows: int | None = None,
     calibration: str = "",
-    model_card: str = "",
     name: str | None = None,
 ) -> ModelInfo:
     """Log a fitted pipeline in the active MLflow run and register it as a new version.
@@ -143,7 +142,6 @@ def log_model(
             not recorded).
         calibration: The calibration map inside the pipeline (``none``, ``sigmoid``,
             ``isotonic``).
-        model_card: Artifact URI of the model card logged with this run.
         name: Registered model name (default ``settings.model_name``).
 
     Returns:
@@ -191,7 +189,6 @@ def log_model(
         "params": json.dumps(params, sort_keys=True, default=str),
         **({"train_rows": str(int(train_rows))} if train_rows is not None else {}),
         **({"calibration": calibration} if calibration else {}),
-        **({"model_card": model_card} if model_card else {}),
         **{f"{METRIC_TAG_PREFIX}{k}": repr(float(v)) for k, v in test_metrics.items()},
     }
     for key, value in tags.items():
@@ -200,6 +197,11 @@ def log_model(
     if alias_version(name, CHAMPION) is None:
         promote(name, version)
     return get_model_info(f"models:/{name}/{version}")
+
+
+def set_version_tag(name: str, version: str, key: str, value: str) -> None:
+    """Tag one registered version (e.g. ``model_card`` once its card is logged)."""
+    _client().set_model_version_tag(name, version, key, value)
 
 
 def get_model_info(model_uri: str) -> ModelInfo:

@@ -26,11 +26,17 @@ from healthpredict.core.stages import RetrainParams
 from healthpredict.data.schema import make_target
 from healthpredict.data.split import drop_unreadmittable
 from healthpredict.mlops import registry, tracking
+from healthpredict.mlops.model_card import LoggedCard, card_numbers, log_card
 from healthpredict.mlops.run_logging import TrialLogger, log_calibration, log_metrics_prefixed
 from healthpredict.modeling.evaluation import score, uncalibrated_scores
 from healthpredict.modeling.fitting import FittedModel, data_tags, fit_final, load_training_splits
 from healthpredict.modeling.gate import GateRule, GateVerdict, paired_gate
-from healthpredict.modeling.models import FAMILIES, split_trial_params, trial_params_for
+from healthpredict.modeling.models import (
+    FAMILIES,
+    single_threaded,
+    split_trial_params,
+    trial_params_for,
+)
 from healthpredict.modeling.retrain_data import (
     RetrainData,
     RetrainDataError,
@@ -94,6 +100,7 @@ class RetrainResult:
     holdout_path: str = ""  # raw CSV of the new holdout: the monitor's prediction reference
     # False for a promotion left to the caller (``promote=False``: the loop moves it write-ahead)
     alias_moved: bool = False
+    card: LoggedCard | None = None
 
     def comparison(self) -> pd.DataFrame:
         """Side-by-side table: one row per metric, columns champion, challenger, difference."""
@@ -384,12 +391,28 @@ def retrain(params: RetrainParams, options: RetrainOptions | None = None) -> Ret
         )
         fitted, verdict = _challenge(study, champion, data, target, (params, options))
         log_calibration(fitted)
+        y_test = make_target(data.test, target)
+        with single_threaded():
+            p_test = fitted.pipeline.predict_proba(data.test)[:, 1]
+        numbers = card_numbers(
+            fitted,
+            data.test,
+            y_test,
+            p_test,
+            target=target,
+            target_recall=options.target_recall,
+            data_source=str(manifest.get("data_source", "unknown")),
+            train_rows=len(data.train),
+            uncalibrated_brier=verdict.challenger_metrics["test_uncalibrated_brier"],
+            seed=params.seed,
+        )
         # Written before the model is registered: a storage outage here moves no alias at all.
         holdout_path = storage.write_csv(
             params.holdout_output_path or layout.reference_csv(f"holdout_{run_id}"),
             data.holdout,
         )
         info = _register_challenger(fitted, verdict, target, manifest, data, model_name)
+        card = log_card(numbers, info, run_id)
         trials = trials_frame(study)
         _log_verdict(verdict, trials, info, champion.info, run_id)
         mlflow.set_tag("holdout_path", holdout_path)
@@ -423,4 +446,5 @@ def retrain(params: RetrainParams, options: RetrainOptions | None = None) -> Ret
         manifest=manifest,
         holdout_path=holdout_path,
         alias_moved=alias_moved,
+        card=card,
     )

@@ -28,6 +28,7 @@ from healthpredict.core.constants import CHAMPION
 from healthpredict.core.settings import get_settings
 from healthpredict.core.stages import TrainParams
 from healthpredict.mlops import registry, tracking
+from healthpredict.mlops.model_card import LoggedCard, card_numbers, log_card
 from healthpredict.mlops.run_logging import (
     TrialLogger,
     log_calibration,
@@ -133,6 +134,7 @@ class TrainResult:
     y_test: np.ndarray
     p_test: np.ndarray
     wall_s: float
+    card: LoggedCard
     manifest: dict = field(repr=False, default_factory=dict)
 
     @property
@@ -307,6 +309,18 @@ def train(params: TrainParams | None = None, options: TrainOptions | None = None
         fitted, held_out = _fit_and_test(study, frames, target, params, options)
         trials = trials_frame(study)
         _log_outcome(study, fitted, held_out, trials)
+        numbers = card_numbers(
+            fitted,
+            frames["test"],
+            held_out.y_test,
+            held_out.p_test,
+            target=target,
+            target_recall=params.target_recall,
+            data_source=str(manifest.get("data_source", "unknown")),
+            train_rows=len(train_df),
+            uncalibrated_brier=held_out.metrics["uncalibrated_brier"],
+            seed=params.seed,
+        )
         info = _register(
             fitted,
             held_out.metrics,
@@ -315,6 +329,7 @@ def train(params: TrainParams | None = None, options: TrainOptions | None = None
             input_example=train_df,
             model_name=params.model_name,
         )
+        card = log_card(numbers, info, run_id)
         wall = time.perf_counter() - started
         mlflow.log_metric("wall_s", wall)
     return TrainResult(
@@ -336,5 +351,6 @@ def train(params: TrainParams | None = None, options: TrainOptions | None = None
         y_test=held_out.y_test,
         p_test=held_out.p_test,
         wall_s=wall,
+        card=card,
         manifest=manifest,
     )

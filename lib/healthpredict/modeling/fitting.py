@@ -13,9 +13,9 @@ from healthpredict.core.constants import SPLITS, STREAM_SPLIT
 from healthpredict.core.gitinfo import git_commit
 from healthpredict.data.schema import make_target
 from healthpredict.data.split import drop_unreadmittable, load_split, read_manifest
-from healthpredict.modeling.calibration import CalibrationChoice, calibrate_pipeline
 from healthpredict.modeling.evaluation import choose_threshold, classification_metrics
 from healthpredict.modeling.models import make_pipeline, single_threaded
+from healthpredict.modeling.risk_calibration import CalibrationChoice, calibrate_pipeline
 
 # The splits a model is trained, tuned and tested on; the stream comes later, batch by batch.
 MODEL_SPLITS = tuple(name for name in SPLITS if name != STREAM_SPLIT)
@@ -52,7 +52,7 @@ def fit_final(
     """Refit ``family``/``params`` on ``train``; calibrate it and choose the threshold on ``val``.
 
     The model never saw the validation rows, so its calibration map
-    (:func:`~healthpredict.modeling.calibration.calibrate_pipeline`) and the threshold on the
+    (:func:`~healthpredict.modeling.risk_calibration.calibrate_pipeline`) and the threshold on the
     calibrated risks are honest; the validation metrics are reported at that threshold.
     """
     raw = make_pipeline(family, params, seed=seed)

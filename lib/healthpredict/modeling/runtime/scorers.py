@@ -3,7 +3,7 @@
 Random forests and gradient boosting walk all trees at once for small batches (few large numpy
 calls) and use sklearn's compiled per-tree code above :data:`SMALL_BATCH`; logistic regression
 is one dot product. A calibrated estimator (``CalibratedClassifierCV`` over one frozen estimator,
-see :mod:`healthpredict.modeling.calibration`) is its compiled estimator's response (the decision
+see :mod:`healthpredict.modeling.risk_calibration`) is its compiled estimator's response (the decision
 function, or the probability of a forest) put through the same Platt or isotonic map.
 :class:`EstimatorScorer` calls any other estimator's own ``predict_proba``.
 """

@@ -8,7 +8,7 @@ from sklearn.calibration import CalibratedClassifierCV
 
 from healthpredict.data.schema import make_target
 from healthpredict.data.synthetic import generate
-from healthpredict.modeling import calibration, evaluation
+from healthpredict.modeling import evaluation, risk_calibration
 from healthpredict.modeling.fitting import fit_final
 from healthpredict.modeling.models import make_pipeline
 
@@ -30,7 +30,7 @@ def test_a_distorted_model_is_calibrated_and_its_ranking_kept(frames):
     choice = fitted.calibration
     assert choice.method in ("sigmoid", "isotonic")
     # The choice is the lowest out-of-fold Brier score, and "none" was among the candidates.
-    assert set(choice.cv_brier) == set(calibration.CALIBRATION_METHODS)
+    assert set(choice.cv_brier) == set(risk_calibration.CALIBRATION_METHODS)
     assert choice.cv_brier[choice.method] == min(choice.cv_brier.values())
     assert type(fitted.pipeline.steps[-1][1]) is CalibratedClassifierCV
     test = frames["test"]
@@ -63,7 +63,7 @@ def test_too_few_validation_positives_leave_the_scores_as_they_are(frames):
     y = make_target(val)
     few = val[(y == 0) | (np.cumsum(y) <= 5)]  # five positives
     pipe = make_pipeline("logreg", {"C": 1.0}).fit(frames["train"], make_target(frames["train"]))
-    out, choice = calibration.calibrate_pipeline(pipe, few, make_target(few))
+    out, choice = risk_calibration.calibrate_pipeline(pipe, few, make_target(few))
     assert out is pipe and choice.method == "none"
     assert "5 of" in choice.reason and "positive" in choice.reason
 
