@@ -1,0 +1,400 @@
+"""The numbers of a model card: performance, calibration, subgroups, capture and decision value.
+
+Pure functions of the test rows, their 0/1 labels and the model's (calibrated) probabilities;
+the HTML and the figures live in ``card_report`` and ``card_plots``. Every interval is a 95 %
+percentile bootstrap over rows, paired (a resample keeps each row's label with its prediction),
+seeded and vectorised: one resample matrix per population, drawn in bounded blocks.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from healthpredict.data.eda import ADMISSION_TYPES, MISSING_MARKERS
+from healthpredict.modeling.evaluation import _roc_auc_along, roc_auc_interval
+
+LEVEL = 0.95
+N_BINS = 10  # equal-count bins of the reliability table and of the ECE
+CAPTURE_SHARES = (0.05, 0.10, 0.20)
+DECISION_THRESHOLDS = np.round(np.arange(2, 51) / 100, 2)  # 0.02 .. 0.50
+# A population needs this many positives and negatives to be judged: the rule of
+# roc_auc_interval, below which resamples miss a class and any figure would be made up.
+MIN_CLASS_ROWS = 10
+TOO_FEW = "too few to judge"
+UNKNOWN = "Unknown"
+AGE_BANDS = ("<40", "40–59", "60–79", "80+")
+# Admission types 5 (Not available), 6 (NULL) and 8 (Not mapped) say the same thing: unknown.
+ADMISSION_GROUPS = {k: v for k, v in ADMISSION_TYPES.items() if k not in (5, 6, 8)}
+SUBGROUP_METRICS = ("roc_auc", "citl", "flagged_rate")
+SUBGROUP_SOURCES = {"age band": "age", "sex": "gender", "race": "race", "admission type": "admission_type_id", "payer": "payer_code"}  # fmt: skip
+_BLOCK_CELLS = 2_000_000  # resample cells drawn at once (~16 MB per float array)
+
+
+def _unknown(values: pd.Series) -> pd.Series:
+    """True where a raw value means "unknown": NaN, empty, "?" or "Missing"."""
+    text = values.astype("string").fillna("").str.strip()
+    return text.isin(MISSING_MARKERS) | text.eq("")
+
+
+def subgroup_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """The subgroup of each raw row per attribute (columns: :data:`SUBGROUP_SOURCES` keys).
+
+    Raises:
+        ValueError: A raw column the subgroups come from is missing.
+    """
+    missing = [c for c in SUBGROUP_SOURCES.values() if c not in frame.columns]
+    if missing:
+        raise ValueError(f"model card: the test rows lack the subgroup column(s) {missing}")
+    lower = frame["age"].astype("string").str.extract(r"^\[(\d+)-", expand=False)
+    age = pd.cut(pd.to_numeric(lower), [-1, 39, 59, 79, np.inf], labels=list(AGE_BANDS))
+    gender = frame["gender"]
+    admission = pd.to_numeric(frame["admission_type_id"], errors="coerce")
+    out = pd.DataFrame(
+        {
+            "age band": age.astype(object).where(age.notna(), UNKNOWN),
+            "sex": gender.where(~(_unknown(gender) | gender.eq("Unknown/Invalid")), UNKNOWN),
+            "race": frame["race"].where(~_unknown(frame["race"]), UNKNOWN),
+            "admission type": admission.map(ADMISSION_GROUPS).fillna(UNKNOWN),
+            "payer": np.where(_unknown(frame["payer_code"]), "unknown", "known"),
+        }
+    )
+    return out.astype(str).set_axis(frame.index)
+
+
+def _sorted_by(p: np.ndarray, *arrays: np.ndarray, descending: bool = False) -> list[np.ndarray]:
+    order = np.argsort(-p if descending else p, axis=-1, kind="stable")
+    return [np.take_along_axis(a, order, axis=-1) for a in (p, *arrays)]
+
+
+def reliability_sums(
+    y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum of labels, sum of risks and rows of each equal-count bin of ``p`` (last axis).
+
+    Rows sorted by risk (ties keep row order) are cut into runs whose sizes differ by at most one.
+    """
+    ps, ys = _sorted_by(p, y)
+    n = p.shape[-1]
+    starts = (np.arange(min(n_bins, n)) * n) // min(n_bins, n)
+    sizes = np.diff(np.append(starts, n))
+    return np.add.reduceat(ys, starts, axis=-1), np.add.reduceat(ps, starts, axis=-1), sizes
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """ECE = sum over equal-count bins of n_b / n * |observed_b - predicted_b| (last axis)."""
+    sum_y, sum_p, _ = reliability_sums(np.asarray(y, float), np.asarray(p, float), n_bins)
+    return np.abs(sum_y - sum_p).sum(axis=-1) / p.shape[-1]
+
+
+def reliability_table(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS) -> pd.DataFrame:
+    """Mean predicted risk, observed rate (with a Wilson 95 % interval) and rows of each bin."""
+    sum_y, sum_p, sizes = reliability_sums(np.asarray(y, float), np.asarray(p, float), n_bins)
+    obs, z = sum_y / sizes, 1.959964
+    centre = (obs + z * z / (2 * sizes)) / (1 + z * z / sizes)
+    half = z * np.sqrt(obs * (1 - obs) / sizes + z * z / (4 * sizes**2)) / (1 + z * z / sizes)
+    table = {"bin": np.arange(1, len(sizes) + 1), "mean_predicted": sum_p / sizes, "n": sizes}
+    return pd.DataFrame(table).assign(observed_rate=obs, low=centre - half, high=centre + half)
+
+
+def average_precision_along(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Average precision (PR AUC) along the last axis, as sklearn: tied risks form one step."""
+    ps, ys = _sorted_by(p, np.asarray(y, float), descending=True)
+    tp = np.cumsum(ys, axis=-1)
+    is_end = np.ones(ps.shape, bool)
+    is_end[..., :-1] = ps[..., :-1] != ps[..., 1:]
+    # Each row's precision is the one at the end of its run of tied risks.
+    end = np.where(is_end, np.arange(p.shape[-1]), p.shape[-1])
+    end = np.flip(np.minimum.accumulate(np.flip(end, -1), axis=-1), -1)
+    precision = np.take_along_axis(tp, end, axis=-1) / (end + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (ys * precision).sum(axis=-1) / tp[..., -1]
+
+
+def net_benefit(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Net benefit TP/n - FP/n * t/(1-t) of flagging risks >= t, for each threshold t."""
+    y, p, t = np.asarray(y, bool), np.asarray(p, float), np.asarray(thresholds, float)
+    flagged = p[None, :] >= t[:, None]
+    tp = (flagged & y).sum(axis=1)
+    fp = flagged.sum(axis=1) - tp
+    return (tp - fp * t / (1 - t)) / len(y)
+
+
+def treat_all_benefit(prevalence: float, thresholds: np.ndarray) -> np.ndarray:
+    """Net benefit of following up everyone: prevalence - (1 - prevalence) * t/(1-t)."""
+    t = np.asarray(thresholds, float)
+    return prevalence - (1 - prevalence) * t / (1 - t)
+
+
+def decision_curve(
+    y: np.ndarray, p: np.ndarray, thresholds: np.ndarray = DECISION_THRESHOLDS
+) -> pd.DataFrame:
+    """Net benefit of the model, of treat-all and of treat-none (0) at each threshold."""
+    t = np.asarray(thresholds, float)
+    curve = {"threshold": t, "model": net_benefit(y, p, t)}
+    return pd.DataFrame(curve).assign(treat_all=treat_all_benefit(np.mean(y), t), treat_none=0.0)
+
+
+def capture_table(
+    y: np.ndarray, p: np.ndarray, shares: tuple[float, ...] = CAPTURE_SHARES
+) -> pd.DataFrame:
+    """What flagging the highest-risk share of encounters reaches (ties keep row order)."""
+    ps, ys = _sorted_by(np.asarray(p, float), np.asarray(y, float), descending=True)
+    tp, n_pos = np.cumsum(ys), ys.sum()
+    k = np.maximum(np.rint(np.asarray(shares) * len(ys)).astype(int), 1)
+    reached, precision = tp[k - 1], tp[k - 1] / k
+    table = pd.DataFrame({"share_flagged": shares, "n_flagged": k, "risk_cutoff": ps[k - 1]})
+    lift = precision / (n_pos / len(ys))
+    return table.assign(readmissions_reached=reached / n_pos, precision=precision, lift=lift)
+
+
+def _interval(
+    stat: Callable, arrays: tuple[np.ndarray, ...], n_resamples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Percentile interval, shape (2, k), of ``stat`` (resample matrices -> (B, k)) over rows."""
+    n = len(arrays[0])
+    block = max(1, _BLOCK_CELLS // n)
+    values = []
+    for start in range(0, n_resamples, block):
+        rows = rng.integers(0, n, size=(min(block, n_resamples - start), n))
+        values.append(stat(*(a[rows] for a in arrays)))
+    tail = (1 - LEVEL) / 2 * 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column with no finite resample
+        return np.nanpercentile(np.concatenate(values), [tail, 100 - tail], axis=0)
+
+
+def _estimate(value: float, bounds: Any = (math.nan, math.nan)) -> dict[str, float]:
+    return {"value": float(value), "low": float(bounds[0]), "high": float(bounds[1])}
+
+
+def _overall_stats(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    brier, citl = ((p - y) ** 2).mean(axis=-1), y.mean(axis=-1) - p.mean(axis=-1)
+    ap, ece = average_precision_along(y, p), expected_calibration_error(y, p)
+    return np.column_stack([ap, brier, ece, citl])
+
+
+def _group_stats(y: np.ndarray, p: np.ndarray, flagged: np.ndarray) -> np.ndarray:
+    citl = y.mean(axis=-1) - p.mean(axis=-1)
+    return np.column_stack([_roc_auc_along(y, p, axis=-1), citl, flagged.mean(axis=-1)])
+
+
+def _flag_reason(row: Mapping[str, float], overall_auc: float, overall_rate: float) -> str:
+    """Why a subgroup differs beyond its interval ("" when it does not)."""
+    reasons = []
+    if not row["roc_auc_low"] <= overall_auc <= row["roc_auc_high"]:
+        side = "lower" if row["roc_auc"] < overall_auc else "higher"
+        reasons.append(f"ROC AUC {side} than overall ({row['roc_auc']:.3f} vs {overall_auc:.3f})")
+    if not row["citl_low"] <= 0 <= row["citl_high"]:
+        side = "under" if row["citl"] > 0 else "over"
+        reasons.append(f"risk {side}-estimated (observed - predicted {row['citl']:+.3f})")
+    if not row["flagged_rate_low"] <= overall_rate <= row["flagged_rate_high"]:
+        side = "more" if row["flagged_rate"] > overall_rate else "less"
+        rate = row["flagged_rate"]
+        reasons.append(f"flagged {side} often ({rate:.1%} vs {overall_rate:.1%} overall)")
+    return "; ".join(reasons)
+
+
+def _group_order(labels: pd.Series, attribute: str) -> list[str]:
+    counts = labels.value_counts()
+    if attribute == "age band":
+        return [g for g in (*AGE_BANDS, UNKNOWN) if g in counts.index]
+    return [g for g in counts.index if g != UNKNOWN] + ([UNKNOWN] * (UNKNOWN in counts.index))
+
+
+def subgroup_table(
+    labels: pd.DataFrame,
+    y: np.ndarray,
+    p: np.ndarray,
+    threshold: float,
+    *,
+    n_resamples: int,
+    rng: np.random.Generator,
+) -> pd.DataFrame:
+    """One row per (attribute, group): size, ROC AUC, calibration-in-the-large, flagged rate.
+
+    Each metric has its interval from one resample matrix of the group's rows. ``flag`` says
+    why a group differs beyond its interval (or that it is too small to judge); ``differs``
+    is True for the former.
+    """
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    flagged = (p >= threshold).astype(float)
+    overall_auc, overall_rate = float(skm.roc_auc_score(y, p)), float(flagged.mean())
+    rows = []
+    for attribute in labels.columns:
+        column = labels[attribute].to_numpy()
+        for group in _group_order(labels[attribute], attribute):
+            member = column == group
+            yg, pg, fg = y[member], p[member], flagged[member]
+            row = {"attribute": attribute, "group": group, "n": int(member.sum())}
+            row["positives"] = int(yg.sum())
+            if min(row["positives"], row["n"] - row["positives"]) < MIN_CLASS_ROWS:
+                rows.append({**row, "flag": TOO_FEW, "differs": False})
+                continue
+            bounds = _interval(_group_stats, (yg, pg, fg), n_resamples, rng)
+            points = (skm.roc_auc_score(yg, pg), yg.mean() - pg.mean(), fg.mean())
+            for k, name in enumerate(SUBGROUP_METRICS):
+                row.update({name: points[k], f"{name}_low": bounds[0, k]})
+                row[f"{name}_high"] = bounds[1, k]
+            reason = _flag_reason(row, overall_auc, overall_rate)
+            rows.append({**row, "flag": reason, "differs": bool(reason)})
+    metrics = [f"{m}{end}" for m in SUBGROUP_METRICS for end in ("", "_low", "_high")]
+    table = pd.DataFrame(rows).reindex(columns=["attribute", "group", "n", "positives", *metrics])
+    return table.assign(flag=[r["flag"] for r in rows], differs=[r["differs"] for r in rows])
+
+
+def operating_point(
+    y: np.ndarray, p: np.ndarray, threshold: float, rule: str, curve: pd.DataFrame
+) -> dict[str, Any]:
+    """The threshold, its rule, what happens at it and where acting on the model pays."""
+    y, flagged = np.asarray(y, bool), np.asarray(p, float) >= threshold
+    tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    out = {
+        "threshold": float(threshold),
+        "rule": rule,
+        "share_flagged": float(flagged.mean()),
+        "sensitivity": tp / n_pos if n_pos else math.nan,
+        "ppv": tp / (tp + fp) if tp + fp else math.nan,
+        "specificity": (n_neg - fp) / n_neg if n_neg else math.nan,
+        "net_benefit": float(net_benefit(y, p, [threshold])[0]),
+        "treat_all_benefit": float(treat_all_benefit(y.mean(), [threshold])[0]),
+    }
+    # Where the model beats both: the first run of grid thresholds, plus a count of stray
+    # thresholds beyond it (at high thresholds a handful of flagged rows make the curve noisy).
+    beats = (curve["model"] > np.maximum(curve["treat_all"], curve["treat_none"])).to_numpy()
+    grid, first = curve["threshold"].to_numpy(), int(np.argmax(beats))
+    run = len(beats) - first if beats[first:].all() else int(np.argmin(beats[first:]))
+    out["useful_low"] = float(grid[first]) if beats.any() else math.nan
+    out["useful_high"] = float(grid[first + run - 1]) if beats.any() else math.nan
+    out["useful_elsewhere"] = int(beats.sum() - run) if beats.any() else 0
+    out["why"] = _why(out)
+    return out
+
+
+def _why(op: Mapping[str, Any]) -> str:
+    t = op["threshold"]
+    text = (
+        f"The operating threshold {t:.3f} was chosen by {op['rule'].rstrip('.')}. At it the model "
+        f"flags {op['share_flagged']:.1%} of encounters and reaches {op['sensitivity']:.1%} of "
+        f"the readmissions (PPV {op['ppv']:.1%}, specificity {op['specificity']:.1%}); its net "
+        f"benefit is {op['net_benefit']:.4f} against {max(op['treat_all_benefit'], 0):.4f} for the "
+        f"better of treat-all and treat-none. Acting at risk >= {t:.3f} means accepting up to "
+        f"{(1 - t) / t:.1f} follow-ups without a readmission per readmission reached. "
+    )
+    if math.isnan(op["useful_low"]):
+        return text + "On this test split no threshold of 0.02-0.50 beats both alternatives."
+    inside = op["useful_low"] <= t <= op["useful_high"]
+    stray = op["useful_elsewhere"]
+    return text + (
+        f"The model beats both at every threshold from {op['useful_low']:.2f} to "
+        f"{op['useful_high']:.2f}{f' (and at {stray} stray higher ones)' if stray else ''}, so "
+        f"the operating threshold lies {'inside' if inside else 'OUTSIDE'} the range where "
+        "acting on the model pays."
+    )
+
+
+@dataclass
+class ModelCard:
+    """The numbers of a model card (tables as DataFrames; intervals as value/low/high)."""
+
+    facts: dict[str, Any]
+    overall: dict[str, Any]
+    calibration: dict[str, Any]
+    subgroups: pd.DataFrame
+    capture: pd.DataFrame
+    decision_curve: pd.DataFrame
+    operating_point: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (DataFrames as lists of records, NaN as None)."""
+        return _jsonable(self.__dict__)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, pd.DataFrame):
+        return _jsonable(value.to_dict(orient="records"))
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value if isinstance(value, str | int | float | bool | None) else str(value)
+
+
+def build_card(
+    frame: pd.DataFrame,
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    *,
+    threshold: float,
+    threshold_rule: str,
+    facts: Mapping[str, Any],
+    seed: int = 0,
+    n_resamples: int = 1000,
+) -> ModelCard:
+    """All numbers of the model card of one model on its test rows.
+
+    Args:
+        frame: Raw test rows (UCI columns, for the subgroups), aligned with ``y_true``.
+        y_true: 0/1 labels.
+        proba: The model's (calibrated) probability of each row.
+        threshold: The operating threshold (flag when ``proba >= threshold``).
+        threshold_rule: How the threshold was chosen, as a phrase.
+        facts: Plain facts for the "intended use and data" section, rendered in order.
+        seed: Seed of every bootstrap.
+        n_resamples: Bootstrap resamples per interval.
+
+    Raises:
+        ValueError: Misaligned inputs, labels other than 0/1, risks outside [0, 1], a threshold
+            outside (0, 1), or a split without ten rows of each class.
+    """
+    y, p = np.asarray(y_true), np.asarray(proba, dtype=float)
+    if not len(frame) == len(y) == len(p):
+        raise ValueError(f"model card: {len(frame)} rows, {len(y)} labels, {len(p)} risks")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"model card: labels must be 0/1, got {sorted(set(y.tolist()))[:5]}")
+    if not (np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()):
+        raise ValueError("model card: risks must be finite probabilities in [0, 1]")
+    if not 0 < threshold < 1:
+        raise ValueError(f"model card: the threshold must be in (0, 1), got {threshold}")
+    y = y.astype(float)
+    n, n_pos = len(y), int(y.sum())
+    if min(n_pos, n - n_pos) < MIN_CLASS_ROWS:
+        raise ValueError(f"model card: {n_pos} positives of {n}; need {MIN_CLASS_ROWS} of each")
+    rng = np.random.default_rng(seed)
+    bounds = _interval(_overall_stats, (y, p), n_resamples, rng)
+    auc_ci = roc_auc_interval(y, p, level=LEVEL, n_resamples=n_resamples, seed=seed)
+    overall = {
+        "n": n,
+        "positives": n_pos,
+        "prevalence": n_pos / n,
+        "roc_auc": _estimate(skm.roc_auc_score(y, p), auc_ci),
+        "pr_auc": _estimate(skm.average_precision_score(y, p), bounds[:, 0]),
+        "brier": _estimate(skm.brier_score_loss(y, p), bounds[:, 1]),
+        "brier_base_rate": n_pos / n * (1 - n_pos / n),  # always predicting the prevalence
+    }
+    calibration = {
+        "table": reliability_table(y, p),
+        "ece": _estimate(expected_calibration_error(y, p), bounds[:, 2]),
+        "citl": _estimate(y.mean() - p.mean(), bounds[:, 3]),
+    }
+    curve = decision_curve(y, p)
+    labels = subgroup_labels(frame)
+    subgroups = subgroup_table(labels, y, p, threshold, n_resamples=n_resamples, rng=rng)
+    point = operating_point(y, p, threshold, threshold_rule, curve)
+    settings = {"seed": seed, "n_resamples": n_resamples, "level": LEVEL, "n_bins": N_BINS}
+    return ModelCard(
+        dict(facts), overall, calibration, subgroups, capture_table(y, p), curve, point, settings
+    )
