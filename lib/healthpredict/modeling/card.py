@@ -1,9 +1,8 @@
 """The numbers of a model card: performance, calibration, subgroups, capture and decision value.
 
-Pure functions of the test rows, their 0/1 labels and the model's (calibrated) probabilities;
-the HTML and the figures live in ``card_report`` and ``card_plots``. Every interval is a 95 %
-percentile bootstrap over rows, paired (a resample keeps each row's label with its prediction),
-seeded and vectorised: one resample matrix per population, drawn in bounded blocks.
+Pure functions of the test rows, their 0/1 labels and the model's (calibrated) risks; the HTML
+and figures are in ``card_report`` / ``card_plots``. Intervals: 95 % percentile bootstrap over
+rows, paired, seeded and vectorised (one resample matrix per population, in bounded blocks).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ AGE_BANDS = ("<40", "40–59", "60–79", "80+")
 # Admission types 5 (Not available), 6 (NULL) and 8 (Not mapped) say the same thing: unknown.
 ADMISSION_GROUPS = {k: v for k, v in ADMISSION_TYPES.items() if k not in (5, 6, 8)}
 SUBGROUP_METRICS = ("roc_auc", "citl", "flagged_rate")
+METRIC_COLUMNS = [f"{m}{end}" for m in SUBGROUP_METRICS for end in ("", "_low", "_high")]
 SUBGROUP_SOURCES = {"age band": "age", "sex": "gender", "race": "race", "admission type": "admission_type_id", "payer": "payer_code"}  # fmt: skip
 _BLOCK_CELLS = 2_000_000  # resample cells drawn at once (~16 MB per float array)
 
@@ -69,28 +69,37 @@ def subgroup_labels(frame: pd.DataFrame) -> pd.DataFrame:
     return out.astype(str).set_axis(frame.index)
 
 
-def _sorted_by(p: np.ndarray, *arrays: np.ndarray, descending: bool = False) -> list[np.ndarray]:
-    order = np.argsort(-p if descending else p, axis=-1, kind="stable")
-    return [np.take_along_axis(a, order, axis=-1) for a in (p, *arrays)]
+def risk_codes(p: np.ndarray) -> np.ndarray:
+    """Dense ranks of the risks: the same order and ties in the smallest integer type.
+
+    Sorting 16-bit integers is a radix sort in numpy, ~6x faster than sorting the floats; every
+    rank-based figure here (ROC AUC, AP, bins) resamples these codes instead of the risks.
+    """
+    codes = np.unique(p, return_inverse=True)[1]
+    return codes.astype(np.int16 if codes.max() < 2**15 else np.int32)
 
 
-def reliability_sums(
-    y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sorted_by(key: np.ndarray, *arrays: np.ndarray, descending: bool = False) -> list:
+    order = np.argsort(-key if descending else key, axis=-1, kind="stable")
+    return [np.take_along_axis(a, order, axis=-1) for a in arrays]
+
+
+def reliability_sums(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS, key: Any = None) -> tuple:
     """Sum of labels, sum of risks and rows of each equal-count bin of ``p`` (last axis).
 
-    Rows sorted by risk (ties keep row order) are cut into runs whose sizes differ by at most one.
+    Rows sorted by risk (ties keep row order) are cut into runs whose sizes differ by at most one;
+    ``key`` (e.g. :func:`risk_codes`) sorts like ``p``, faster.
     """
-    ps, ys = _sorted_by(p, y)
+    ps, ys = _sorted_by(p if key is None else key, p, y)
     n = p.shape[-1]
     starts = (np.arange(min(n_bins, n)) * n) // min(n_bins, n)
     sizes = np.diff(np.append(starts, n))
     return np.add.reduceat(ys, starts, axis=-1), np.add.reduceat(ps, starts, axis=-1), sizes
 
 
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, key: Any = None) -> np.ndarray:
     """ECE = sum over equal-count bins of n_b / n * |observed_b - predicted_b| (last axis)."""
-    sum_y, sum_p, _ = reliability_sums(np.asarray(y, float), np.asarray(p, float), n_bins)
+    sum_y, sum_p, _ = reliability_sums(np.asarray(y, float), np.asarray(p, float), N_BINS, key)
     return np.abs(sum_y - sum_p).sum(axis=-1) / p.shape[-1]
 
 
@@ -104,9 +113,9 @@ def reliability_table(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS) -> pd.
     return pd.DataFrame(table).assign(observed_rate=obs, low=centre - half, high=centre + half)
 
 
-def average_precision_along(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+def average_precision_along(y: np.ndarray, p: np.ndarray, key: Any = None) -> np.ndarray:
     """Average precision (PR AUC) along the last axis, as sklearn: tied risks form one step."""
-    ps, ys = _sorted_by(p, np.asarray(y, float), descending=True)
+    ps, ys = _sorted_by(p if key is None else key, p, np.asarray(y, float), descending=True)
     tp = np.cumsum(ys, axis=-1)
     is_end = np.ones(ps.shape, bool)
     is_end[..., :-1] = ps[..., :-1] != ps[..., 1:]
@@ -142,11 +151,10 @@ def decision_curve(
     return pd.DataFrame(curve).assign(treat_all=treat_all_benefit(np.mean(y), t), treat_none=0.0)
 
 
-def capture_table(
-    y: np.ndarray, p: np.ndarray, shares: tuple[float, ...] = CAPTURE_SHARES
-) -> pd.DataFrame:
+def capture_table(y: np.ndarray, p: np.ndarray, shares: tuple = CAPTURE_SHARES) -> pd.DataFrame:
     """What flagging the highest-risk share of encounters reaches (ties keep row order)."""
-    ps, ys = _sorted_by(np.asarray(p, float), np.asarray(y, float), descending=True)
+    p = np.asarray(p, float)
+    ps, ys = _sorted_by(p, p, np.asarray(y, float), descending=True)
     tp, n_pos = np.cumsum(ys), ys.sum()
     k = np.maximum(np.rint(np.asarray(shares) * len(ys)).astype(int), 1)
     reached, precision = tp[k - 1], tp[k - 1] / k
@@ -175,15 +183,15 @@ def _estimate(value: float, bounds: Any = (math.nan, math.nan)) -> dict[str, flo
     return {"value": float(value), "low": float(bounds[0]), "high": float(bounds[1])}
 
 
-def _overall_stats(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+def _overall_stats(y: np.ndarray, p: np.ndarray, codes: np.ndarray) -> np.ndarray:
     brier, citl = ((p - y) ** 2).mean(axis=-1), y.mean(axis=-1) - p.mean(axis=-1)
-    ap, ece = average_precision_along(y, p), expected_calibration_error(y, p)
+    ap, ece = average_precision_along(y, p, codes), expected_calibration_error(y, p, codes)
     return np.column_stack([ap, brier, ece, citl])
 
 
-def _group_stats(y: np.ndarray, p: np.ndarray, flagged: np.ndarray) -> np.ndarray:
+def _group_stats(y: np.ndarray, p: np.ndarray, codes: np.ndarray, flags: np.ndarray) -> np.ndarray:
     citl = y.mean(axis=-1) - p.mean(axis=-1)
-    return np.column_stack([_roc_auc_along(y, p, axis=-1), citl, flagged.mean(axis=-1)])
+    return np.column_stack([_roc_auc_along(y, codes, axis=-1), citl, flags.mean(axis=-1)])
 
 
 def _flag_reason(row: Mapping[str, float], overall_auc: float, overall_rate: float) -> str:
@@ -202,13 +210,6 @@ def _flag_reason(row: Mapping[str, float], overall_auc: float, overall_rate: flo
     return "; ".join(reasons)
 
 
-def _group_order(labels: pd.Series, attribute: str) -> list[str]:
-    counts = labels.value_counts()
-    if attribute == "age band":
-        return [g for g in (*AGE_BANDS, UNKNOWN) if g in counts.index]
-    return [g for g in counts.index if g != UNKNOWN] + ([UNKNOWN] * (UNKNOWN in counts.index))
-
-
 def subgroup_table(
     labels: pd.DataFrame,
     y: np.ndarray,
@@ -220,33 +221,37 @@ def subgroup_table(
 ) -> pd.DataFrame:
     """One row per (attribute, group): size, ROC AUC, calibration-in-the-large, flagged rate.
 
-    Each metric has its interval from one resample matrix of the group's rows. ``flag`` says
-    why a group differs beyond its interval (or that it is too small to judge); ``differs``
-    is True for the former.
+    Intervals from one resample matrix per group; ``flag`` says why a group differs beyond its
+    interval (then ``differs``) or that it is too small to judge.
     """
     y, p = np.asarray(y, float), np.asarray(p, float)
-    flagged = (p >= threshold).astype(float)
+    flagged, codes = (p >= threshold).astype(float), risk_codes(p)
     overall_auc, overall_rate = float(skm.roc_auc_score(y, p)), float(flagged.mean())
     rows = []
     for attribute in labels.columns:
-        column = labels[attribute].to_numpy()
-        for group in _group_order(labels[attribute], attribute):
+        column, sizes = labels[attribute].to_numpy(), labels[attribute].value_counts()
+        # Age bands in their order, other groups largest first; "Unknown" always last.
+        order = [
+            (g == UNKNOWN, AGE_BANDS.index(g) if g in AGE_BANDS else -n, g)
+            for g, n in sizes.items()
+        ]
+        for *_, group in sorted(order):
             member = column == group
             yg, pg, fg = y[member], p[member], flagged[member]
+            arrays = (yg, pg, codes[member], fg)
             row = {"attribute": attribute, "group": group, "n": int(member.sum())}
             row["positives"] = int(yg.sum())
             if min(row["positives"], row["n"] - row["positives"]) < MIN_CLASS_ROWS:
                 rows.append({**row, "flag": TOO_FEW, "differs": False})
                 continue
-            bounds = _interval(_group_stats, (yg, pg, fg), n_resamples, rng)
+            bounds = _interval(_group_stats, arrays, n_resamples, rng)
             points = (skm.roc_auc_score(yg, pg), yg.mean() - pg.mean(), fg.mean())
-            for k, name in enumerate(SUBGROUP_METRICS):
-                row.update({name: points[k], f"{name}_low": bounds[0, k]})
-                row[f"{name}_high"] = bounds[1, k]
+            values = np.column_stack([points, *bounds]).ravel()  # value, low, high per metric
+            row.update(zip(METRIC_COLUMNS, values, strict=True))
             reason = _flag_reason(row, overall_auc, overall_rate)
             rows.append({**row, "flag": reason, "differs": bool(reason)})
-    metrics = [f"{m}{end}" for m in SUBGROUP_METRICS for end in ("", "_low", "_high")]
-    table = pd.DataFrame(rows).reindex(columns=["attribute", "group", "n", "positives", *metrics])
+    columns = ["attribute", "group", "n", "positives", *METRIC_COLUMNS]
+    table = pd.DataFrame(rows).reindex(columns=columns)
     return table.assign(flag=[r["flag"] for r in rows], differs=[r["differs"] for r in rows])
 
 
@@ -255,8 +260,7 @@ def operating_point(
 ) -> dict[str, Any]:
     """The threshold, its rule, what happens at it and where acting on the model pays."""
     y, flagged = np.asarray(y, bool), np.asarray(p, float) >= threshold
-    tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    tp, fp, n_pos, n_neg = (int(v.sum()) for v in (flagged & y, flagged & ~y, y, ~y))
     out = {
         "threshold": float(threshold),
         "rule": rule,
@@ -272,9 +276,10 @@ def operating_point(
     beats = (curve["model"] > np.maximum(curve["treat_all"], curve["treat_none"])).to_numpy()
     grid, first = curve["threshold"].to_numpy(), int(np.argmax(beats))
     run = len(beats) - first if beats[first:].all() else int(np.argmin(beats[first:]))
-    out["useful_low"] = float(grid[first]) if beats.any() else math.nan
-    out["useful_high"] = float(grid[first + run - 1]) if beats.any() else math.nan
-    out["useful_elsewhere"] = int(beats.sum() - run) if beats.any() else 0
+    out.update(useful_low=float(grid[first]), useful_high=float(grid[first + run - 1]))
+    out["useful_elsewhere"] = int(beats.sum() - run)
+    if not beats.any():
+        out.update(useful_low=math.nan, useful_high=math.nan, useful_elsewhere=0)
     out["why"] = _why(out)
     return out
 
@@ -289,15 +294,14 @@ def _why(op: Mapping[str, Any]) -> str:
         f"better of treat-all and treat-none. Acting at risk >= {t:.3f} means accepting up to "
         f"{(1 - t) / t:.1f} follow-ups without a readmission per readmission reached. "
     )
-    if math.isnan(op["useful_low"]):
+    low, high, stray = op["useful_low"], op["useful_high"], op["useful_elsewhere"]
+    if math.isnan(low):
         return text + "On this test split no threshold of 0.02-0.50 beats both alternatives."
-    inside = op["useful_low"] <= t <= op["useful_high"]
-    stray = op["useful_elsewhere"]
+    more = f" (and at {stray} stray higher ones)" if stray else ""
+    where = "inside" if low <= t <= high else "OUTSIDE"
     return text + (
-        f"The model beats both at every threshold from {op['useful_low']:.2f} to "
-        f"{op['useful_high']:.2f}{f' (and at {stray} stray higher ones)' if stray else ''}, so "
-        f"the operating threshold lies {'inside' if inside else 'OUTSIDE'} the range where "
-        "acting on the model pays."
+        f"The model beats both at every threshold from {low:.2f} to {high:.2f}{more}, so the "
+        f"operating threshold lies {where} the range where acting on it pays."
     )
 
 
@@ -369,17 +373,14 @@ def build_card(
         raise ValueError("model card: risks must be finite probabilities in [0, 1]")
     if not 0 < threshold < 1:
         raise ValueError(f"model card: the threshold must be in (0, 1), got {threshold}")
-    y = y.astype(float)
-    n, n_pos = len(y), int(y.sum())
+    y, n, n_pos = y.astype(float), len(y), int(y.sum())
     if min(n_pos, n - n_pos) < MIN_CLASS_ROWS:
         raise ValueError(f"model card: {n_pos} positives of {n}; need {MIN_CLASS_ROWS} of each")
-    rng = np.random.default_rng(seed)
-    bounds = _interval(_overall_stats, (y, p), n_resamples, rng)
+    rng, labels = np.random.default_rng(seed), subgroup_labels(frame)
+    bounds = _interval(_overall_stats, (y, p, risk_codes(p)), n_resamples, rng)
     auc_ci = roc_auc_interval(y, p, level=LEVEL, n_resamples=n_resamples, seed=seed)
-    overall = {
-        "n": n,
-        "positives": n_pos,
-        "prevalence": n_pos / n,
+    overall = {"n": n, "positives": n_pos, "prevalence": n_pos / n}
+    overall |= {
         "roc_auc": _estimate(skm.roc_auc_score(y, p), auc_ci),
         "pr_auc": _estimate(skm.average_precision_score(y, p), bounds[:, 0]),
         "brier": _estimate(skm.brier_score_loss(y, p), bounds[:, 1]),
@@ -391,7 +392,6 @@ def build_card(
         "citl": _estimate(y.mean() - p.mean(), bounds[:, 3]),
     }
     curve = decision_curve(y, p)
-    labels = subgroup_labels(frame)
     subgroups = subgroup_table(labels, y, p, threshold, n_resamples=n_resamples, rng=rng)
     point = operating_point(y, p, threshold, threshold_rule, curve)
     settings = {"seed": seed, "n_resamples": n_resamples, "level": LEVEL, "n_bins": N_BINS}
