@@ -108,7 +108,8 @@ def card_tables(card: ModelCard) -> dict[str, pd.DataFrame]:
     )
     reliability = cal["table"].assign(
         observed_rate=[
-            f"{r.observed_rate:.3f} ({r.low:.3f} to {r.high:.3f})" for r in cal["table"].itertuples()
+            f"{r.observed_rate:.3f} ({r.low:.3f} to {r.high:.3f})"
+            for r in cal["table"].itertuples()
         ],
         mean_predicted=cal["table"]["mean_predicted"].map("{:.3f}".format),
     )[["bin", "n", "mean_predicted", "observed_rate"]]
