@@ -20,6 +20,7 @@ from healthpredict.modeling.card import (
     decision_curve,
     expected_calibration_error,
     net_benefit,
+    operating_point,
     reliability_table,
     subgroup_labels,
     treat_all_benefit,
@@ -135,6 +136,26 @@ def test_net_benefit_by_hand():
     assert curve["treat_all"][0] > 0 and curve["treat_all"][2] < 0
     assert treat_all_benefit(0.3, [0.3])[0] == pytest.approx(0)
     assert treat_all_benefit(0.3, [0.1])[0] == pytest.approx(0.3 - 0.7 / 9)
+
+
+def test_operating_point_by_hand():
+    y = np.array([1, 1, 0, 0, 0, 1, 0, 0, 0, 0])
+    p = np.array([0.9, 0.6, 0.55, 0.3, 0.2, 0.15, 0.1, 0.05, 0.04, 0.01])
+    grid = np.array([0.1, 0.3, 0.5, 0.7, 0.8, 0.92])
+    op = operating_point(y, p, 0.5, RULE, decision_curve(y, p, grid))
+    assert (op["share_flagged"], op["sensitivity"], op["ppv"]) == pytest.approx((0.3, 2 / 3, 2 / 3))
+    assert op["specificity"] == pytest.approx(6 / 7)
+    assert op["net_benefit"] == pytest.approx(0.1) and op["pays"]
+    # beats both at 0.1 .. 0.8; at 0.92 nobody is flagged (net benefit 0 = treat-none)
+    assert (op["useful_low"], op["useful_high"], op["useful_elsewhere"]) == (0.1, 0.8, 0)
+    # Readmissions at ranks 1, 6, 7: net benefit 0.256 at 0.1 (beats treat-all 0.222), below 0
+    # at 0.3 and 0.5, 0.1 from 0.7 on: the longest run is 0.7-0.85, one threshold elsewhere.
+    y = np.array([1, 0, 0, 0, 0, 1, 1, 0, 0, 0])
+    grid = np.array([0.1, 0.3, 0.5, 0.7, 0.8, 0.85])
+    op = operating_point(y, p, 0.5, RULE, decision_curve(y, p, grid))
+    assert op["net_benefit"] == pytest.approx(-0.1) and not op["pays"]
+    assert (op["useful_low"], op["useful_high"], op["useful_elsewhere"]) == (0.7, 0.85, 1)
+    assert "does NOT beat" in op["why"] and "0.70 to 0.85 (and at 1 other" in op["why"]
 
 
 # --- overall performance ------------------------------------------------------------------------
@@ -258,8 +279,8 @@ def test_operating_point_and_json(planted):
     op = planted.operating_point
     assert op["threshold"] == 0.15 and op["rule"] == RULE
     assert 0 < op["share_flagged"] < 1 and 0 < op["sensitivity"] < 1
-    assert op["useful_low"] <= 0.15 <= op["useful_high"]
-    assert RULE in op["why"] and "inside" in op["why"]
+    assert op["pays"] and op["useful_low"] <= 0.15 <= op["useful_high"]
+    assert RULE in op["why"] and "the model beats both alternatives" in op["why"]
     data = json.loads(json.dumps(planted.to_dict(), allow_nan=False))  # NaN became null
     asian = [r for r in data["subgroups"] if r["group"] == "Asian"][0]
     assert asian["roc_auc"] is None and asian["flag"] == TOO_FEW

@@ -271,15 +271,16 @@ def operating_point(
         "net_benefit": float(net_benefit(y, p, [threshold])[0]),
         "treat_all_benefit": float(treat_all_benefit(y.mean(), [threshold])[0]),
     }
-    # Where the model beats both: the first run of grid thresholds, plus a count of stray
-    # thresholds beyond it (at high thresholds a handful of flagged rows make the curve noisy).
+    # Where the model beats both: the longest run of grid thresholds, and how many beat them
+    # outside it (next to treat-all and where few rows are flagged the curve is noisy).
     beats = (curve["model"] > np.maximum(curve["treat_all"], curve["treat_none"])).to_numpy()
-    grid, first = curve["threshold"].to_numpy(), int(np.argmax(beats))
-    run = len(beats) - first if beats[first:].all() else int(np.argmin(beats[first:]))
-    out.update(useful_low=float(grid[first]), useful_high=float(grid[first + run - 1]))
-    out["useful_elsewhere"] = int(beats.sum() - run)
-    if not beats.any():
-        out.update(useful_low=math.nan, useful_high=math.nan, useful_elsewhere=0)
+    runs = np.flatnonzero(np.diff(np.r_[0, beats.astype(int), 0])).reshape(-1, 2)  # start, stop
+    out.update(useful_low=math.nan, useful_high=math.nan, useful_elsewhere=0)
+    if len(runs):
+        start, stop = runs[np.argmax(runs[:, 1] - runs[:, 0])]
+        out.update(useful_low=curve["threshold"][start], useful_high=curve["threshold"][stop - 1])
+        out["useful_elsewhere"] = int(beats.sum() - (stop - start))
+    out["pays"] = bool(out["net_benefit"] > max(out["treat_all_benefit"], 0))
     out["why"] = _why(out)
     return out
 
@@ -292,17 +293,14 @@ def _why(op: Mapping[str, Any]) -> str:
         f"the readmissions (PPV {op['ppv']:.1%}, specificity {op['specificity']:.1%}); its net "
         f"benefit is {op['net_benefit']:.4f} against {max(op['treat_all_benefit'], 0):.4f} for the "
         f"better of treat-all and treat-none. Acting at risk >= {t:.3f} means accepting up to "
-        f"{(1 - t) / t:.1f} follow-ups without a readmission per readmission reached. "
+        f"{(1 - t) / t:.1f} follow-ups without a readmission per readmission reached. At this "
+        f"threshold the model {'beats' if op['pays'] else 'does NOT beat'} both alternatives. "
     )
     low, high, stray = op["useful_low"], op["useful_high"], op["useful_elsewhere"]
     if math.isnan(low):
-        return text + "On this test split no threshold of 0.02-0.50 beats both alternatives."
-    more = f" (and at {stray} stray higher ones)" if stray else ""
-    where = "inside" if low <= t <= high else "OUTSIDE"
-    return text + (
-        f"The model beats both at every threshold from {low:.2f} to {high:.2f}{more}, so the "
-        f"operating threshold lies {where} the range where acting on it pays."
-    )
+        return text + "On this test split no threshold of 0.02-0.50 beats both."
+    more = f" (and at {stray} other grid threshold(s))" if stray else ""
+    return text + f"Over 0.02-0.50 it beats both from {low:.2f} to {high:.2f}{more}."
 
 
 @dataclass

@@ -153,7 +153,8 @@ def card_tables(card: ModelCard) -> dict[str, pd.DataFrame]:
             ("PPV", f"{op['ppv']:.1%}"),
             ("specificity", f"{op['specificity']:.1%}"),
             ("net benefit", f"{op['net_benefit']:.4f}"),
-            ("model beats treat-all and treat-none", _useful(op)),
+            ("beats treat-all and treat-none here", "yes" if op["pays"] else "NO"),
+            ("beats both over 0.02–0.50", _useful(op)),
         ],
         columns=["", "value"],
     )
@@ -169,7 +170,8 @@ def card_tables(card: ModelCard) -> dict[str, pd.DataFrame]:
 def _useful(op: Mapping[str, Any]) -> str:
     if not math.isfinite(op["useful_low"]):
         return "at no threshold of 0.02–0.50"
-    return f"thresholds {op['useful_low']:.2f}–{op['useful_high']:.2f}"
+    more = f" (+{op['useful_elsewhere']} elsewhere)" if op["useful_elsewhere"] else ""
+    return f"thresholds {op['useful_low']:.2f}–{op['useful_high']:.2f}{more}"
 
 
 def _table(frame: pd.DataFrame, row_classes: list[str] | None = None) -> str:
