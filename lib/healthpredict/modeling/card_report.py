@@ -58,11 +58,11 @@ SECTIONS = (
 )
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;margin:0;background:#fafafa}
-main{max-width:980px;margin:0 auto;padding:1.5rem 2rem;background:#fff}
+main{max-width:1180px;margin:0 auto;padding:1.5rem 2rem;background:#fff}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{border-bottom:2px solid #4c72b0;padding-bottom:.2rem;margin-top:2rem}
 table{border-collapse:collapse;margin:.6rem 0 1rem;font-size:.9rem}
 th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;vertical-align:top}
-td:not(:last-child){white-space:nowrap}
+td:not(:last-child){white-space:nowrap}td:last-child{min-width:13rem}
 th{background:#f0f3f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.flagged td{background:#fdecea}tr.few td{color:#888}
 .note{color:#555;font-size:.9rem}img{max-width:100%;height:auto}
@@ -119,6 +119,7 @@ def card_tables(card: ModelCard) -> dict[str, pd.DataFrame]:
             "group": card.subgroups["group"],
             "n": card.subgroups["n"],
             "readmissions": card.subgroups["positives"],
+            "rate": (card.subgroups["positives"] / card.subgroups["n"]).map("{:.1%}".format),
             "ROC AUC": [_row_ci(r, "roc_auc", ".3f") for _, r in card.subgroups.iterrows()],
             "observed − predicted": [
                 _row_ci(r, "citl", "+.3f") for _, r in card.subgroups.iterrows()
@@ -235,8 +236,9 @@ def render_card_html(card: ModelCard, title: str = "Model card: 30-day readmissi
             f"<p>{n_flagged} of {len(subgroup_rows)} subgroups differ beyond their interval "
             "(highlighted, with the reason): ROC AUC interval excluding the overall ROC AUC, "
             "observed − predicted interval excluding 0, or flagged-share interval excluding the "
-            "overall share. Each comparison is at 95 %, so about one in twenty differs by chance "
-            f"alone. Groups with fewer than 10 readmissions or non-readmissions: "
+            "overall share. A group with more readmissions is rightly flagged more often: read the "
+            "flagged share next to the group's rate. Each comparison is at 95 %, so about one in "
+            f"twenty differs by chance alone. Groups with fewer than 10 readmissions or non-readmissions: "
             f"“{TOO_FEW}”.</p>{_png(figures['subgroups'], 'ROC AUC by subgroup')}"
             + "".join(sub_html)
         ),
