@@ -75,4 +75,14 @@ def test_expected_calibration_error_known_values():
     assert evaluation.expected_calibration_error(y, p, n_bins=2) == pytest.approx(0.1)
     assert evaluation.expected_calibration_error(y[:10], p[:10], n_bins=2) == pytest.approx(0.1)
     perfect = np.array([0.2] * 5)
-    assert evaluation.expected_calibration_error(np.array([1, 0, 0, 0, 0]), perfect, 1) == 0
+    ece = evaluation.expected_calibration_error(np.array([1, 0, 0, 0, 0]), perfect, n_bins=1)
+    assert ece == pytest.approx(0, abs=1e-15)
+    assert np.isnan(evaluation.expected_calibration_error(np.array([]), np.array([])))
+    assert evaluation.classification_metrics(y, p, 0.5)["ece"] == pytest.approx(ece_10(y, p))
+
+
+def ece_10(y, p):
+    """ECE with ten equal-count bins, computed the slow, obvious way."""
+    order = np.argsort(p, kind="stable")
+    bins = np.array_split(order, 10)
+    return sum(len(b) * abs(y[b].mean() - p[b].mean()) for b in bins) / len(p)

@@ -18,15 +18,19 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from healthpredict.data.eda import ADMISSION_TYPES, MISSING_MARKERS
-from healthpredict.modeling.evaluation import _roc_auc_along, roc_auc_interval
+from healthpredict.modeling.evaluation import (
+    MIN_CLASS_ROWS,
+    N_BINS,
+    _roc_auc_along,
+    _sorted_by,
+    expected_calibration_error,
+    reliability_sums,
+    roc_auc_interval,
+)
 
 LEVEL = 0.95
-N_BINS = 10  # equal-count bins of the reliability table and of the ECE
 CAPTURE_SHARES = (0.05, 0.10, 0.20)
 DECISION_THRESHOLDS = np.round(np.arange(2, 51) / 100, 2)  # 0.02 .. 0.50
-# A population needs this many positives and negatives to be judged: the rule of
-# roc_auc_interval, below which resamples miss a class and any figure would be made up.
-MIN_CLASS_ROWS = 10
 TOO_FEW = "too few to judge"
 UNKNOWN = "Unknown"
 AGE_BANDS = ("<40", "40–59", "60–79", "80+")
@@ -77,30 +81,6 @@ def risk_codes(p: np.ndarray) -> np.ndarray:
     """
     codes = np.unique(p, return_inverse=True)[1]
     return codes.astype(np.int16 if codes.max() < 2**15 else np.int32)
-
-
-def _sorted_by(key: np.ndarray, *arrays: np.ndarray, descending: bool = False) -> list:
-    order = np.argsort(-key if descending else key, axis=-1, kind="stable")
-    return [np.take_along_axis(a, order, axis=-1) for a in arrays]
-
-
-def reliability_sums(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS, key: Any = None) -> tuple:
-    """Sum of labels, sum of risks and rows of each equal-count bin of ``p`` (last axis).
-
-    Rows sorted by risk (ties keep row order) are cut into runs whose sizes differ by at most one;
-    ``key`` (e.g. :func:`risk_codes`) sorts like ``p``, faster.
-    """
-    ps, ys = _sorted_by(p if key is None else key, p, y)
-    n = p.shape[-1]
-    starts = (np.arange(min(n_bins, n)) * n) // min(n_bins, n)
-    sizes = np.diff(np.append(starts, n))
-    return np.add.reduceat(ys, starts, axis=-1), np.add.reduceat(ps, starts, axis=-1), sizes
-
-
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, key: Any = None) -> np.ndarray:
-    """ECE = sum over equal-count bins of n_b / n * |observed_b - predicted_b| (last axis)."""
-    sum_y, sum_p, _ = reliability_sums(np.asarray(y, float), np.asarray(p, float), N_BINS, key)
-    return np.abs(sum_y - sum_p).sum(axis=-1) / p.shape[-1]
 
 
 def reliability_table(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS) -> pd.DataFrame:

@@ -15,6 +15,11 @@ from sklearn.pipeline import Pipeline
 from healthpredict.data.schema import FEATURE_COLUMNS, ID_COLUMNS, make_target
 from healthpredict.modeling.models import single_threaded
 
+N_BINS = 10  # equal-count risk bins of the expected calibration error and reliability tables
+# Fewer positives (or negatives) than this and a bootstrap resample misses the class: no
+# interval, no subgroup figure.
+MIN_CLASS_ROWS = 10
+
 
 def choose_threshold(
     y_true: np.ndarray, proba: np.ndarray, target_recall: float | None = None
@@ -59,7 +64,7 @@ def classification_metrics(
         "roc_auc": float(skm.roc_auc_score(y_true, proba)) if both else math.nan,
         "pr_auc": float(skm.average_precision_score(y_true, proba)) if both else math.nan,
         "brier": float(skm.brier_score_loss(y_true, proba)),
-        "ece": expected_calibration_error(y_true, proba),
+        "ece": float(expected_calibration_error(y_true, proba)),
         "log_loss": float(skm.log_loss(y_true, np.clip(proba, 1e-15, 1 - 1e-15), labels=[0, 1])),
         "f1": float(skm.f1_score(y_true, pred, zero_division=0)),
         "precision": float(skm.precision_score(y_true, pred, zero_division=0)),
@@ -75,18 +80,37 @@ def classification_metrics(
     }
 
 
-def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> float:
-    """Expected calibration error: mean |observed rate - mean risk| over equal-count risk bins.
+def _sorted_by(key: np.ndarray, *arrays: np.ndarray, descending: bool = False) -> list:
+    order = np.argsort(-key if descending else key, axis=-1, kind="stable")
+    return [np.take_along_axis(a, order, axis=-1) for a in arrays]
 
-    Each bin weighs by its share of rows; rows are ranked by risk and cut into ``n_bins`` groups
-    of (nearly) equal size, so sparse high-risk bins do not dominate. NaN for no rows.
+
+def reliability_sums(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS, key: Any = None) -> tuple:
+    """Sum of labels, sum of risks and rows of each equal-count bin of ``p`` (last axis).
+
+    Rows sorted by risk (ties keep row order) are cut into runs whose sizes differ by at most one;
+    ``key`` (e.g. :func:`risk_codes`) sorts like ``p``, faster.
     """
-    y = np.asarray(y_true, dtype=float)
-    p = np.asarray(proba, dtype=float)
-    if len(p) == 0:
+    ps, ys = _sorted_by(p if key is None else key, p, y)
+    n = p.shape[-1]
+    starts = (np.arange(min(n_bins, n)) * n) // min(n_bins, n)
+    sizes = np.diff(np.append(starts, n))
+    return np.add.reduceat(ys, starts, axis=-1), np.add.reduceat(ps, starts, axis=-1), sizes
+
+
+def expected_calibration_error(
+    y: np.ndarray, p: np.ndarray, key: Any = None, n_bins: int = N_BINS
+) -> np.ndarray:
+    """ECE = sum over equal-count bins of n_b / n * |observed_b - predicted_b| (last axis).
+
+    Bins of (nearly) equal size, so sparse high-risk bins do not dominate; ``key`` sorts like
+    ``p`` (e.g. integer risk codes, faster). A float for 1-D inputs, NaN for no rows.
+    """
+    p = np.asarray(p, float)
+    if p.shape[-1] == 0:
         return math.nan
-    bins = np.array_split(np.argsort(p, kind="stable"), min(n_bins, len(p)))
-    return float(sum(len(b) * abs(y[b].mean() - p[b].mean()) for b in bins) / len(p))
+    sum_y, sum_p, _ = reliability_sums(np.asarray(y, float), p, n_bins, key)
+    return np.abs(sum_y - sum_p).sum(axis=-1) / p.shape[-1]
 
 
 def _roc_auc_along(y_true: np.ndarray, proba: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -115,7 +139,7 @@ def roc_auc_interval(
     """
     y_true = np.asarray(y_true).astype(int)
     n_pos = int(y_true.sum())
-    if min(n_pos, len(y_true) - n_pos) < 10:
+    if min(n_pos, len(y_true) - n_pos) < MIN_CLASS_ROWS:
         return math.nan, math.nan
     result = bootstrap(
         (y_true, np.asarray(proba, dtype=float)),

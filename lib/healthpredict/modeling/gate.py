@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from healthpredict.core.constants import PROMOTED, REJECTED
+from healthpredict.modeling.evaluation import MIN_CLASS_ROWS
 
 SUPERIOR = "superior"
 NON_INFERIOR_MORE_DATA = "non_inferior_more_data"
 NO_RULE = "none"
-_MIN_CLASS_ROWS = 10  # fewer positives (or negatives) and the bootstrap misses the class
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def paired_auc_difference(
     if not len(y) == len(a) == len(b):
         raise ValueError(f"lengths differ: labels {len(y)}, champion {len(a)}, challenger {len(b)}")
     n_pos = int(y.sum())
-    if min(n_pos, len(y) - n_pos) < _MIN_CLASS_ROWS:
+    if min(n_pos, len(y) - n_pos) < MIN_CLASS_ROWS:
         return math.nan, math.nan, math.nan
     codes = pd.factorize(pd.Series(groups if groups is not None else np.arange(len(y))))[0]
     n_groups = int(codes.max()) + 1
