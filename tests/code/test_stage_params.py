@@ -150,7 +150,7 @@ def test_old_option_spellings_still_work(executed, tmp_path, monkeypatch):
         "s3://b/2.csv",
     ]
     assert given == {
-        **_defaults(RetrainParams),
+        **_defaults(RetrainParams, include_run_dir=False),
         "retraining_data_path": given["retraining_data_path"],
     }
     assert monitor == "03_drift_monitor"

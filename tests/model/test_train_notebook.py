@@ -53,3 +53,34 @@ def test_train_notebook_end_to_end(data_dir, hp_env):
     pipeline, _ = registry.load_pipeline(registry.champion_uri())
     assert pyfunc_proba.shape == (len(test), 2)
     np.testing.assert_allclose(pyfunc_proba, pipeline.predict_proba(raw), rtol=0, atol=1e-12)
+
+    # Calibrated risks inside the registered model, compiled by the serving fast path.
+    from healthpredict.modeling.runtime.predictor import compile_pipeline
+    from healthpredict.modeling.runtime.records import records_from_frame
+
+    method = parent.data.params["calibration"]
+    assert info.calibration == method and method in ("none", "sigmoid", "isotonic")
+    assert set(parent.data.metrics) >= {
+        f"val_cv_brier.{m}" for m in ("none", "sigmoid", "isotonic")
+    }
+    chosen = parent.data.metrics[f"val_cv_brier.{method}"]
+    assert chosen == min(
+        parent.data.metrics[f"val_cv_brier.{m}"] for m in ("none", "sigmoid", "isotonic")
+    )
+    assert parent.data.metrics["test_uncalibrated_brier"] > 0 and "test_ece" in parent.data.metrics
+    predictor = compile_pipeline(pipeline)
+    assert predictor.path == "fast", predictor.reason
+    got = predictor.predict_proba(records_from_frame(raw.head(50)))
+    np.testing.assert_allclose(got, pipeline.predict_proba(raw.head(50))[:, 1], rtol=0, atol=1e-9)
+
+    # The model card: next to the notebook (linked by the gallery), with the run, on the version.
+    card_html = hp_env / "rendered" / "train" / "model_card.html"
+    assert scraps["report_paths"] == {"model card": str(card_html)}
+    page = card_html.read_text()
+    assert f"v{info.version}" in page and "Subgroups" in page and "Decision curve" in page
+    assert info.model_card.endswith("model_card/model_card.html")
+    logged = mlflow.artifacts.load_text(info.model_card)
+    assert logged == page
+    card = mlflow.artifacts.load_dict(info.model_card.replace(".html", ".json"))
+    assert card["overall"]["n"] == len(test)  # every test encounter (the split excluded deaths)
+    assert card["operating_point"]["threshold"] == pytest.approx(info.threshold)

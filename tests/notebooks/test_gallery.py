@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -17,9 +15,9 @@ from healthpredict.cli import app
 from healthpredict.core import storage
 from healthpredict.runs import NotebookRunError, run
 from healthpredict.runs.gallery import build_gallery, chart_svg, series
+from tests.support.chromium import console_problems, dump_dom, needs_chromium
 
 FIXTURES = Path(__file__).parent / "fixtures"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = pytest.mark.slow  # the module fixture executes two notebooks
 
@@ -149,37 +147,18 @@ def test_cli_gallery_prints_path(rendered):
     assert result.stdout.strip() == str(index)
 
 
-def _chromium(url: str, profile: Path) -> tuple[str, str]:
-    done = subprocess.run(
-        [
-            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-            "--dump-dom", url,
-        ],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout, done.stderr
-
-
-def _console_problems(stderr: str) -> list[str]:
-    # Our pages carry no scripts: any console message at all is a problem.
-    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
-def test_gallery_renders_in_headless_chromium(rendered, tmp_path):
+@needs_chromium
+def test_gallery_renders_in_headlessdump_dom(rendered, tmp_path):
     out, index = rendered
-    dom, stderr = _chromium(index.as_uri(), tmp_path / "profile")
+    dom, stderr = dump_dom(index.as_uri(), tmp_path / "profile")
     assert len(re.findall(r'<tr class="run-(?:ok|failed)"', dom)) == 7
     assert "<svg" in dom and "Health Predict: notebook runs" in dom
-    assert not _console_problems(stderr), _console_problems(stderr)
+    assert not console_problems(stderr), console_problems(stderr)
 
     # The notebook HTML it links to opens offline too (no CDN scripts, no console errors).
     parser = _Links()
     parser.feed(dom)
     notebook_page = next(h for h in parser.hrefs if h.endswith("/records.html"))
-    dom, stderr = _chromium((out / unquote(notebook_page)).as_uri(), tmp_path / "profile")
+    dom, stderr = dump_dom((out / unquote(notebook_page)).as_uri(), tmp_path / "profile")
     assert "VISIBLE-OUTPUT" in dom and "hp-provenance" in dom
-    assert not _console_problems(stderr), _console_problems(stderr)
+    assert not console_problems(stderr), console_problems(stderr)
