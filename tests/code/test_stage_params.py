@@ -184,3 +184,14 @@ def test_a_default_model_uri_is_pinned_like_an_explicit_one(monkeypatch, tmp_pat
     assert hashes == {
         "mlflow_model_uri": {champion_uri(get_settings().model_name): "models:/M/7 run r"}
     }
+
+
+def test_retrain_makes_local_paths_absolute(executed, tmp_path, monkeypatch):
+    """The kernel runs in notebooks/: a relative batch path would name another file there."""
+    monkeypatch.chdir(tmp_path)
+    args = ["retrain", "--batch", "b/1.csv", "--batch", "s3://b/2.csv", "--data-dir", "prep"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    ((_, given),) = executed
+    assert given["retraining_data_path"] == [str(tmp_path / "b" / "1.csv"), "s3://b/2.csv"]
+    assert given["data_dir"] == str(tmp_path / "prep") and given["gate_data_path"] is None

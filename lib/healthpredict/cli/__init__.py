@@ -358,11 +358,18 @@ def retrain_command(params: RetrainParams, force: bool = FORCE) -> None:
     Give each labelled raw batch CSV (path or s3:// URI) with --retraining-data-path (or
     --batch), repeated.
     """
-    _run_stage(RetrainParams.notebook, params.as_parameters(), force)
+    given = params.as_parameters()
+    given |= {
+        name: _absolute(given[name])
+        for name in ("retraining_data_path", "gate_data_path", "data_dir", "holdout_output_path")
+    }
+    _run_stage(RetrainParams.notebook, given, force)
 
 
-def _absolute(uri: str | None) -> str | None:
-    """A local path made absolute: the kernel runs in notebooks/, not here."""
+def _absolute(uri: str | list[str] | None) -> str | list[str] | None:
+    """Local paths made absolute (one or a list): the kernel runs in notebooks/, not here."""
+    if isinstance(uri, list):
+        return [_absolute(u) for u in uri]
     return uri if uri is None or is_s3(uri) else str(Path(uri).expanduser().resolve())
 
 
@@ -391,9 +398,7 @@ def monitor_command(params: MonitorParams, force: bool = FORCE) -> None:
         "reference_data_path": _absolute(
             params.reference_data_path or layout.split_csv(REFERENCE_SPLIT)
         ),
-        "model_reference_path": (
-            [_absolute(p) for p in held_out] if isinstance(held_out, list) else _absolute(held_out)
-        ),
+        "model_reference_path": _absolute(held_out),
         "mlflow_model_uri": params.mlflow_model_uri or champion_uri(get_settings().model_name),
         "evidently_reports_path": _absolute(params.evidently_reports_path),
     }

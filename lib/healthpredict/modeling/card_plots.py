@@ -61,19 +61,21 @@ def decision_curve(card: ModelCard) -> Figure:
 
 
 def subgroup_auc(card: ModelCard) -> Figure:
-    """ROC AUC of each judged subgroup with its interval; red where a subgroup differs."""
+    """ROC AUC of each judged subgroup with its interval; red where its ROC AUC differs."""
     data = card.subgroups.dropna(subset=["roc_auc"]).iloc[::-1]
     fig, ax = _figure(1, 6.5, 0.28 * len(data) + 1.3)
     pos = np.arange(len(data))
-    colors = np.where(data["differs"], FLAG_COLOR, OK_COLOR)
+    overall = card.overall["roc_auc"]["value"]
+    # Only the ROC AUC flag: a group flagged for its calibration or flagged share is not red here.
+    differs = (data["roc_auc_low"] > overall) | (data["roc_auc_high"] < overall)
+    colors = np.where(differs, FLAG_COLOR, OK_COLOR)
     ax.hlines(pos, data["roc_auc_low"], data["roc_auc_high"], colors=colors)
     ax.scatter(data["roc_auc"], pos, color=colors, zorder=3)
-    overall = card.overall["roc_auc"]["value"]
     ax.axvline(overall, color="black", ls="--", lw=1, label=f"overall {overall:.3f}")
     ax.set_yticks(
         pos, [f"{a}: {g} (n={n:,})" for a, g, n in data[["attribute", "group", "n"]].values]
     )
-    ax.set(xlabel="ROC AUC (95 % interval)", title="ROC AUC by subgroup (red: differs)")
+    ax.set(xlabel="ROC AUC (95 % interval)", title="ROC AUC by subgroup (red: interval excludes overall)")
     ax.legend(loc="lower right")
     return fig
 
