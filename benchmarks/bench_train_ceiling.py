@@ -237,6 +237,22 @@ def nan_if_none(value: float | None) -> float:
     return float("nan") if value is None else value
 
 
+def table_lines(summary: dict[str, dict]) -> list[str]:
+    """The printed table of :func:`summarize`: one line per variant, with its verdict."""
+    lines = [
+        f"{'variant':26s} {'mean':>7s} {'sd':>7s} {'min':>7s} {'max':>7s} "
+        f"{'paired gain ± sd':>17s}  vs / verdict"
+    ]
+    for name, s in summary.items():
+        pairing = f"vs {s['paired_with']}: {s['verdict']}" if "verdict" in s else ""
+        sd, sd_gain = nan_if_none(s["sd"]), nan_if_none(s["sd_gain"])
+        lines.append(
+            f"{name:26s} {s['mean']:7.4f} {sd:7.4f} {s['min']:7.4f} {s['max']:7.4f} "
+            f"{s['mean_gain']:+8.4f} ± {sd_gain:.4f}  {pairing}"
+        )
+    return lines
+
+
 def main() -> int:
     """Run the study; return the process exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -280,16 +296,7 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    lines = [
-        f"{'variant':26s} {'mean':>7s} {'sd':>7s} {'min':>7s} {'max':>7s} "
-        f"{'paired gain ± sd':>17s}  vs / verdict"
-    ]
-    for name, s in summary.items():
-        pairing = f"vs {s['paired_with']}: {s['verdict']}" if "verdict" in s else ""
-        lines.append(
-            f"{name:26s} {s['mean']:7.4f} {nan_if_none(s['sd']):7.4f} {s['min']:7.4f} {s['max']:7.4f} "
-            f"{s['mean_gain']:+8.4f} ± {nan_if_none(s['sd_gain']):.4f}  {pairing}"
-        )
+    lines = table_lines(summary)
     print(
         f"\ntest ROC AUC (<30) over {len(seeds)} splits, fixed HGB (goal {GOAL_AUC}):\n"
         + "\n".join(lines)
