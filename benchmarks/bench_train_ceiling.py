@@ -25,15 +25,21 @@ gain's standard deviation over the splits:
   size and L2 as ``HGB``) on the product's features; skipped, with the reason printed, when
   ``lightgbm`` cannot be imported.
 - ``refit_train+val``: the model refit on training and validation rows together.
-- ``initial_80%``: a four times larger initial period (``initial_fraction=0.8``).
+- ``initial_80%``: a four times larger initial period (``initial_fraction=0.8``); it has its
+  own, larger test split, so its difference from ``default`` is per seed, not on the same rows.
 - ``initial_80%+history``: the same with both history features, paired with ``initial_80%``
   (later periods have more earlier encounters per patient to draw on).
+- ``stream``: the ``default`` model scored on the stream (``future_data``, the encounters after
+  the initial period) of the patients it was not trained on: a chronological test.
+- ``stream+earlier_encounters``, ``stream+previous_readmitted_lt30``, ``stream+history``: the
+  history features on that chronological test, each paired with ``stream``.
 
 Every fit runs on one thread (:func:`healthpredict.modeling.models.single_threaded`).
 
 Usage: ``make bench-train-ceiling`` or ``python benchmarks/bench_train_ceiling.py
-[--seeds 42,1,2,3]``. Writes ``var/bench/train_ceiling.json``. Without the real data it says
-so and exits 0.
+[--seeds 42,1,2,3] [--variants default,+history]`` (a variant needs the one it is paired with).
+Ten seeds and all variants take ~20 min on two busy cores. Writes
+``var/bench/train_ceiling.json``. Without the real data it says so and exits 0.
 """
 
 from __future__ import annotations
@@ -88,9 +94,16 @@ VARIANTS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "refit_train+val": ((), "hgb", "train+val"),
     "initial_80%": ((), "hgb", "initial_80%"),
     "initial_80%+history": (HISTORY, "hgb", "initial_80%"),
+    "stream": ((), "hgb", "stream"),
+    "stream+earlier_encounters": (("earlier_encounters",), "hgb", "stream"),
+    "stream+previous_readmitted_lt30": (("previous_readmitted_lt30",), "hgb", "stream"),
+    "stream+history": (HISTORY, "hgb", "stream"),
 }
 # The variant each one is compared with on the same test rows (default otherwise).
-PAIRED_WITH = {"initial_80%+history": "initial_80%"}
+PAIRED_WITH = {
+    "initial_80%+history": "initial_80%",
+    **{name: "stream" for name in VARIANTS if name.startswith("stream")},
+}
 REFUSED = {"+later_encounters_LEAK": "refused: built from later encounters (leak demonstration)"}
 
 
@@ -183,19 +196,25 @@ def run_seed(
     """Test ROC AUC of each of ``variants`` on the splits of one seed."""
     parts = split_frame(ordered, SplitParams(seed=seed))
     train, val, test = parts["initial_train"], parts["validation"], parts["test"]
-    large = split_frame(ordered, SplitParams(initial_fraction=0.8, seed=seed))
-    data = {
-        "default": (train, test, True),
-        "no_codes": (train, test, False),
-        "train+val": (pd.concat([train, val]), test, True),
-        "initial_80%": (large["initial_train"], large["test"], True),
-    }
+
+    def data(split: str) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+        """(training rows, test rows, with ICD-9 codes) of one kind of split."""
+        if split == "initial_80%":
+            large = split_frame(ordered, SplitParams(initial_fraction=0.8, seed=seed))
+            return large["initial_train"], large["test"], True
+        if split == "stream":
+            future = parts["future_data"]
+            return train, future[~future["patient_nbr"].isin(train["patient_nbr"])], True
+        if split == "train+val":
+            return pd.concat([train, val]), test, True
+        return train, test, split != "no_codes"
+
     scorers: dict[str, Callable[[Sequence[str], str], float]] = {}
     out = {}
     for name in variants:
         columns, family, split = VARIANTS[name]
         if split not in scorers:
-            tr, te, codes = data[split]
+            tr, te, codes = data(split)
             scorers[split] = make_scorer(tr, te, extra, seed=seed, codes=codes)
         out[name] = scorers[split](columns, family)
     return out
@@ -240,14 +259,14 @@ def nan_if_none(value: float | None) -> float:
 def table_lines(summary: dict[str, dict]) -> list[str]:
     """The printed table of :func:`summarize`: one line per variant, with its verdict."""
     lines = [
-        f"{'variant':26s} {'mean':>7s} {'sd':>7s} {'min':>7s} {'max':>7s} "
+        f"{'variant':32s} {'mean':>7s} {'sd':>7s} {'min':>7s} {'max':>7s} "
         f"{'paired gain ± sd':>17s}  vs / verdict"
     ]
     for name, s in summary.items():
         pairing = f"vs {s['paired_with']}: {s['verdict']}" if "verdict" in s else ""
         sd, sd_gain = nan_if_none(s["sd"]), nan_if_none(s["sd_gain"])
         lines.append(
-            f"{name:26s} {s['mean']:7.4f} {sd:7.4f} {s['min']:7.4f} {s['max']:7.4f} "
+            f"{name:32s} {s['mean']:7.4f} {sd:7.4f} {s['min']:7.4f} {s['max']:7.4f} "
             f"{s['mean_gain']:+8.4f} ± {sd_gain:.4f}  {pairing}"
         )
     return lines
@@ -259,15 +278,25 @@ def main() -> int:
     parser.add_argument(
         "--seeds", default="42,1,2,3,4,5,6,7,8,9", help="comma-separated split seeds"
     )
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma-separated variants (default: all)"
+    )
     parser.add_argument("--out", default=str(ROOT / "var" / "bench" / "train_ceiling.json"))
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    chosen = args.variants.split(",")
+    unknown = sorted(set(chosen) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    unpaired = sorted({PAIRED_WITH.get(v, "default") for v in chosen} - set(chosen))
+    if unpaired:
+        parser.error(f"--variants must include {unpaired}: the variants the others pair with")
     source = find_real_data()
     if source is None:
         print("bench-train-ceiling skipped: real data not found (see bench_train.py)")
         return 0
     lightgbm, missing = import_lightgbm()
-    variants = [v for v in VARIANTS if not (v == "lightgbm" and lightgbm is None)]
+    variants = [v for v in chosen if not (v == "lightgbm" and lightgbm is None)]
     if missing:
         print(f"variant lightgbm skipped: {missing}")
     started = time.perf_counter()
