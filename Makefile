@@ -121,7 +121,7 @@ samples: setup
 bench-train: setup
 	$(BIN)/python benchmarks/bench_train.py
 
-# What the data allows: fixed models and feature ideas over ten splits (~3 min).
+# What the data allows: fixed models and feature ideas over ten paired splits (~20 min).
 bench-train-ceiling: setup
 	$(BIN)/python benchmarks/bench_train_ceiling.py
 
