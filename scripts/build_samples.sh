@@ -28,8 +28,10 @@ $hp run 03_drift_monitor -p new_data_path "$data/validation.csv" \
 # The first 2,000 encounters after the training period: drift, a retraining, the gate.
 $hp loop --max-batches 1
 # The loop judges performance once the batch's labels arrive (none come with the first batch),
-# so the sample's retraining is run by hand on that batch: the gate and the challenger's card.
-$hp retrain --retraining-data-path "$work/monitoring/batches/batch_0000000.csv"
+# so the sample's retraining is run by hand on that batch with its labels (the first 2,000 rows
+# of the stream): the gate and the challenger's model card.
+head -n 2001 "$data/future_data.csv" > "$work/first_batch_labelled.csv"
+$hp retrain --retraining-data-path "$work/first_batch_labelled.csv"
 $hp gallery
 
 # Keep it small: the executed .ipynb files duplicate the HTML renderings, and every Evidently
