@@ -45,13 +45,13 @@ run_dir = None  # set by the runner: the folder this run writes into
 
 # %%
 import pandas as pd
-from healthpredict.modeling.card_report import show_card
 from IPython.display import Markdown, display
 
 from healthpredict.core.stages import TrainParams
 from healthpredict.mlops.model_card import write_next_to_run
 from healthpredict.mlops.train import train
 from healthpredict.modeling import plots
+from healthpredict.modeling.card_report import show_card
 from healthpredict.runs.scraps import record
 
 result = train(TrainParams.from_namespace(globals()))

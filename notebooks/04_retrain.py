@@ -43,13 +43,13 @@ promote = True  # move the champion alias on promotion (false: the loop moves it
 run_dir = None  # set by the runner: the folder this run writes into
 
 # %%
-from healthpredict.modeling.card_report import show_card
 from IPython.display import Markdown, display
 
 from healthpredict.core.stages import RetrainParams
 from healthpredict.mlops.model_card import write_next_to_run
 from healthpredict.mlops.retrain import retrain
 from healthpredict.modeling import plots
+from healthpredict.modeling.card_report import show_card
 from healthpredict.runs.scraps import record
 
 result = retrain(RetrainParams.from_namespace(globals()))

@@ -75,7 +75,10 @@ def subgroup_auc(card: ModelCard) -> Figure:
     ax.set_yticks(
         pos, [f"{a}: {g} (n={n:,})" for a, g, n in data[["attribute", "group", "n"]].values]
     )
-    ax.set(xlabel="ROC AUC (95 % interval)", title="ROC AUC by subgroup (red: interval excludes overall)")
+    ax.set(
+        xlabel="ROC AUC (95 % interval)",
+        title="ROC AUC by subgroup (red: interval excludes overall)",
+    )
     ax.legend(loc="lower right")
     return fig
 
