@@ -18,10 +18,12 @@ import numpy as np
 import pandas as pd
 
 from healthpredict.core import storage
+from healthpredict.data.schema import make_target
 from healthpredict.mlops import registry
 from healthpredict.modeling.card import ModelCard, build_card
 from healthpredict.modeling.card_report import render_card_html
 from healthpredict.modeling.fitting import FittedModel
+from healthpredict.modeling.models import single_threaded
 from healthpredict.modeling.runtime.model_meta import ModelInfo
 
 CARD_DIR = "model_card"
@@ -50,8 +52,6 @@ class LoggedCard:
 def card_numbers(
     fitted: FittedModel,
     test: pd.DataFrame,
-    y_test: np.ndarray,
-    p_test: np.ndarray,
     *,
     target: str,
     target_recall: float | None,
@@ -65,6 +65,9 @@ def card_numbers(
     Raises:
         ValueError: The test rows cannot support a card (e.g. fewer than ten of a class).
     """
+    y_test = make_target(test, target)
+    with single_threaded():
+        p_test = fitted.pipeline.predict_proba(test)[:, 1]
     facts: dict[str, Any] = {
         "family": fitted.family,
         "params": fitted.params,

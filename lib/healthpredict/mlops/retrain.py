@@ -31,12 +31,7 @@ from healthpredict.mlops.run_logging import TrialLogger, log_calibration, log_me
 from healthpredict.modeling.evaluation import score, uncalibrated_scores
 from healthpredict.modeling.fitting import FittedModel, data_tags, fit_final, load_training_splits
 from healthpredict.modeling.gate import GateRule, GateVerdict, paired_gate
-from healthpredict.modeling.models import (
-    FAMILIES,
-    single_threaded,
-    split_trial_params,
-    trial_params_for,
-)
+from healthpredict.modeling.models import FAMILIES, split_trial_params, trial_params_for
 from healthpredict.modeling.retrain_data import (
     RetrainData,
     RetrainDataError,
@@ -391,14 +386,9 @@ def retrain(params: RetrainParams, options: RetrainOptions | None = None) -> Ret
         )
         fitted, verdict = _challenge(study, champion, data, target, (params, options))
         log_calibration(fitted)
-        y_test = make_target(data.test, target)
-        with single_threaded():
-            p_test = fitted.pipeline.predict_proba(data.test)[:, 1]
         numbers = card_numbers(
             fitted,
             data.test,
-            y_test,
-            p_test,
             target=target,
             target_recall=options.target_recall,
             data_source=str(manifest.get("data_source", "unknown")),

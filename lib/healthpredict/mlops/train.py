@@ -312,8 +312,6 @@ def train(params: TrainParams | None = None, options: TrainOptions | None = None
         numbers = card_numbers(
             fitted,
             frames["test"],
-            held_out.y_test,
-            held_out.p_test,
             target=target,
             target_recall=params.target_recall,
             data_source=str(manifest.get("data_source", "unknown")),
