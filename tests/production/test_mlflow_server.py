@@ -191,6 +191,7 @@ def test_retraining_moves_the_aliases_as_the_gate_decides(stack):
 
 
 def test_serving_app_loads_the_champion_from_the_server(stack):
+    import mlflow.artifacts
     import mlflow.sklearn
 
     from healthpredict.data.split import load_split
@@ -214,6 +215,13 @@ def test_serving_app_loads_the_champion_from_the_server(stack):
         status, info = request(server.url + "/model-info")
         assert status == 200 and info["version"] == champion.version == "2", info
         assert info["alias"] == "champion" and info["run_id"] == champion.run_id
+        # The retraining's model card, logged through the server into S3, is what /model-info
+        # links, and the served risk is the calibrated one the card judged.
+        assert info["model_card"] == champion.tags["model_card"]
+        assert info["model_card"].startswith("mlflow-artifacts:/"), info["model_card"]
+        assert "Subgroups" in mlflow.artifacts.load_text(info["model_card"])
+        assert info["calibration"] == champion.tags["calibration"] != ""
+        assert info["inference"]["path"] == "fast", info["inference"]
         status, answer = request(server.url + "/predict", records_from_frame(row))
         assert status == 200, answer
         [prediction] = answer["predictions"]
