@@ -152,8 +152,8 @@ class BatchSummary:
         rows: The batch's rows of the stream, ``start-end``.
         drift_status: ``DRIFT_DETECTED`` or ``NO_DRIFT``.
         drifted_share: Share of drifted columns.
-        decision: What followed: ``keep champion``, ``promote vN``, ``keep (vN rejected)``,
-            ``keep (retrain skipped)``.
+        decision: What followed: ``keep`` (no retraining asked for), ``retrain skipped``
+            (asked for, nothing new to learn), ``promote vN`` or ``vN rejected``.
         champion_version: The champion after the batch (the monitored one unless promoted).
         estimated_roc_auc: The champion's ROC AUC estimated on the batch (no labels needed).
         realised_roc_auc: Its ROC AUC on the labels that arrived since the last batch (None:
@@ -175,9 +175,9 @@ def decision_text(outcome: BatchOutcome) -> str:
     """What followed the batch, in a few words (the reasons are in :func:`summarize`)."""
     retrain = outcome.retrain
     if retrain is None:
-        return "keep (retrain skipped)" if outcome.retrain_skipped else "keep champion"
+        return "retrain skipped" if outcome.retrain_skipped else "keep"
     version = retrain["challenger_version"]
-    return f"promote v{version}" if retrain["promoted"] else f"keep (v{version} rejected)"
+    return f"promote v{version}" if retrain["promoted"] else f"v{version} rejected"
 
 
 def summarize(outcome: BatchOutcome) -> BatchSummary:
