@@ -11,11 +11,14 @@ KERNEL := healthpredict
 
 # The kernel spec lives in the user's Jupyter folder, not in the checkout: another checkout, or a
 # venv since deleted, may own the name. It is re-registered whenever it would not start this
-# venv's Python, so notebooks never run another copy of the code.
+# venv's Python, so notebooks never run another copy of the code, or does not declare CurveZMQ
+# support (an older ipykernel wrote it): the runner encrypts the kernel's transport only then.
 setup: $(STAMP)
 	@$(BIN)/python -c 'import json, sys; from jupyter_client.kernelspec import KernelSpecManager; \
 	  spec = KernelSpecManager().find_kernel_specs().get("$(KERNEL)"); \
-	  sys.exit(spec is None or json.load(open(spec + "/kernel.json"))["argv"][0] != sys.executable)' \
+	  spec = spec and json.load(open(spec + "/kernel.json")); \
+	  sys.exit(not spec or spec["argv"][0] != sys.executable \
+	    or "curve" not in spec.get("metadata", {}).get("supported_encryption", []))' \
 	  || $(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Health Predict (.venv)"
 
 $(STAMP): pyproject.toml

@@ -22,7 +22,7 @@
 # The tables come from `healthpredict.data.eda`; this notebook only shows them.
 
 # %% tags=["parameters"]
-data_dir = None  # folder or s3:// URI of the prepared splits; None = <storage>/processed_data
+data_dir = None  # folder or s3:// URI of the prepared splits (None: <storage>/processed_data)
 split = "initial_train"  # split to describe: initial_train, validation, test or future_data
 stream_split = "future_data"  # chronological stream for the drift view ("" to skip it)
 target = "<30"  # readmission target: "<30" (within 30 days) or "any"

@@ -36,7 +36,7 @@ n_workers = 1  # worker processes sharing one Optuna study (1 is reproducible)
 study_storage = None  # Optuna storage: None (journal file), a path, sqlite:/// or postgresql URL
 study_name = None  # a study searched by separate workers in study_storage (None: here)
 seed = 42  # seed of the sampler and of every estimator
-cv_folds = 0  # >= 2: judge trials by patient-grouped CV over train + validation (0: validation)
+cv_folds = 0  # from 2: judge trials by patient-grouped CV over train + validation (0: validation)
 target = "<30"  # readmission target: "<30" (within 30 days) or "any"
 target_recall = None  # choose the threshold reaching this validation recall (None: max F1)
 mlflow_experiment_name = "HealthPredict_Training"  # MLflow experiment of the search

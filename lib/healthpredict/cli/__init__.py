@@ -129,42 +129,90 @@ def loop_command(
             data_dir=data_dir,
             model_uri=model_uri,
         )
-        outcomes = _run_loop_with_progress(total, params)
+        summaries = _run_loop_with_progress(total, params)
     except LoopLockedError as exc:
         print_error(exc)
         raise typer.Exit(3) from None
     except expected as exc:
         print_error(exc)
         raise typer.Exit(1) from None
-    for o in outcomes:
+    if summaries:
+        _print_batch_table(summaries)
+    for o, _ in summaries:
         typer.echo(json.dumps(o.as_dict()))
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _auc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _run_loop_with_progress(total: int, params: LoopParams) -> list:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Run the loop under one live display: the batches line, each notebook's cells line.
 
-    from healthpredict.pipelines.local_loop import run_loop
+    Returns:
+        ``(BatchOutcome, BatchSummary)`` of each batch.
+    """
+    from rich.markup import escape
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("monitoring batches", total=total)
+    from healthpredict.pipelines.local_loop import run_loop, summarize
+    from healthpredict.runs.runner import progress_display
+
+    done: list = []
+    with progress_display(console) as display:
+        task = display.add_task("monitoring loop", total=total, unit="batches")
 
         def on_batch(outcome) -> None:
-            retrain = outcome.retrain
-            note = f" -> retrain {retrain['decision']}" if retrain else ""
-            share = outcome.drifted_share
-            progress.console.print(
-                f"rows {outcome.window.start:>6}-{outcome.window.end:<6} {outcome.drift_status}"
-                f" (drifted share {share if share is None else f'{share:.2f}'}){note}"
+            summary = summarize(outcome)
+            done.append((outcome, summary))
+            display.console.print(
+                f"[bold]batch {len(done)}/{total}[/bold] rows {summary.rows}: "
+                f"{summary.drift_status} (drifted share {_share(summary.drifted_share)}), "
+                f"est. ROC AUC {_auc(summary.estimated_roc_auc)} -> {summary.decision}"
             )
-            progress.advance(task)
+            for reason in summary.reasons:
+                display.console.print(f"  {escape(reason)}", highlight=False)
+            display.advance(task)
 
-        return run_loop(params, on_batch=on_batch)
+        run_loop(params, on_batch=on_batch)
+    return done
+
+
+def _print_batch_table(summaries: list) -> None:
+    """The loop's batches: drift, decision, champion and its ROC AUC, one row each.
+
+    Compact (short headers, no vertical rules) so that it fits 80 columns, a log's width.
+    """
+    from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title="Monitored batches", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0)
+    )
+    right = {"#", "share", "est. AUC", "real AUC"}
+    for col in ("#", "rows", "drift", "share", "decision", "model", "est. AUC", "real AUC"):
+        table.add_column(col, justify="right" if col in right else "left", no_wrap=True)
+    for number, (_, s) in enumerate(summaries, start=1):
+        drift = s.drift_status == DRIFT_DETECTED
+        table.add_row(
+            str(number),
+            s.rows,
+            "[red]drift[/red]" if drift else "no drift",
+            _share(s.drifted_share),
+            s.decision,
+            "-" if s.champion_version is None else f"v{s.champion_version}",
+            _auc(s.estimated_roc_auc),
+            _auc(s.realised_roc_auc),
+        )
+    console.print(table)
+    console.print(
+        "model: the champion after the batch; est. AUC: its ROC AUC estimated on the batch (no "
+        "labels needed); real AUC: measured on the labels that arrived since the batch before",
+        style="dim",
+    )
 
 
 @app.command("demo")
@@ -204,7 +252,7 @@ def demo(
         promote(settings.model_name, scraps["model_version"])
         console.print(f"demo: version {scraps['model_version']} made champion for this run")
     console.rule(f"4/4 monitoring loop ({batches} batches of {batch_size})")
-    outcomes = _run_loop_with_progress(
+    summaries = _run_loop_with_progress(
         batches, LoopParams(batch_size=batch_size, max_batches=batches)
     )
     gallery = build_gallery()
@@ -214,8 +262,10 @@ def demo(
     console.rule("done")
     if manifest.get("banner"):
         console.print(f"[bold white on red] {manifest['banner']} [/]")
-    drifted = sum(o.drift_status == DRIFT_DETECTED for o in outcomes)
-    console.print(f"batches monitored: {len(outcomes)}, drift detected in {drifted}")
+    if summaries:
+        _print_batch_table(summaries)
+    drifted = sum(o.drift_status == DRIFT_DETECTED for o, _ in summaries)
+    console.print(f"batches monitored: {len(summaries)}, drift detected in {drifted}")
     console.print(f"gallery:  {gallery}")
     console.print(f"MLflow:   mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
     console.print(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def print_error(exc: BaseException) -> None:

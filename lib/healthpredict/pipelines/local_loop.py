@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from healthpredict.core import layout
+from healthpredict.core import layout, storage
 from healthpredict.core.constants import REFERENCE_SPLIT, STREAM_SPLIT
 from healthpredict.core.stages import LoopParams
 from healthpredict.mlops import registry, tracking
@@ -139,3 +139,70 @@ def _close_runs_of(holder: str) -> None:
         tracking.close_stale_runs(holder)
     except Exception as exc:
         log.warning("could not end the runs of the dead loop runner %s: %s", holder, exc)
+
+
+# ---- what a person reads about each batch (the CLI's lines and summary table) ---------------
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """One batch of a loop run, as the console shows it.
+
+    Attributes:
+        rows: The batch's rows of the stream, ``start-end``.
+        drift_status: ``DRIFT_DETECTED`` or ``NO_DRIFT``.
+        drifted_share: Share of drifted columns.
+        decision: What followed: ``keep`` (no retraining asked for), ``retrain skipped``
+            (asked for, nothing new to learn), ``promote vN`` or ``vN rejected``.
+        champion_version: The champion after the batch (the monitored one unless promoted).
+        estimated_roc_auc: The champion's ROC AUC estimated on the batch (no labels needed).
+        realised_roc_auc: Its ROC AUC on the labels that arrived since the last batch (None:
+            none arrived).
+        reasons: Why a retraining was asked for, and why it was skipped, in sentences.
+    """
+
+    rows: str
+    drift_status: str
+    drifted_share: float | None
+    decision: str
+    champion_version: str | None
+    estimated_roc_auc: float | None
+    realised_roc_auc: float | None
+    reasons: tuple[str, ...] = ()
+
+
+def decision_text(outcome: BatchOutcome) -> str:
+    """What followed the batch, in a few words (the reasons are in :func:`summarize`)."""
+    retrain = outcome.retrain
+    if retrain is None:
+        return "retrain skipped" if outcome.retrain_skipped else "keep"
+    version = retrain["challenger_version"]
+    return f"promote v{version}" if retrain["promoted"] else f"v{version} rejected"
+
+
+def summarize(outcome: BatchOutcome) -> BatchSummary:
+    """The batch as the console shows it, with the monitor's ROC AUC scraps from its run record.
+
+    Raises:
+        healthpredict.core.storage.StorageError: The monitor run's ``run.json`` is unreadable.
+    """
+    scraps = storage.read_json(storage.join(outcome.monitor_run_dir, layout.RUN_JSON))["scraps"]
+    retrain = outcome.retrain
+    promoted = retrain is not None and retrain["promoted"]
+    reasons = [*outcome.reasons]
+    if outcome.retrain_skipped:
+        reasons.append(outcome.retrain_skipped)
+    if retrain is not None:
+        reasons.append(f"gate: {retrain['reason']}")
+    return BatchSummary(
+        rows=f"{outcome.window.start}-{outcome.window.end}",
+        drift_status=outcome.drift_status,
+        drifted_share=outcome.drifted_share,
+        decision=decision_text(outcome),
+        champion_version=str(retrain["challenger_version"])
+        if promoted
+        else scraps.get("model_version"),
+        estimated_roc_auc=scraps.get("estimated_roc_auc"),
+        realised_roc_auc=scraps.get("realised_roc_auc"),
+        reasons=tuple(reasons),
+    )

@@ -7,6 +7,10 @@ starts, naming this process), so that a run killed half-way still shows in the g
 partial notebook; the final record replaces it. A failed run writes the same three files, then
 raises :class:`NotebookRunError`. A successful run with the same notebook bytes, parameters and
 input data is re-used instead of executed again.
+
+The console (stderr) gets one live line per notebook run (cells done / total, elapsed), inside
+the caller's display when one is open (:func:`progress_display`, e.g. the loop's batches), and
+one line with the outcome.
 """
 
 from __future__ import annotations
@@ -15,16 +19,19 @@ import logging
 import os
 import secrets
 import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from healthpredict.core import storage
 from healthpredict.core.settings import get_settings, project_root
@@ -38,6 +45,49 @@ from healthpredict.runs.result import RunResult
 log = logging.getLogger(__name__)
 # Progress and status go to stderr: the CLI's stdout carries only the run dir and the scraps.
 _console = Console(stderr=True, soft_wrap=True)
+# The live display open in this context (progress_display), shared by nested runs.
+_display: ContextVar[Progress | None] = ContextVar("healthpredict_progress", default=None)
+
+
+@contextmanager
+def progress_display(
+    console: Console | None = None, *, transient: bool = False
+) -> Iterator[Progress]:
+    """The live display that notebook runs add their cells line to.
+
+    A caller with progress of its own (the loop's batches) opens it, adds its task, and the runs
+    inside share it; a nested call returns the open one. A task's ``unit`` field names what it
+    counts (``cells``, ``batches``).
+
+    Args:
+        console: Where to draw (default: the runner's stderr console).
+        transient: Remove the display when it closes (a lone run: its outcome line stays).
+    """
+    if (open_display := _display.get()) is not None:
+        yield open_display
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} {task.fields[unit]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console or _console, transient=transient) as display:
+        token = _display.set(display)
+        try:
+            yield display
+        finally:
+            _display.reset(token)
+
+
+def _status_console() -> Console:
+    display = _display.get()
+    return display.console if display is not None else _console
+
+
+def _say(text: str) -> None:
+    """A status line, above the live display when one is open (else it would be torn)."""
+    _status_console().print(text)
 
 
 class NotebookNotFoundError(NotebookError, FileNotFoundError):
@@ -150,8 +200,82 @@ def _spec(
     )
 
 
+def kernel_manager_config() -> Any:
+    """Jupyter configuration of the kernels the runner starts: CurveZMQ-encrypted transport.
+
+    jupyter_client provisions keys only when asked (``transport_encryption``, default
+    ``disabled``) and the kernelspec declares ``curve`` in ``metadata.supported_encryption``
+    (``ipykernel install`` writes it); otherwise the kernel talks plain TCP and ipykernel warns
+    about it at every start. ``auto`` falls back to plain TCP for a kernel without support
+    (and the warning says so).
+    """
+    import zmq
+    from jupyter_client import KernelManager
+    from traitlets.config import Config
+
+    config = Config()
+    # Older jupyter_client has no such setting (and warns about unknown ones); it refuses
+    # 'auto' when libzmq was built without curve.
+    if "transport_encryption" in KernelManager.class_traits() and zmq.has("curve"):
+        config.KernelManager.transport_encryption = "auto"
+    return config
+
+
+def _parameterized(nb: Any, parameters: Mapping[str, Any], kernel_name: str) -> Any:
+    """A copy of ``nb`` with the parameters cell papermill injects after the ``parameters`` one.
+
+    Injected here rather than by ``execute_notebook(parameters=...)``: papermill would parse the
+    parameters cell again with a line-based parser that skips any line with a second ``=`` (in
+    a comment, say) and then warns the parameter is unknown; :func:`check_parameters` has
+    already parsed and checked them (with :mod:`ast`).
+    """
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    # a copy with papermill's metadata, as execute_notebook loads it
+    nb = load_notebook_node(nb)
+    return parameterize_notebook(nb, dict(parameters), kernel_name=kernel_name, language="python")
+
+
+@dataclass
+class _Cells:
+    """Code cells executed so far out of the notebook's, drawn on the live display if any."""
+
+    total: int
+    done: int = 0
+    display: Progress | None = None
+    task: TaskID | None = None
+
+    def executed(self, **_: Any) -> None:  # nbclient's on_cell_executed hook
+        self.done += 1
+        if self.display is not None and self.task is not None:
+            self.display.update(self.task, completed=self.done)
+
+    def text(self) -> str:
+        return f"{self.done}/{self.total} cells"
+
+
+def _code_cells(nb: Any) -> int:
+    return sum(c.cell_type == "code" and bool(c.source.strip()) for c in nb.cells)
+
+
+@contextmanager
+def _cells_line(name: str, cells: _Cells, progress: bool) -> Iterator[None]:
+    """The live ``<notebook> ━━━ done/total cells elapsed`` line of a run, removed at its end."""
+    if not progress or not _status_console().is_terminal:
+        yield  # a log gets the start and outcome lines only
+        return
+    with progress_display(transient=True) as display:
+        cells.display = display
+        cells.task = display.add_task(name, total=cells.total, unit="cells")
+        try:
+            yield
+        finally:
+            display.remove_task(cells.task)
+
+
 def _execute(
-    nb: Any, spec: RunSpec, cwd: Path, progress: bool, kernel_env: Mapping[str, str]
+    nb: Any, spec: RunSpec, cwd: Path, cells: _Cells, kernel_env: Mapping[str, str]
 ) -> BaseException | None:
     """Execute with papermill; returns the exception raised in the kernel/engine, if any."""
     # papermill takes seconds to import (10 s measured on a busy 2-core box): only to execute
@@ -165,12 +289,14 @@ def _execute(
         papermill.execute_notebook(
             nb,
             str(Path(spec.local_dir) / f"{spec.notebook}.ipynb"),
-            parameters=spec.parameters,
             kernel_name=spec.kernel_name,
             language="python",
             cwd=str(cwd),
-            progress_bar={"file": sys.stderr} if progress else False,
+            progress_bar=False,  # our own line (_cells_line), not tqdm's
             request_save_on_cell_execute=True,
+            # passed on to nbclient's NotebookClient
+            config=kernel_manager_config(),
+            on_cell_executed=cells.executed,
         )
     except Exception as exc:  # any failure is recorded in the run, then re-raised as ours
         return exc
@@ -188,8 +314,9 @@ def _reused(loaded: _Notebook, rendered: str, wanted_dir: str | None, progress: 
     name = loaded.path.stem
     log.info("re-using run %s for %s", previous["run_dir"], name)
     if progress:
-        _console.print(
-            f"[green]reused[/green] {name}: identical earlier run at {previous['run_dir']} "
+        _say(
+            f"[green]reused[/green] {escape(name)}: identical earlier run at "
+            f"{escape(previous['run_dir'])} "
             "(same notebook, parameters and inputs; --force runs it again)"
         )
     return RunResult.from_provenance(previous, reused=True)
@@ -224,7 +351,7 @@ def run(
         force: Execute even when an identical successful run exists.
         hide_code: Leave code out of the HTML (outputs, plots and errors stay).
         contract: Required scrap names overriding :data:`contracts.REQUIRED_SCRAPS`.
-        progress: Show papermill's progress bar and status lines on stderr.
+        progress: Show the run's cells line and its outcome on stderr.
 
     Returns:
         The successful (or re-used) run.
@@ -251,17 +378,19 @@ def run(
         "display_name": spec.kernel_name,
         "language": "python",
     }
+    nb = _parameterized(nb, spec.parameters, spec.kernel_name)
     # Seen in the gallery from now on, even if this process is killed before the end (the final
     # record replaces it; for an s3:// run_dir it goes there now, the files at the end).
     running = record.running_record(spec, started)
     record.write_running(running)
     record.refresh_gallery(rendered)
-    if progress:
-        _console.print(
-            f"[bold]running[/bold] {spec.notebook} on kernel {spec.kernel_name} -> {spec.run_dir}"
-        )
+    cells = _Cells(total=_code_cells(nb))
+    if progress and not _status_console().is_terminal:
+        # no live line in a log: say when a long run started
+        _say(f"running {escape(spec.notebook)} ({cells.total} cells) -> {escape(spec.run_dir)}")
     clock = time.monotonic()
-    failure = _execute(nb, spec, loaded.path.parent, progress, kernel.env)
+    with _cells_line(spec.notebook, cells, progress):
+        failure = _execute(nb, spec, loaded.path.parent, cells, kernel.env)
     duration = round(time.monotonic() - clock, 3)
     ended = record.utc_now()
 
@@ -271,10 +400,12 @@ def run(
     error = record.outcome_error(spec.notebook, failure, scraps, contract)
     run_record = record.finished_record(running, scraps, error, ended, duration)
     record.write_run(run_record, executed, spec.local_dir, hide_code=hide_code)
-    return _finish(run_record, rendered, progress)
+    return _finish(run_record, rendered, progress, cells)
 
 
-def _finish(run_record: record.RunRecord, rendered: str, progress: bool) -> RunResult:
+def _finish(
+    run_record: record.RunRecord, rendered: str, progress: bool, cells: _Cells
+) -> RunResult:
     """Upload a remote run, index a successful one, refresh the gallery, report the outcome."""
     prov = run_record.to_dict()
     if storage.is_s3(run_record.run_dir):
@@ -285,12 +416,12 @@ def _finish(run_record: record.RunRecord, rendered: str, progress: bool) -> RunR
     record.refresh_gallery(rendered)
     if progress:
         if result.succeeded:
-            _console.print(
-                f"[green]succeeded[/green] {run_record.notebook} in "
-                f"{run_record.duration_s:.1f} s -> {run_record.run_dir}"
+            _say(
+                f"[green]succeeded[/green] {escape(run_record.notebook)}: {cells.text()} in "
+                f"{run_record.duration_s:.1f} s -> {escape(run_record.run_dir)}"
             )
         else:
-            _console.print(f"[red]failed[/red] {record.error_message(prov)}")
+            _say(f"[red]failed[/red] {escape(record.error_message(prov))}")
     if not result.succeeded:
         raise NotebookRunError(record.error_message(prov), result)
     return result
