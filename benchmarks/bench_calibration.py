@@ -47,9 +47,9 @@ def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return {k: m[k] for k in MEASURES}
 
 
-def run_seed(ordered: pd.DataFrame, seed: int, batches: int, batch_size: int) -> list[dict]:
+def run_seed(raw: pd.DataFrame, seed: int, batches: int, batch_size: int) -> list[dict]:
     """Raw and calibrated scores of every configuration on one split seed."""
-    parts = split_frame(ordered, SplitParams(seed=seed))
+    parts = split_frame(raw, SplitParams(seed=seed))
     stream = drop_unreadmittable(parts["future_data"]).reset_index(drop=True)
     frames = {"test": drop_unreadmittable(parts["test"])}
     frames.update(
@@ -83,6 +83,10 @@ def run_seed(ordered: pd.DataFrame, seed: int, batches: int, batch_size: int) ->
     return rows
 
 
+def _sd(entry: dict) -> str:
+    return "-" if entry["sd_change"] is None else f"{entry['sd_change']:.4f}"
+
+
 def summarise(table: pd.DataFrame) -> dict:
     """Mean raw and calibrated figures and the paired change with its sd, per config and place."""
     table = table.assign(where=table["where"].str.replace(r"stream_\d+", "stream", regex=True))
@@ -95,7 +99,8 @@ def summarise(table: pd.DataFrame) -> dict:
                 "raw": round(float(group[f"{k}_raw"].mean()), 4),
                 "calibrated": round(float(group[f"{k}_calibrated"].mean()), 4),
                 "change": round(float(diff.mean()), 4),
-                "sd_change": round(float(diff.std()), 4),
+                # one seed and one batch: no spread to report (None, not NaN: valid JSON)
+                "sd_change": round(float(diff.std()), 4) if len(diff) > 1 else None,
             }
         out.setdefault(config, {})[where] = entry
     return out
@@ -114,11 +119,10 @@ def main() -> int:
         print("bench-calibration skipped: real data not found (see bench_train.py)")
         return 0
     started = time.perf_counter()
-    raw = resolve_source(source).frame
-    ordered = raw.sort_values("encounter_id", kind="stable").reset_index(drop=True)
+    raw = resolve_source(source).frame  # split_frame orders it by encounter_id
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        rows += run_seed(ordered, seed, args.batches, args.batch_size)
+        rows += run_seed(raw, seed, args.batches, args.batch_size)
     table = pd.DataFrame(rows)
     summary = summarise(table)
     report = {
@@ -137,7 +141,7 @@ def main() -> int:
     for config, places in summary.items():
         for where, e in places.items():
             cells = "  ".join(
-                f"{e[k]['raw']:.4f}->{e[k]['calibrated']:.4f} ({e[k]['change']:+.4f}±{e[k]['sd_change']:.4f})"
+                f"{e[k]['raw']:.4f}->{e[k]['calibrated']:.4f} ({e[k]['change']:+.4f}±{_sd(e[k])})"
                 for k in MEASURES
             )
             lines.append(f"{config:16s} {where:7s} {cells}  {e['methods']}")

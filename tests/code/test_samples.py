@@ -46,7 +46,7 @@ def test_committed_model_card_opens_in_chromium(tmp_path):
     assert not console_problems(stderr), console_problems(stderr)
     headings = re.findall(r"<h2[^>]*>([^<]+)</h2>", dom)
     assert [h for h in headings if h in CARD_SECTIONS] == list(CARD_SECTIONS)
-    assert "Data source" in dom and "real" in dom  # made from the real UCI data
+    assert "<tr><td>Data source</td><td>real</td></tr>" in dom  # made from the real UCI data
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', dom)
     assert len(images) == 3
     for encoded in images:  # every figure is a PNG that decodes to a real picture

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 
 from healthpredict.core import storage
@@ -77,9 +76,8 @@ def card_numbers(
         "data_source": data_source,
         "calibration_method": f"{fitted.calibration.method} ({fitted.calibration.reason})",
         "brier_before_calibration": round(float(uncalibrated_brier), 4),
-        "brier_after_calibration": round(float(np.mean((p_test - y_test) ** 2)), 4),
     }
-    return build_card(
+    card = build_card(
         test,
         y_test,
         p_test,
@@ -88,6 +86,8 @@ def card_numbers(
         facts=facts,
         seed=seed,
     )
+    card.facts["brier_after_calibration"] = round(card.overall["brier"]["value"], 4)
+    return card
 
 
 def log_card(card: ModelCard, info: ModelInfo, run_id: str) -> LoggedCard:

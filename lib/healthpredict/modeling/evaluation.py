@@ -89,7 +89,7 @@ def reliability_sums(y: np.ndarray, p: np.ndarray, n_bins: int = N_BINS, key: An
     """Sum of labels, sum of risks and rows of each equal-count bin of ``p`` (last axis).
 
     Rows sorted by risk (ties keep row order) are cut into runs whose sizes differ by at most one;
-    ``key`` (e.g. :func:`risk_codes`) sorts like ``p``, faster.
+    ``key`` (e.g. :func:`healthpredict.modeling.card.risk_codes`) sorts like ``p``, faster.
     """
     ps, ys = _sorted_by(p if key is None else key, p, y)
     n = p.shape[-1]
