@@ -30,7 +30,7 @@ from healthpredict.core.stages import RUN_DIR_PARAMETER
 from healthpredict.runs import provenance, record
 from healthpredict.runs.errors import NotebookRunError
 from healthpredict.runs.parameters import check_parameters
-from healthpredict.runs.runner import resolve_notebook
+from healthpredict.runs.runner import kernel_manager_config, resolve_notebook
 from healthpredict.runs.scraps import read_scraps
 
 log = logging.getLogger(__name__)
@@ -223,6 +223,26 @@ def _prepared_from(context: Mapping[str, Any], prepare_task_id: str, key: str | 
     return prepared
 
 
+def encrypt_operator_kernels() -> None:
+    """Make papermill's default engine, in this process, start kernels as the runner does.
+
+    PapermillOperator calls ``papermill.execute_notebook`` with no way to pass nbclient a
+    configuration, so its kernels would talk plain TCP and ipykernel would warn about it in every
+    task log. papermill looks its default engine up by name (``None``) in a registry meant for
+    extension; the one registered here only adds :func:`kernel_manager_config` (CurveZMQ). The
+    registry lives in the task's own process, so nothing else changes.
+    """
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class EncryptedEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            kwargs.setdefault("config", kernel_manager_config())
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register(None, EncryptedEngine)
+
+
 def papermill_args(prepare_task_id: str, key: str | None = None) -> dict[str, Any]:
     """Keyword arguments of a PapermillOperator executing a run prepared by another task.
 
@@ -239,6 +259,7 @@ def papermill_args(prepare_task_id: str, key: str | None = None) -> dict[str, An
         # environment: relative settings become absolute so that the kernel reads the same
         # storage and MLflow store whatever its working folder.
         os.environ.update(get_settings().as_env())
+        encrypt_operator_kernels()
         start_notebook_run(_prepared_from(context, prepare_task_id, key))
 
     def finish(context, result=None) -> None:
