@@ -27,6 +27,7 @@ MONITOR = MonitorParams.notebook
 RETRAIN = RetrainParams.notebook
 # BatchWindow.name: a test keeps the two in step (the runs layer reads records, not the state).
 BATCH_FILE = re.compile(r"(?:^|[/\\])batch_(\d+)\.csv$")
+RESOLVED_MODEL = re.compile(r"models:/[^/]+/(\d+)\b")  # how run records name a resolved model
 DRIFT_COLOURS = {DRIFT_DETECTED: "#c62828", NO_DRIFT: "#2e7d32"}
 VERSION_COLOURS = ("#bbdefb", "#c8e6c9", "#ffe0b2", "#e1bee7", "#b2dfdb", "#f8bbd0")
 
@@ -98,8 +99,16 @@ class Batch:
 
     @property
     def champion(self) -> str | None:
-        """The model version that served (and was monitored on) the batch."""
+        """The model version that served (and was monitored on) the batch.
+
+        A run that failed before recording it still names the version its model URI resolved
+        to in its inputs (``models:/<name>/<version> run <id>``).
+        """
         version = _scraps(self.run).get("model_version")
+        if version is None:
+            resolved = ((self.run.get("inputs") or {}).get("mlflow_model_uri") or {}).values()
+            found = [m.group(1) for v in resolved if (m := RESOLVED_MODEL.match(str(v)))]
+            version = found[0] if found else None
         return None if version is None else str(version)
 
     @property
@@ -180,36 +189,141 @@ def build_streams(runs: list[Run]) -> tuple[list[Stream], list[Run]]:
     return streams, apart
 
 
-def _marker(kind: str, x: float, y: float, colour: str, title: str, filled: bool = True) -> str:
-    if kind == "retrain":
-        shape = f"M{x:.1f},{y - 6:.1f} L{x + 6:.1f},{y + 5:.1f} L{x - 6:.1f},{y + 5:.1f} Z"
-    else:
-        shape = (
-            f"M{x:.1f},{y - 7:.1f} L{x + 6:.1f},{y:.1f} L{x:.1f},{y + 7:.1f} L{x - 6:.1f},{y:.1f} Z"
-        )
-    fill = colour if filled else "#fff"
+# Geometry of a stream's SVG (pixels): a ROC AUC panel, then one lane each for drift points,
+# retrain markers, promotion markers and the champion band, then the start rows.
+_LEFT, _RIGHT, _AUC_TOP, _AUC_BOTTOM = 86, 16, 8, 78
+_DRIFT_Y, _DECISION_Y, _RETRAIN_Y, _PROMOTION_Y, _BAND_Y, _HEIGHT = 98, 120, 136, 154, 166, 204
+_DECISION_ROOM = 64  # pixels per batch below which decisions are told by hover titles only
+_AUC_COLOURS = {"estimated": ("#e65100", ' stroke-dasharray="4 3"'), "realised": ("#1565c0", "")}
+
+
+def _text(x: float, y: float, text: str, anchor: str = "end", size: int = 11) -> str:
     return (
-        f'<path class="marker {kind}" d="{shape}" fill="{fill}" stroke="{colour}" '
-        f'stroke-width="1.5"><title>{_e(title)}</title></path>'
+        f'<text x="{x:.1f}" y="{y}" font-size="{size}" text-anchor="{anchor}" fill="#555">'
+        f"{_e(text)}</text>"
+    )
+
+
+def _marker(kind: str, x: float, y: float, colour: str, title: str, filled: bool = True) -> str:
+    """A triangle (``retrain*``) or a diamond (``promotion``, ``champion-change``) with a title."""
+    if kind.startswith("retrain"):
+        shape = f"M{x:.1f},{y - 6} L{x + 6:.1f},{y + 5} L{x - 6:.1f},{y + 5} Z"
+    else:
+        shape = f"M{x:.1f},{y - 7} L{x + 6:.1f},{y} L{x:.1f},{y + 7} L{x - 6:.1f},{y} Z"
+    return (
+        f'<path class="marker {kind}" d="{shape}" fill="{colour if filled else "#fff"}" '
+        f'stroke="{colour}" stroke-width="1.5"><title>{_e(title)}</title></path>'
     )
 
 
 def _batch_title(batch: Batch) -> str:
     est, real = batch.auc("estimated"), batch.auc("realised")
     share = _number(_scraps(batch.run).get("drifted_share"))
-    lines = [
-        f"batch rows {batch.rows} · {batch.status}"
-        + (f" ({share:.1%} of columns drifted)" if share is not None else ""),
-        f"decision: {batch.decision}",
-        f"champion serving it: v{batch.champion or '?'}",
-        f"estimated ROC AUC {est:.3f}" if est is not None else "estimated ROC AUC: not recorded",
-        f"realised ROC AUC {real:.3f} (labels arrived by this batch)"
-        if real is not None
-        else "realised ROC AUC: no labels arrived",
-        f"monitor run {batch.run.get('run_id')}"
-        + (f" ({len(batch.runs)} runs of this batch)" if len(batch.runs) > 1 else ""),
+    drifted = f" ({share:.1%} of columns drifted)" if share is not None else ""
+    repeats = f" ({len(batch.runs)} runs of this batch)" if len(batch.runs) > 1 else ""
+    return "\n".join(
+        [
+            f"batch rows {batch.rows} · {batch.status}{drifted}",
+            f"decision: {batch.decision}",
+            f"champion serving it: v{batch.champion or '?'}",
+            f"estimated ROC AUC {est:.3f}" if est is not None else "estimated ROC AUC: none",
+            f"realised ROC AUC {real:.3f} (labels arrived by this batch)"
+            if real is not None
+            else "realised ROC AUC: no labels arrived",
+            f"monitor run {batch.run.get('run_id')}{repeats}",
+        ]
+    )
+
+
+def _auc_panel(batches: list[Batch], sx: Callable[[int], float], radius: float) -> list[str]:
+    """Estimated and realised ROC AUC over the batches, on a scale fitted to their values."""
+    values = [v for b in batches for v in (b.auc("estimated"), b.auc("realised")) if v is not None]
+    mid = (min(values) + max(values)) / 2 if values else 0.7
+    half = max((max(values) - min(values)) / 2 + 0.01, 0.02) if values else 0.02
+    lo, hi = mid - half, mid + half
+
+    def sy(v: float) -> float:
+        return _AUC_BOTTOM - (_AUC_BOTTOM - _AUC_TOP) * (v - lo) / (hi - lo)
+
+    out = [
+        _text(_LEFT - 6, _AUC_TOP + 4, f"ROC AUC {hi:.2f}"),
+        _text(_LEFT - 6, _AUC_BOTTOM, f"{lo:.2f}"),
     ]
-    return "\n".join(lines)
+    for kind, (colour, dash) in _AUC_COLOURS.items():
+        pts = [(sx(i), v, b) for i, b in enumerate(batches) if (v := b.auc(kind)) is not None]
+        if len(pts) > 1:
+            coords = " ".join(f"{x:.1f},{sy(v):.1f}" for x, v, _ in pts)
+            out.append(
+                f'<polyline class="auc {kind}" points="{coords}" fill="none" '
+                f'stroke="{colour}" stroke-width="1.5"{dash}/>'
+            )
+        for x, v, b in pts:
+            title = f"{kind} ROC AUC {v:.3f} · batch rows {b.rows}"
+            out.append(
+                f'<circle class="auc {kind}" cx="{x:.1f}" cy="{sy(v):.1f}" r="{min(radius, 3):.1f}"'
+                f' fill="{colour}"><title>{_e(title)}</title></circle>'
+            )
+    return out
+
+
+def _batch_point(batch: Batch, x: float, radius: float, link: Link) -> str:
+    """The batch's drift point in a ``<g class="batch">`` carrying what a test or a reader needs."""
+    colour = DRIFT_COLOURS.get(batch.status)
+    fill, stroke = (colour, colour) if colour else ("#fff", "#757575")  # hollow: no verdict
+    point = (
+        f'<circle cx="{x:.1f}" cy="{_DRIFT_Y}" r="{radius:.1f}" fill="{fill}" stroke="{stroke}" '
+        'stroke-width="1.5"/>'
+    )
+    if href := link(batch.run):
+        point = f'<a href="{_e(href)}">{point}</a>'
+    return (
+        f'<g class="batch" data-start="{batch.start}" data-status="{_e(batch.status)}" '
+        f'data-decision="{_e(batch.decision)}" data-champion="{_e(batch.champion or "")}" '
+        f'data-run-id="{_e(batch.run.get("run_id", ""))}">'
+        f"<title>{_e(_batch_title(batch))}</title>{point}</g>"
+    )
+
+
+def _events(batches: list[Batch], i: int, x: float) -> list[str]:
+    """Markers of batch ``i``: its retraining, a promotion, a champion changed outside the loop."""
+    batch, out = batches[i], []
+    if batch.retrain is not None:
+        done = _status(batch.retrain) == record.SUCCEEDED
+        title = f"retraining after batch rows {batch.rows}: {batch.decision}"
+        out.append(_marker("retrain", x, _RETRAIN_Y, "#6a1b9a", title, done))
+    elif batch.decision.startswith("retrain "):  # asked for by the monitor, not run
+        title = f"batch rows {batch.rows}: {batch.decision}"
+        out.append(_marker("retrain-skipped", x, _RETRAIN_Y, "#9e9e9e", title, False))
+    before = batches[i - 1] if i else None
+    if batch.promoted:
+        title = f"v{batch.promoted} promoted after batch rows {batch.rows}: serves the next batches"
+        out.append(_marker("promotion", x, _PROMOTION_Y, "#f9a825", title))
+    elif before and batch.champion and before.champion not in (None, batch.champion):
+        if before.promoted != batch.champion:  # not the previous batch's promotion
+            title = f"champion v{before.champion} → v{batch.champion} outside the loop's retraining"
+            out.append(_marker("champion-change", x, _PROMOTION_Y, "#f9a825", title, False))
+    return out
+
+
+def _champion_band(batches: list[Batch], sx: Callable[[int], float], step: float) -> list[str]:
+    """One coloured cell per batch by the version serving it, the version named where it starts."""
+    out: list[str] = []
+    colours: dict[str, str] = {}
+    for i, batch in enumerate(batches):
+        version = batch.champion or "?"
+        if version not in colours:
+            colours[version] = VERSION_COLOURS[len(colours) % len(VERSION_COLOURS)]
+        x = sx(i) - step / 2
+        out.append(
+            f'<rect x="{x:.1f}" y="{_BAND_Y}" width="{step:.1f}" height="16" '
+            f'fill="{colours[version]}"/>'
+        )
+        if i == 0 or (batches[i - 1].champion or "?") != version:
+            out.append(
+                f'<text class="champion" x="{x + 3:.1f}" y="{_BAND_Y + 12}" font-size="11" '
+                f'fill="#222">v{_e(version)}</text>'
+            )
+    return out
 
 
 def stream_svg(stream: Stream, link: Link, width: int = 900) -> str:
@@ -221,123 +335,36 @@ def stream_svg(stream: Stream, link: Link, width: int = 900) -> str:
     """
     batches = stream.ordered
     n = len(batches)
-    left, right = 86, 16
-    plot_w = width - left - right
-    auc_top, auc_bottom, drift_y, retrain_y, promo_y, band_y, height = 8, 78, 98, 120, 140, 152, 190
-    step = plot_w / max(n, 1)
+    step = (width - _LEFT - _RIGHT) / max(n, 1)
 
     def sx(i: int) -> float:
-        return left + step * (i + 0.5)
+        return _LEFT + step * (i + 0.5)
 
-    values = [v for b in batches for v in (b.auc("estimated"), b.auc("realised")) if v is not None]
-    lo, hi = (min(values), max(values)) if values else (0.5, 1.0)
-    lo, hi = (
-        (lo - 0.01, hi + 0.01) if hi - lo >= 0.02 else ((lo + hi) / 2 - 0.02, (lo + hi) / 2 + 0.02)
-    )
-
-    def sy(v: float) -> float:
-        return auc_bottom - (auc_bottom - auc_top) * (v - lo) / (hi - lo)
-
+    radius = max(2.5, min(6.0, step / 3))
     out = [
         f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-        f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="stream timeline: {n} monitored batches">'
+        f'height="{_HEIGHT}" viewBox="0 0 {width} {_HEIGHT}" role="img" '
+        f'aria-label="stream timeline: {_count(n, "monitored batch", "monitored batches")}">'
     ]
-    for label, y in (
-        (f"ROC AUC {hi:.2f}", auc_top + 4), (f"{lo:.2f}", auc_bottom), ("drift", drift_y + 4),
-        ("retrain", retrain_y + 4), ("promotion", promo_y + 4), ("champion", band_y + 12),
-    ):  # fmt: skip
-        out.append(
-            f'<text x="{left - 6}" y="{y}" font-size="11" text-anchor="end" fill="#555">{label}</text>'
-        )
-    for y in (auc_top, auc_bottom):
-        out.append(f'<line x1="{left}" y1="{y}" x2="{left + plot_w}" y2="{y}" stroke="#e0e0e0"/>')
-    radius = max(2.5, min(6.0, step / 3))
-    for kind, colour, dash in (
-        ("estimated", "#e65100", ' stroke-dasharray="4 3"'),
-        ("realised", "#1565c0", ""),
-    ):
-        pts = [(sx(i), v, b) for i, b in enumerate(batches) if (v := b.auc(kind)) is not None]
-        if len(pts) > 1:
-            coords = " ".join(f"{x:.1f},{sy(v):.1f}" for x, v, _ in pts)
-            out.append(
-                f'<polyline class="auc {kind}" points="{coords}" fill="none" stroke="{colour}" stroke-width="1.5"{dash}/>'
-            )
-        for x, v, b in pts:
-            title = f"{kind} ROC AUC {v:.3f} · batch rows {b.rows}"
-            out.append(
-                f'<circle class="auc {kind}" cx="{x:.1f}" cy="{sy(v):.1f}" r="{min(radius, 3):.1f}" '
-                f'fill="{colour}"><title>{_e(title)}</title></circle>'
-            )
-    previous: str | None = None
-    versions: dict[str, str] = {}
+    lanes = (
+        ("drift", _DRIFT_Y + 4), ("decision", _DECISION_Y + 4), ("retrain", _RETRAIN_Y + 4),
+        ("promotion", _PROMOTION_Y + 4), ("champion", _BAND_Y + 12),
+    )  # fmt: skip
+    out += [_text(_LEFT - 6, y, label) for label, y in lanes]
+    out += [
+        f'<line x1="{_LEFT}" y1="{y}" x2="{width - _RIGHT}" y2="{y}" stroke="#e0e0e0"/>'
+        for y in (_AUC_TOP, _AUC_BOTTOM)
+    ]
+    out += _auc_panel(batches, sx, radius)
+    out += _champion_band(batches, sx, step)
     for i, batch in enumerate(batches):
-        x = sx(i)
-        colour = DRIFT_COLOURS.get(batch.status)
-        fill, stroke = (colour, colour) if colour else ("#fff", "#757575")
-        point = f'<circle cx="{x:.1f}" cy="{drift_y}" r="{radius:.1f}" fill="{fill}" stroke="{stroke}" stroke-width="1.5"/>'
-        href = link(batch.run)
-        if href:
-            point = f'<a href="{_e(href)}">{point}</a>'
-        out.append(
-            f'<g class="batch" data-start="{batch.start}" data-status="{_e(batch.status)}" '
-            f'data-decision="{_e(batch.decision)}" data-champion="{_e(batch.champion or "")}" '
-            f'data-run-id="{_e(batch.run.get("run_id", ""))}"><title>{_e(_batch_title(batch))}</title>{point}</g>'
-        )
-        if batch.retrain is not None:
-            ok = _status(batch.retrain) == record.SUCCEEDED
-            out.append(
-                _marker(
-                    "retrain",
-                    x,
-                    retrain_y,
-                    "#6a1b9a",
-                    f"retraining after batch rows {batch.rows}: {batch.decision}",
-                    ok,
-                )
-            )
-        if batch.promoted:
-            out.append(
-                _marker(
-                    "promotion",
-                    x,
-                    promo_y,
-                    "#f9a825",
-                    f"v{batch.promoted} promoted after batch rows {batch.rows}: it serves the next batches",
-                )
-            )
-        elif previous is not None and batch.champion and batch.champion != previous:
-            promoted_before = i > 0 and batches[i - 1].promoted == batch.champion
-            if not promoted_before:
-                out.append(
-                    _marker(
-                        "champion-change",
-                        x,
-                        promo_y,
-                        "#f9a825",
-                        f"champion v{previous} → v{batch.champion} outside the loop's retraining",
-                        False,
-                    )
-                )
-        version = batch.champion or "?"
-        band = (
-            VERSION_COLOURS[len(versions) % len(VERSION_COLOURS)]
-            if version not in versions
-            else versions[version]
-        )
-        versions.setdefault(version, band)
-        out.append(
-            f'<rect x="{x - step / 2:.1f}" y="{band_y}" width="{step:.1f}" height="16" fill="{band}"/>'
-        )
-        if version != previous:
-            out.append(
-                f'<text class="champion" x="{x - step / 2 + 3:.1f}" y="{band_y + 12}" font-size="11" fill="#222">v{_e(version)}</text>'
-            )
-        previous = batch.champion or previous
-    for i in sorted({0, n - 1, *range(0, n, max(1, n // 6))}):
-        out.append(
-            f'<text x="{sx(i):.1f}" y="{height - 6}" font-size="10" text-anchor="middle" fill="#555">{batches[i].start}</text>'
-        )
+        out.append(_batch_point(batch, sx(i), radius, link))
+        out += _events(batches, i, sx(i))
+        if step >= _DECISION_ROOM:
+            label = batch.decision.removeprefix("retrain skipped: ")
+            out.append(_text(sx(i), _DECISION_Y + 4, label, "middle", 10))
+    ticks = sorted({0, n - 1, *range(0, n, max(1, n // 6))})
+    out += [_text(sx(i), _HEIGHT - 6, str(batches[i].start), "middle", 10) for i in ticks]
     out.append("</svg>")
     return "\n".join(out)
 
@@ -360,6 +387,10 @@ def _apart_item(run: Mapping[str, Any], link: Link) -> str:
     return f'<li><a href="{_e(href)}">{text}</a></li>' if href else f"<li>{text}</li>"
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 def timeline_html(runs: list[Run], link: Link) -> str:
     """The timeline section of the gallery: every stream (newest first), then the runs apart.
 
@@ -378,7 +409,11 @@ def timeline_html(runs: list[Run], link: Link) -> str:
         retrains = sum(b.retrain is not None for b in batches)
         promotions = sum(b.promoted is not None for b in batches)
         since = str(batches[0].runs[0].get("started_at") or "")[:16].replace("T", " ")
-        heading = f"{len(batches)} batches (rows {batches[0].start} to {batches[-1].rows.split('-')[1] or '…'}), {retrains} retrainings, {promotions} promotions"
+        last = f" (last batch at row {batches[-1].start})" if len(batches) > 1 else ""
+        heading = (
+            f"{_count(len(batches), 'batch', 'batches')} from row {batches[0].start}{last}, "
+            f"{_count(retrains, 'retraining')}, {_count(promotions, 'promotion')}"
+        )
         if len(streams) > 1:
             heading = f"pass {number} of {len(streams)} over the stream, from {since}: {heading}"
         parts.append(
@@ -389,7 +424,8 @@ def timeline_html(runs: list[Run], link: Link) -> str:
             '<div class="note">point: drift status (<span style="color:#c62828">●</span> drift, '
             '<span style="color:#2e7d32">●</span> no drift, ○ monitor run not succeeded); '
             '<span style="color:#e65100">- -</span> estimated and <span style="color:#1565c0">—</span> '
-            "realised ROC AUC; ▲ retraining (hollow: not succeeded); ◆ promotion (hollow: champion "
+            "realised ROC AUC; decision (hover a point when too many to write); ▲ retraining "
+            "(hollow: not succeeded; grey: asked for, not run); ◆ promotion (hollow: champion "
             "changed outside the loop); band: champion version serving each batch. Hover for "
             "details, click a point for its notebook.</div>"
         )
