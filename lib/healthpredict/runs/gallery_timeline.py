@@ -4,7 +4,7 @@ Built from run records alone (the gallery may be read far from the storage that 
 state). A drift-monitor run belongs to the stream when the batch it monitored is one the loop
 cut: ``new_data_path`` named like :attr:`healthpredict.monitoring.state.BatchWindow.name`
 (``batch_<start row>.csv``); its start row orders it. A loop that starts the stream again (as
-``healthpredict demo`` does) starts a new stream; a batch monitored again (a re-run after a
+``healthpredict demo`` does) makes a new pass over it; a batch monitored again (a re-run after a
 failure) is one point, its latest successful run. A retrain run belongs to the batch whose
 monitor run it follows when that run asked for a retraining with new labelled rows at hand (what
 :func:`healthpredict.pipelines.monitoring_step.decide` requires); every other monitor or retrain
@@ -25,7 +25,8 @@ from healthpredict.runs import record
 
 MONITOR = MonitorParams.notebook
 RETRAIN = RetrainParams.notebook
-# BatchWindow.name: a test keeps the two in step (the runs layer reads records, not the state).
+# The name BatchWindow.name gives a batch (not imported: monitoring.state loads pandas); a test
+# keeps the two in step.
 BATCH_FILE = re.compile(r"(?:^|[/\\])batch_(\d+)\.csv$")
 RESOLVED_MODEL = re.compile(r"models:/[^/]+/(\d+)\b")  # how run records name a resolved model
 DRIFT_COLOURS = {DRIFT_DETECTED: "#c62828", NO_DRIFT: "#2e7d32"}
@@ -143,7 +144,7 @@ class Batch:
 
 @dataclass
 class Stream:
-    """The batches of one pass of the loop over the stream, by start row."""
+    """One pass of the loop over the stream: its batches by start row."""
 
     batches: dict[int, Batch] = field(default_factory=dict)
 
@@ -161,7 +162,7 @@ def wants_retrain(run: Mapping[str, Any]) -> bool:
 
 
 def build_streams(runs: list[Run]) -> tuple[list[Stream], list[Run]]:
-    """The streams (oldest first) and the monitor and retrain runs outside any of them.
+    """The passes over the stream (oldest first) and the monitor and retrain runs outside them.
 
     Args:
         runs: Runs oldest first (as from :func:`healthpredict.runs.gallery.load_runs`).
@@ -169,6 +170,7 @@ def build_streams(runs: list[Run]) -> tuple[list[Stream], list[Run]]:
     streams: list[Stream] = []
     apart: list[Run] = []
     last: Batch | None = None  # the batch of the latest stream monitor run
+    furthest = -1  # the furthest batch start of the current pass
     for run in runs:
         name = run.get("notebook")
         if name == MONITOR:
@@ -176,9 +178,11 @@ def build_streams(runs: list[Run]) -> tuple[list[Stream], list[Run]]:
             if start is None:
                 apart.append(run)
                 continue
-            # The cursor only moves forward: a batch before the last one is a new pass.
-            if not streams or start < max(streams[-1].batches):
+            # The cursor only moves forward: a batch before the furthest one is a new pass.
+            if start < furthest or not streams:
                 streams.append(Stream())
+                furthest = start
+            furthest = max(furthest, start)
             last = streams[-1].batches.setdefault(start, Batch(start))
             last.runs.append(run)
         elif name == RETRAIN:
