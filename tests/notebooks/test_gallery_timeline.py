@@ -17,7 +17,7 @@ from healthpredict.core import layout
 from healthpredict.core.settings import get_settings, project_root
 from healthpredict.monitoring.state import BatchWindow
 from healthpredict.runs import record
-from healthpredict.runs.gallery import build_gallery, load_runs
+from healthpredict.runs.gallery import build_gallery, load_runs, render_gallery
 from healthpredict.runs.gallery_timeline import batch_start, build_streams
 from tests.support.chromium import (
     console_problems,
@@ -182,25 +182,28 @@ def test_streams_points_and_runs_apart(gallery):
     assert "on validation.csv" in page
 
 
+def test_dashboard_link_only_when_given(gallery):
+    rendered, index, _ = gallery
+    url = "http://127.0.0.1:8000/projects/0a1b"
+    assert 'class="dashboard"' not in index.read_text()
+    page = render_gallery(load_runs(str(rendered)), str(rendered), dashboard_url=url)
+    assert f'<a class="dashboard" href="{url}">Evidently dashboard</a>' in page
+
+
 @needs_chromium
 def test_timeline_and_filters_in_chromium(gallery, tmp_path):
+    """Offline, no console error; a link to a filtered view (both dimensions) applies on load."""
     rendered, index, _ = gallery
-    dom, stderr, requests = dump_dom_with_requests(index.as_uri(), tmp_path / "profile")
+    url = index.as_uri() + "#notebook=03_drift_monitor&status=failed"
+    dom, stderr, requests = dump_dom_with_requests(url, tmp_path / "profile")
     assert not console_problems(stderr), console_problems(stderr)
     assert requests == []
     assert len(re.findall(r'<g class="batch"', dom)) == len(FIRST_PASS) + len(SECOND_PASS)
     rows = re.findall(r"<tr [^>]*data-run-id[^>]*>", dom)
-    assert len(rows) == 13 and not [r for r in rows if "hidden" in r]
-
-    # A link to a filtered view: both dimensions at once, applied on load.
-    url = index.as_uri() + "#notebook=03_drift_monitor&status=failed"
-    dom, stderr, _ = dump_dom_with_requests(url, tmp_path / "profile")
-    assert not console_problems(stderr), console_problems(stderr)
-    shown = [r for r in re.findall(r"<tr [^>]*data-run-id[^>]*>", dom) if "hidden" not in r]
-    assert len(shown) == 2
-    assert all(
-        'data-notebook="03_drift_monitor"' in r and 'data-status="failed"' in r for r in shown
-    )
+    shown = [r for r in rows if "hidden" not in r]
+    assert len(rows) == 13 and len(shown) == 2
+    assert all('data-notebook="03_drift_monitor"' in r for r in shown)
+    assert all('data-status="failed"' in r for r in shown)
     assert re.search(r'id="shown">\s*2 of 13 runs shown', dom)
 
     picture = screenshot(index.as_uri(), tmp_path / "gallery.png", tmp_path / "profile")
