@@ -1,4 +1,4 @@
-"""The run gallery (rendered/index.html): content, escaping, chart, links, and a real browser."""
+"""The run gallery (rendered/index.html): content, escaping, links, and a real browser."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from healthpredict.cli import app
 from healthpredict.core import storage
 from healthpredict.runs import NotebookRunError, run
-from healthpredict.runs.gallery import build_gallery, chart_svg, series
+from healthpredict.runs.gallery import build_gallery
 from tests.support.chromium import console_problems, dump_dom, needs_chromium
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -115,19 +115,16 @@ def test_gallery_rows_and_content(rendered):
     assert "DRIFT_DETECTED" in page and "decision: <b>promote</b>" in page
     assert "fixture_report.html" in page and "drift.html" in page
     assert "passwd" not in page.split("<table")[1]  # reports outside the run folder: no link
-    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert page.count("<script") == 1 and "<script>" in page  # one inline script, nothing fetched
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
 
 
-def test_chart_series_follow_the_batch_stream(rendered):
-    out, _ = rendered
-    from healthpredict.runs.gallery import load_runs
-
-    points = series(load_runs(str(out)))
-    assert [p[:2] for p in points["auc"]] == [(1, 0.67), (5, 0.7)]
-    assert [p[:2] for p in points["drift"]] == [(2, 0.05), (3, 0.2), (4, 0.45)]
-    svg = chart_svg(points)
-    assert svg.startswith("<svg") and svg.count("<circle") == 5 and svg.count("<polyline") == 2
-    assert "no drift-monitor" in chart_svg({"drift": [], "auc": []}).lower()
+def test_monitor_runs_off_the_stream_are_listed_apart(rendered):
+    """These monitor runs name no batch of the loop's stream: listed apart, no timeline point."""
+    out, index = rendered
+    page = index.read_text()
+    assert '<g class="batch"' not in page and "No batch of the stream monitored yet" in page
+    assert "4 monitor or retrain runs outside the stream" in page
 
 
 def test_every_relative_link_resolves(rendered):
@@ -152,7 +149,7 @@ def test_gallery_renders_in_headlessdump_dom(rendered, tmp_path):
     out, index = rendered
     dom, stderr = dump_dom(index.as_uri(), tmp_path / "profile")
     assert len(re.findall(r'<tr class="run-(?:ok|failed)"', dom)) == 7
-    assert "<svg" in dom and "Health Predict: notebook runs" in dom
+    assert '<section id="timeline">' in dom and "Health Predict: notebook runs" in dom
     assert not console_problems(stderr), console_problems(stderr)
 
     # The notebook HTML it links to opens offline too (no CDN scripts, no console errors).

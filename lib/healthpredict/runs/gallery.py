@@ -1,14 +1,17 @@
 """``rendered/index.html``: one page listing every notebook run, newest first.
 
-The page is self-contained (inline CSS and an inline SVG chart, no scripts, no network), so it
-opens from the file system or from a static bucket. Links are relative to the page and only
-point at files that exist when the page is built.
+The page is self-contained (inline CSS, inline SVG and one small inline script, no network), so
+it opens from the file system or from a static bucket. Links are relative to the page and only
+point at files that exist when the page is built (the Evidently dashboard's address aside). At
+the top, the monitored stream (:mod:`healthpredict.runs.gallery_timeline`); below, every run.
 
 A run whose ``run.json`` still says ``running`` is shown as what it became
 (:func:`healthpredict.runs.record.live_status`): ``killed`` when its runner's process on this
 host is gone, ``stale`` when its runner is elsewhere and it gave no sign of life for
 :data:`~healthpredict.runs.record.STALE_AFTER`, else ``running``; with a link to its partial
-notebook. Radio buttons above the table show one status at a time (CSS only).
+notebook. Radio buttons above the table show one status and one notebook at a time (CSS only);
+the script keeps the choice in the address (``#notebook=03_drift_monitor&status=failed``) and
+applies the address's choice on load.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import html
 import os
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,16 +30,14 @@ from healthpredict.core import storage
 from healthpredict.core.layout import RUN_JSON
 from healthpredict.core.settings import get_settings
 from healthpredict.runs import record
+from healthpredict.runs.gallery_timeline import timeline_html
 
 GALLERY_NAME = "index.html"
-DRIFT_NOTEBOOK = "03_drift_monitor"
-MODEL_NOTEBOOKS = ("02_train_hpo", "04_retrain")
 KEY_SCRAPS = (
     "n_rows", "target_rate", "best_family", "test_roc_auc", "drift_status", "drifted_share",
     "n_drifted_columns", "model_version", "promoted", "decision", "challenger_version",
     "champion_version",
 )  # fmt: skip
-_AUC_KEYS = ("test_roc_auc", "roc_auc", "auc", "val_roc_auc")
 # Shown status -> (row class, badge class); any other status is shown as failed.
 _STYLES = {
     record.SUCCEEDED: ("run-ok", "ok"),
@@ -76,7 +78,11 @@ table{margin-top:8px}
 .note{color:#555;font-size:12px}
 code{font-size:12px}
 .kv{white-space:nowrap}
-.chart{margin:10px 0 18px 0}
+h2{font-size:17px;margin:18px 0 6px 0}
+#timeline .stream{margin:6px 0 10px 0}
+.timeline a circle{cursor:pointer}
+.apart ul{margin:4px 0;padding-left:20px}
+input[name=nb]{vertical-align:middle;margin-left:10px}
 """
 
 
@@ -183,107 +189,6 @@ def _report_files(run: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def _model_auc(run: Mapping[str, Any]) -> float | None:
-    scraps = run.get("scraps") or {}
-    if isinstance(scraps.get("test_roc_auc"), int | float):
-        return float(scraps["test_roc_auc"])
-    # After a retrain decision, the model in service is the challenger only if promoted.
-    metrics = (
-        scraps.get("challenger_metrics")
-        if scraps.get("promoted")
-        else scraps.get("champion_metrics")
-    )
-    if isinstance(metrics, Mapping):
-        for key in _AUC_KEYS:
-            if isinstance(metrics.get(key), int | float):
-                return float(metrics[key])
-    return None
-
-
-def series(runs: list[dict[str, Any]]) -> dict[str, list[tuple[int, float, str]]]:
-    """Points of the chart: drift share of drift-monitor runs, AUC of training/retrain runs.
-
-    Args:
-        runs: Runs oldest first (as from :func:`load_runs`).
-
-    Returns:
-        ``{"drift": [...], "auc": [...]}`` with ``(x, y, label)`` points, x being the order of
-        the run among the charted runs.
-    """
-    points: dict[str, list[tuple[int, float, str]]] = {"drift": [], "auc": []}
-    x = 0
-    for run in runs:
-        if run.get("status") != "succeeded":
-            continue
-        scraps = run.get("scraps") or {}
-        name = run.get("notebook")
-        if name == DRIFT_NOTEBOOK and isinstance(scraps.get("drifted_share"), int | float):
-            x += 1
-            label = f"{name} {run.get('started_at', '')}: drift share {scraps['drifted_share']:.3f} ({scraps.get('drift_status')})"
-            points["drift"].append((x, float(scraps["drifted_share"]), label))
-        elif name in MODEL_NOTEBOOKS and (auc := _model_auc(run)) is not None:
-            x += 1
-            label = f"{name} {run.get('started_at', '')}: AUC {auc:.3f} (model v{scraps.get('model_version') or scraps.get('challenger_version')})"
-            points["auc"].append((x, auc, label))
-    return points
-
-
-def chart_svg(
-    points: Mapping[str, list[tuple[int, float, str]]], width: int = 760, height: int = 230
-) -> str:
-    """Inline SVG line chart of drift share and model AUC (y from 0 to 1) over run order."""
-    n = max([p[0] for pts in points.values() for p in pts], default=0)
-    if n == 0:
-        return '<p class="sub">No drift-monitor or training runs yet: nothing to chart.</p>'
-    left, right, top, bottom = 44, 150, 14, 30
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def sx(x: int) -> float:
-        return left + (plot_w * (x - 1) / (n - 1) if n > 1 else plot_w / 2)
-
-    def sy(y: float) -> float:
-        return top + plot_h * (1 - max(0.0, min(1.0, y)))
-
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="drift share and model AUC over runs">'
-    ]
-    for tick in (0, 0.25, 0.5, 0.75, 1.0):
-        y = sy(tick)
-        out.append(
-            f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#e0e0e0"/>'
-        )
-        out.append(
-            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end" fill="#555">{tick:g}</text>'
-        )
-    out.append(
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" font-size="11" text-anchor="middle" fill="#555">run order (drift monitor and model runs)</text>'
-    )
-    colours = {"drift": "#e65100", "auc": "#1565c0"}
-    names = {"drift": "drift share", "auc": "model ROC AUC"}
-    for i, (key, pts) in enumerate(points.items()):
-        colour = colours.get(key, "#444")
-        if len(pts) > 1:
-            coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y, _ in pts)
-            out.append(
-                f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"/>'
-            )
-        for x, y, label in pts:
-            out.append(
-                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{colour}">'
-                f"<title>{_e(label)}</title></circle>"
-            )
-        ly = top + 14 + 18 * i
-        out.append(
-            f'<rect x="{left + plot_w + 14}" y="{ly - 9}" width="12" height="12" fill="{colour}"/>'
-        )
-        out.append(
-            f'<text x="{left + plot_w + 32}" y="{ly + 1}" font-size="12" fill="#333">{_e(names.get(key, key))}</text>'
-        )
-    out.append("</svg>")
-    return "\n".join(out)
-
-
 def _badge(text: str, cls: str) -> str:
     return f'<span class="badge {cls}">{_e(text)}</span>'
 
@@ -311,7 +216,7 @@ def _unfinished_note(run: Mapping[str, Any], status: str, has_notebook: bool) ->
     return f'<div class="{"note" if status == record.RUNNING else "err"}">{_e(text)}</div>'
 
 
-def _row(run: Mapping[str, Any], rendered_dir: str) -> str:
+def _row(run: Mapping[str, Any], rendered_dir: str, nb_index: int) -> str:
     status = _shown_status(run)
     failed = status != record.SUCCEEDED
     row_cls, badge_cls = _STYLES.get(status, _STYLES[record.FAILED])
@@ -365,36 +270,108 @@ def _row(run: Mapping[str, Any], rendered_dir: str) -> str:
         name = report.replace(os.sep, "/").rsplit("/", 1)[-1]
         links.append(f'<a href="{_e(_rel_link(report, rendered_dir))}">{_e(name)}</a>')
     return (
-        f'<tr class="{row_cls}" data-run-id="{_e(run.get("run_id", ""))}">'
+        f'<tr class="{row_cls}" data-run-id="{_e(run.get("run_id", ""))}" '
+        f'data-notebook="{_e(run.get("notebook"))}" data-status="{_filter_status(run)}" '
+        f'data-nb="{nb_index}">'
         f"<td>{_e(when)}</td><td><b>{_e(run.get('notebook'))}</b></td><td>{source_cell}</td>"
         f"<td>{params_cell}</td><td>{status_cell}</td><td>{'<br>'.join(bits)}</td>"
         f"<td>{' · '.join(links)}</td></tr>"
     )
 
 
+def _filter_status(run: Mapping[str, Any]) -> str:
+    """The status a row is filtered by: its shown one, any unknown status counting as failed."""
+    status = _shown_status(run)
+    return status if status in _STYLES else record.FAILED
+
+
 def _row_class(run: Mapping[str, Any]) -> str:
-    return _STYLES.get(_shown_status(run), _STYLES[record.FAILED])[0]
+    return _STYLES[_filter_status(run)][0]
 
 
-def _filter(runs: list[dict[str, Any]]) -> str:
-    """Radio buttons showing all rows or one status (CSS only: they precede the table)."""
+def _radio(group: str, ident: str, value: str, label: str, checked: bool = False) -> str:
+    return (
+        f'<input type="radio" name="{group}" id="{ident}" value="{_e(value)}"'
+        f'{" checked" if checked else ""}><label for="{ident}">{label}</label>'
+    )
+
+
+def _filter(runs: list[dict[str, Any]], notebooks: list[str]) -> str:
+    """Radio buttons choosing a status and a notebook (CSS only: they precede the table)."""
     counts = {cls: 0 for cls, _ in _STYLES.values()}
     for run in runs:
         counts[_row_class(run)] += 1
-    items = [
-        '<input type="radio" name="show" id="show-all" checked><label for="show-all">all</label>'
-    ]
-    for status, (row_cls, badge_cls) in _STYLES.items():
-        name = row_cls.removeprefix("run-")
-        items.append(
-            f'<input type="radio" name="show" id="show-{name}">'
-            f'<label for="show-{name}">{_badge(status, badge_cls)} {counts[row_cls]}</label>'
-        )
-    return '<span class="sub">show: </span>' + "\n".join(items)
+    status = [_radio("show", "show-all", "", "all", checked=True)]
+    for name, (row_cls, badge_cls) in _STYLES.items():
+        short = row_cls.removeprefix("run-")
+        badge = f"{_badge(name, badge_cls)} {counts[row_cls]}"
+        status.append(_radio("show", f"show-{short}", name, badge))
+    by_notebook = [_radio("nb", "nb-all", "", "all", checked=True)]
+    per_notebook = Counter(str(r.get("notebook")) for r in runs)
+    for i, name in enumerate(notebooks):
+        label = f"<code>{_e(name)}</code> {per_notebook[name]}"
+        by_notebook.append(_radio("nb", f"nb-{i}", name, label))
+    return (
+        '<span class="sub">status: </span>' + "\n".join(status) + "\n<br>"
+        '<span class="sub">notebook: </span>' + "\n".join(by_notebook) + "\n"
+        '<span class="sub" id="shown"></span>'
+    )
 
 
-def render_gallery(runs: list[dict[str, Any]], rendered_dir: str) -> str:
-    """HTML of the gallery for runs read by :func:`load_runs` (oldest first)."""
+# Keeps the radios' choice in the address and applies the address's choice (a link to a filtered
+# view); the rows' hidden attribute mirrors the CSS rules, so a DOM dump shows what is shown.
+_SCRIPT = """(function(){
+var groups={status:"show",notebook:"nb"};
+function radios(g){return document.querySelectorAll('input[name="'+g+'"]');}
+function apply(){
+ var want={},parts=[];
+ for(var k in groups){var c=document.querySelector('input[name="'+groups[k]+'"]:checked');
+  want[k]=c?c.value:"";if(want[k])parts.push(k+"="+encodeURIComponent(want[k]));}
+ var rows=document.querySelectorAll("#runs tbody tr[data-run-id]"),n=0;
+ rows.forEach(function(r){var ok=(!want.status||r.dataset.status===want.status)&&
+  (!want.notebook||r.dataset.notebook===want.notebook);r.hidden=!ok;if(ok)n++;});
+ document.getElementById("shown").textContent=" "+n+" of "+rows.length+" runs shown";
+ var hash=parts.length?"#"+parts.join("&"):"";
+ if(hash!==location.hash)history.replaceState(null,"",hash||location.pathname+location.search);
+}
+function fromHash(){
+ var p=new URLSearchParams(location.hash.slice(1));
+ for(var k in groups){var v=p.get(k)||"",found=false;
+  radios(groups[k]).forEach(function(i){i.checked=i.value===v;found=found||i.checked;});
+  if(!found)radios(groups[k])[0].checked=true;}
+ apply();
+}
+document.addEventListener("change",function(e){if(e.target.name==="show"||e.target.name==="nb")apply();});
+window.addEventListener("hashchange",fromHash);
+fromHash();
+})();"""
+
+
+def _notebook_css(notebooks: list[str]) -> str:
+    """One rule per notebook radio: when checked, the other notebooks' rows are hidden."""
+    return "".join(
+        f'#nb-{i}:checked ~ table tbody tr:not([data-nb="{i}"]){{display:none}}\n'
+        for i in range(len(notebooks))
+    )
+
+
+def _run_html(run: Mapping[str, Any], rendered_dir: str) -> str | None:
+    """Relative link to a run's notebook HTML, None when it does not exist."""
+    sep = "/" if storage.is_s3(run["_dir"]) else os.sep
+    target = run["_dir"] + sep + f"{run['notebook']}.html"
+    return _rel_link(target, rendered_dir) if target in run["_files"] else None
+
+
+def render_gallery(
+    runs: list[dict[str, Any]], rendered_dir: str, dashboard_url: str | None = None
+) -> str:
+    """HTML of the gallery for runs read by :func:`load_runs` (oldest first).
+
+    Args:
+        runs: The runs, oldest first.
+        rendered_dir: The folder the page is written into (links are relative to it).
+        dashboard_url: Address of the Evidently dashboard of the monitoring runs (None: no link).
+    """
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     classes = [_row_class(r) for r in runs]
     n_synth = sum(1 for r in runs if r.get("data_source") == "synthetic")
@@ -403,33 +380,50 @@ def render_gallery(runs: list[dict[str, Any]], rendered_dir: str) -> str:
         for status, (cls, _) in _STYLES.items()
         if status == record.FAILED or (status != record.SUCCEEDED and cls in classes)
     )
-    rows = "\n".join(_row(r, rendered_dir) for r in sorted(runs, key=_sort_key, reverse=True))
+    notebooks = sorted({str(r.get("notebook")) for r in runs})
+    index = {name: i for i, name in enumerate(notebooks)}
+    rows = "\n".join(
+        _row(r, rendered_dir, index[str(r.get("notebook"))])
+        for r in sorted(runs, key=_sort_key, reverse=True)
+    )
     if not rows:
         rows = '<tr><td colspan="7" class="sub">No runs yet: try <code>healthpredict run 01_eda</code>.</td></tr>'
+    dashboard = (
+        f' · <a class="dashboard" href="{_e(dashboard_url)}">Evidently dashboard</a> '
+        "(served by <code>make monitoring-ui</code>)"
+        if dashboard_url
+        else ""
+    )
+    timeline = timeline_html(runs, lambda run: _run_html(run, rendered_dir))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Health Predict runs</title><style>{_CSS}</style></head>
+<title>Health Predict runs</title><style>{_CSS}{_notebook_css(notebooks)}</style></head>
 <body>
 <h1>Health Predict: notebook runs</h1>
-<div class="sub">{len(runs)} runs ({counts}, {n_synth} on synthetic data) · built {_e(now)}</div>
-<div class="chart">{chart_svg(series(runs))}</div>
-{_filter(runs)}
+<div class="sub">{len(runs)} runs ({counts}, {n_synth} on synthetic data) · built {_e(now)}{dashboard}</div>
+{timeline}
+<h2>Runs</h2>
+{_filter(runs, notebooks)}
 <table id="runs">
 <thead><tr><th>time</th><th>notebook</th><th>data</th><th>parameters</th><th>status</th><th>key results</th><th>files</th></tr></thead>
 <tbody>
 {rows}
 </tbody></table>
+<script>{_SCRIPT}</script>
 </body></html>
 """
 
 
-def build_gallery(rendered_dir: str | os.PathLike | None = None) -> str:
+def build_gallery(
+    rendered_dir: str | os.PathLike | None = None, dashboard_url: str | None = None
+) -> str:
     """Rebuild ``index.html`` in the rendered folder from the runs found there.
 
     Args:
         rendered_dir: Folder (or ``s3://`` prefix) holding the runs; default the
             ``rendered_dir`` setting.
+        dashboard_url: Address of the Evidently dashboard to link to (None: no link).
 
     Returns:
         Path or URI of the written ``index.html``.
@@ -440,5 +434,5 @@ def build_gallery(rendered_dir: str | os.PathLike | None = None) -> str:
     if not storage.is_s3(rendered):
         rendered = str(Path(rendered).expanduser().resolve())
         Path(rendered).mkdir(parents=True, exist_ok=True)
-    page = render_gallery(load_runs(rendered), rendered)
+    page = render_gallery(load_runs(rendered), rendered, dashboard_url)
     return storage.write_text(storage.join(rendered, GALLERY_NAME), page)
