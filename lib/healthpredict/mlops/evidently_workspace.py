@@ -252,9 +252,9 @@ def _write_snapshot(path: str, sid: uuid.UUID, model: Any) -> None:
     """Write a snapshot where Evidently's local workspace keeps it, under our stable id.
 
     ``Workspace.add_run`` draws a random id, so a re-monitored batch would add a second point;
-    and its writer streams the JSON in ~400,000 small writes (3-4 s per batch here) into the
-    final file, which ``evidently ui``'s folder watcher can read half-written. One encoding and
-    an atomic rename instead: the same file, in well under a second.
+    and its writer encodes in pure Python, ~400,000 small writes for a data-drift snapshot,
+    straight into the final file, which ``evidently ui``'s folder watcher can read half-written.
+    Here: one C-encoded string and an atomic rename (the same file; its write ~2.7x faster).
     """
     from evidently.legacy.utils import NumpyEncoder
     from evidently.ui.storage.local.base import SNAPSHOTS_DIR_NAME
