@@ -317,6 +317,8 @@ def evidently_ui(monitored, tmp_path):
     assert helper.returncode == 0, helper.stderr[-2000:]
     folder, url = helper.stdout.strip().split("\t")
     assert folder == path and url == f"http://127.0.0.1:{port}/projects/{ew.PROJECT_ID}"
+    # That other process found the project the monitoring runs made: still one.
+    assert [p.id for p in ew.open_workspace(path).list_projects()] == [ew.PROJECT_ID]
     log = (tmp_path / "ui.log").open("w")
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("evidently")), "ui", "--workspace", path,
