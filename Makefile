@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= dev,serve,airflow
 KERNEL := healthpredict
 
-.PHONY: setup demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-calibration bench-drift bench-loop bench-serve clean tools nannyml-venv airflow postgres-down
+.PHONY: setup demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-calibration bench-drift bench-loop bench-serve monitoring-ui clean tools nannyml-venv airflow postgres-down
 
 # The kernel spec lives in the user's Jupyter folder, not in the checkout: another checkout, or a
 # venv since deleted, may own the name. It is re-registered whenever it would not start this
@@ -113,6 +113,17 @@ postgres-down: setup
 
 gallery: setup
 	$(BIN)/healthpredict gallery
+
+# Evidently's own UI over the monitoring workspace (HP_EVIDENTLY_WORKSPACE, default
+# var/evidently): the project "Health Predict monitoring", one point per monitored batch.
+# Bound to 127.0.0.1; DO_NOT_TRACK turns off Evidently's usage telemetry (no network here).
+MONITORING_UI_PORT ?= 8000
+monitoring-ui: setup
+	@out=$$($(BIN)/python -m healthpredict.mlops.evidently_workspace $(MONITORING_UI_PORT)) || exit 1; \
+	echo "Evidently workspace: $${out%%$$'\t'*}"; \
+	echo "Dashboard: $${out##*$$'\t'}  (Ctrl+C stops the UI)"; \
+	DO_NOT_TRACK=1 exec $(BIN)/evidently ui --workspace "$${out%%$$'\t'*}" \
+	  --host 127.0.0.1 --port $(MONITORING_UI_PORT)
 
 # The committed audit trail of one real-data run (rendered/samples/, linked from the README).
 REAL_DATA ?= ../shared/data/dataset_diabetes.zip

@@ -11,7 +11,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     rendered_dir: str = Field("./rendered", description="Where notebook runs are written.")
     kernel_name: str = Field("healthpredict", description="Jupyter kernel that runs notebooks.")
     target: str = Field("<30", description="Prediction target: '<30' (default) or 'any'.")
+    evidently_workspace: str | None = Field(
+        None,
+        validate_default=True,
+        description=(
+            "Evidently workspace folder that every monitoring run adds its snapshots to "
+            "(`make monitoring-ui` shows it); None: <storage>/evidently, or ./var/evidently when "
+            "the storage is on S3 (the workspace is a local folder); 'off': none."
+        ),
+    )
     loop_lease_seconds: int = Field(
         300,
         ge=2,
@@ -65,6 +74,17 @@ class Settings(BaseSettings):
     @field_validator("storage", "rendered_dir")
     @classmethod
     def _absolute_path(cls, value: str) -> str:
+        return value if "://" in value else str(Path(value).expanduser().resolve())
+
+    @field_validator("evidently_workspace")
+    @classmethod
+    def _workspace_folder(cls, value: str | None, info: ValidationInfo) -> str:
+        if value == "off":
+            return value
+        if value is None:
+            storage = info.data.get("storage", "./var")
+            # Evidently reads its workspace through fsspec without s3fs: a local folder.
+            value = "./var/evidently" if "://" in storage else f"{storage}/evidently"
         return value if "://" in value else str(Path(value).expanduser().resolve())
 
     @field_validator("mlflow_tracking_uri")
@@ -89,6 +109,8 @@ class Settings(BaseSettings):
             "HP_KERNEL_NAME": self.kernel_name,
             "HP_TARGET": self.target,
         }
+        if self.evidently_workspace:
+            env["HP_EVIDENTLY_WORKSPACE"] = self.evidently_workspace
         if self.s3_endpoint_url:
             env["HP_S3_ENDPOINT_URL"] = self.s3_endpoint_url
         return env

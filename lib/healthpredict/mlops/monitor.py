@@ -26,7 +26,7 @@ from healthpredict.core.settings import get_settings
 from healthpredict.core.stages import MonitorParams
 from healthpredict.data.schema import make_target, schema_hash, validate_raw
 from healthpredict.data.uci import read_raw_csv
-from healthpredict.mlops import registry, tracking
+from healthpredict.mlops import evidently_workspace, registry, tracking
 from healthpredict.mlops.monitor_logging import log_monitoring_run
 from healthpredict.monitoring.decision import MonitorResult, decide
 from healthpredict.monitoring.evidence import (
@@ -337,6 +337,12 @@ def _monitor_in_run(
     result.new_labelled_rows = params.new_labelled_rows
     log_monitoring_run(result, evidence.snapshots, paths, prepared, options.seed)
     watch.lap("mlflow")
+    # The dashboard over time; a failed write is logged and tagged, and the result stands.
+    workspace = evidently_workspace.record_monitoring(
+        result, evidence.snapshots, paths.new_data, mlflow.active_run().info.run_id
+    )
+    mlflow.set_tag("evidently_workspace", workspace.tag())
+    watch.lap("evidently_workspace")
     mlflow.set_tag("seconds", json.dumps(watch.seconds))
     return result
 
