@@ -254,6 +254,7 @@ def test_the_monitoring_stage_adds_each_batch_to_the_workspace(monitored):
 
     tag = MlflowClient().get_run(runs[0][1].mlflow_run_id).data.tags["evidently_workspace"]
     assert tag == f"{len(reports[0])} snapshots in {path}"
+    assert runs[0][1].scraps()["evidently_workspace"] == tag
 
 
 @pytest.mark.slow
@@ -290,6 +291,7 @@ def test_a_workspace_failure_keeps_the_result_and_is_reported(monitored, tmp_pat
     assert any(str(blocker / "ws") in r.getMessage() for r in warned)
     tag = MlflowClient().get_run(result.mlflow_run_id).data.tags["evidently_workspace"]
     assert tag.startswith("failed: ") and str(blocker / "ws") in tag
+    assert result.scraps()["evidently_workspace"] == tag  # the notebook records it too
 
 
 def _free_port() -> int:

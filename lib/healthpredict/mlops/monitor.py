@@ -341,7 +341,8 @@ def _monitor_in_run(
     workspace = evidently_workspace.record_monitoring(
         result, evidence.snapshots, paths.new_data, mlflow.active_run().info.run_id
     )
-    mlflow.set_tag("evidently_workspace", workspace.tag())
+    result.evidently_workspace = workspace.tag()
+    mlflow.set_tag("evidently_workspace", result.evidently_workspace)
     watch.lap("evidently_workspace")
     mlflow.set_tag("seconds", json.dumps(watch.seconds))
     return result

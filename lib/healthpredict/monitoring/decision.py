@@ -110,6 +110,8 @@ class MonitorResult:
             rows).
         retrain: The retraining policy's decision and its reasons.
         new_labelled_rows: Labelled rows the model never learned from (as the loop said).
+        evidently_workspace: What the Evidently workspace got (``N snapshots in <folder>``,
+            ``failed: <cause>``, ``off``); None before it was written.
     """
 
     status: str
@@ -143,6 +145,7 @@ class MonitorResult:
     performance_signals: PerformanceSignals | None = None
     retrain: RetrainDecision = field(default_factory=lambda: RetrainDecision(False))
     new_labelled_rows: int = 0
+    evidently_workspace: str | None = None
 
     @property
     def drift_detected(self) -> bool:
@@ -173,6 +176,7 @@ class MonitorResult:
             "prediction_drift_score": float(self.prediction_drift_score),
             "report_paths": dict(self.report_paths),
             "model_version": self.model_version,
+            "evidently_workspace": self.evidently_workspace,
             "mlflow_run_id": self.mlflow_run_id,
             "batch_rows": int(self.batch_rows),
             "share_threshold": float(self.thresholds.share_threshold),

@@ -29,6 +29,7 @@ from urllib.parse import quote
 from healthpredict.core import storage
 from healthpredict.core.layout import RUN_JSON
 from healthpredict.core.settings import get_settings
+from healthpredict.mlops import evidently_workspace
 from healthpredict.runs import record
 from healthpredict.runs.gallery_timeline import timeline_html
 
@@ -423,7 +424,8 @@ def build_gallery(
     Args:
         rendered_dir: Folder (or ``s3://`` prefix) holding the runs; default the
             ``rendered_dir`` setting.
-        dashboard_url: Address of the Evidently dashboard to link to (None: no link).
+        dashboard_url: Address of the Evidently dashboard to link to; default the monitoring
+            workspace's (``make monitoring-ui``), no link when it has no project yet.
 
     Returns:
         Path or URI of the written ``index.html``.
@@ -434,5 +436,7 @@ def build_gallery(
     if not storage.is_s3(rendered):
         rendered = str(Path(rendered).expanduser().resolve())
         Path(rendered).mkdir(parents=True, exist_ok=True)
+    if dashboard_url is None:
+        dashboard_url = evidently_workspace.dashboard_url()
     page = render_gallery(load_runs(rendered), rendered, dashboard_url)
     return storage.write_text(storage.join(rendered, GALLERY_NAME), page)
