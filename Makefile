@@ -130,6 +130,14 @@ REAL_DATA ?= ../shared/data/dataset_diabetes.zip
 samples: setup
 	scripts/build_samples.sh $(REAL_DATA)
 
+# A narrated walkthrough video of the committed sample run: rendered/samples/walkthrough.mp4
+# (H.264, subtitles), .vtt and .json (the manifest tests/code/test_walkthrough.py checks).
+# Needs chromium, espeak-ng and ffmpeg (apt-get install chromium espeak-ng ffmpeg); ~2.5 min.
+.PHONY: walkthrough
+WALK_SAMPLES ?= rendered/samples
+walkthrough: setup
+	$(BIN)/python -m scripts.walkthrough --samples $(WALK_SAMPLES)
+
 # The search on the real data with 1 and with 2 worker processes, the same trial budget:
 # quality of both and the wall-time ratio (var/bench/train.json).
 bench-train: setup
