@@ -43,13 +43,13 @@ faults: setup
 
 # ruff, then the layer contracts of pyproject.toml ([tool.importlinter]).
 lint: setup
-	$(BIN)/ruff check lib tests notebooks benchmarks dags serving
-	$(BIN)/ruff format --check lib tests notebooks benchmarks dags serving
+	$(BIN)/ruff check lib tests notebooks benchmarks dags serving scripts
+	$(BIN)/ruff format --check lib tests notebooks benchmarks dags serving scripts
 	$(BIN)/lint-imports --no-cache
 
 format: setup
-	$(BIN)/ruff check --fix lib tests notebooks benchmarks dags serving
-	$(BIN)/ruff format lib tests notebooks benchmarks dags serving
+	$(BIN)/ruff check --fix lib tests notebooks benchmarks dags serving scripts
+	$(BIN)/ruff format lib tests notebooks benchmarks dags serving scripts
 
 # Checkers in their own venv: checkov pins many libraries that would fight the project's.
 # checkov scans iac/ and deploy/, docker-compose validates docker-compose.yml offline, shellcheck
