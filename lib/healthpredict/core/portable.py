@@ -57,7 +57,7 @@ def _variants(root: str | os.PathLike | None) -> list[str]:
 
 @lru_cache(maxsize=16)
 def _table(storage: str | None, rendered: str | None, repo: str, home: str | None):
-    """(pattern, replacement) per root spelling, longest first: the deepest root wins."""
+    """Patterns and tokens of the roots, longest first (the deepest root wins); repo spellings."""
     pairs = [(v, STORAGE) for v in _variants(storage)]
     pairs += [(v, RENDERED) for v in _variants(rendered)]
     pairs += [(v, "") for v in _variants(repo)]
@@ -72,14 +72,19 @@ def _table(storage: str | None, rendered: str | None, repo: str, home: str | Non
     return tuple(table), tuple(v for v in _variants(repo))
 
 
+@lru_cache(maxsize=1)
+def _fixed_roots() -> tuple[str, str | None]:
+    """The repository and the home folder: the same for the whole process."""
+    home = os.path.expanduser("~")
+    return str(project_root()), None if home == "~" else home
+
+
 def _roots(storage: str | None, rendered: str | None) -> tuple[str, str, str, str | None]:
     settings = get_settings()
-    home = os.path.expanduser("~")
     return (
         settings.storage if storage is None else str(storage),
         settings.rendered_dir if rendered is None else str(rendered),
-        str(project_root()),
-        None if home == "~" else home,
+        *_fixed_roots(),
     )
 
 
