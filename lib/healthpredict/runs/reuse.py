@@ -89,7 +89,11 @@ def add_to_index(rendered_dir: str, prov: dict[str, Any]) -> None:
     with _locked(rendered_dir):
         index = load_index(rendered_dir)
         entry = _entry(prov, rendered_dir)
-        entries = [e for e in index["entries"] if e.get("run_dir") != entry["run_dir"]]
+        entries = [  # an older index may name the same folder by its absolute path
+            e
+            for e in index["entries"]
+            if portable(e.get("run_dir") or "", rendered=rendered_dir) != entry["run_dir"]
+        ]
         entries.append(entry)
         index["entries"] = entries
         storage.write_json(storage.join(rendered_dir, INDEX_NAME), index)
