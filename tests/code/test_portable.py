@@ -112,6 +112,16 @@ def test_the_deepest_root_wins_and_an_s3_storage_resolves(tmp_path, monkeypatch)
     get_settings.cache_clear()
 
 
+def test_odd_folder_names_round_trip(tmp_path, monkeypatch):
+    base = tmp_path / "my runs (1)+[x] é"  # spaces, regex metacharacters, non-ASCII
+    _roots(base, monkeypatch)
+    path = str(base / "var" / "processed_data" / ODD)
+    assert pt.portable(path) == f"<storage>/processed_data/{ODD}"
+    assert pt.resolve(pt.portable(path)) == path
+    assert pt.portable(f"read '{path}' twice") == f"read '<storage>/processed_data/{ODD}' twice"
+    get_settings.cache_clear()
+
+
 @pytest.mark.slow
 def test_a_run_writes_no_machine_folder_and_reads_back_on_another(
     hp_env, tmp_path_factory, monkeypatch
