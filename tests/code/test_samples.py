@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 from pathlib import Path
 
@@ -12,8 +13,22 @@ import matplotlib.image
 from tests.support.chromium import console_problems, dump_dom, needs_chromium
 
 SAMPLES = Path(__file__).resolve().parents[2] / "rendered" / "samples"
-# Folders a producing machine's paths start with (a repository, a home, temporary files).
-MACHINE_PATH = re.compile(r"(?<![\w.:/])/(?:work|home|root|tmp|Users|check|var/folders)/[\w.-]+")
+# Folders a producing machine's paths start with (a repository, a home, temporary files, CI
+# workspaces, mounts), a Windows home, and a file:// URI of an absolute path.
+MACHINE_PATH = re.compile(
+    r"(?<![\w.:/])/(?:work|home|root|tmp|Users|check|var/folders|private|mnt|media|opt|srv|data"
+    r"|scratch|builds|github|runner|Volumes|usr)/[\w.-]+"
+    r"|\b[A-Za-z]:\\(?:Users|Documents and Settings)\\[^\\\s\"']+"
+    r"|file:///(?!<)[\w.-]+"
+)
+# Fields of run.json that name files; with every input and parameter they must be portable.
+RECORD_PATHS = ("notebook_path", "run_dir", "local_dir", "ipynb", "html", "run_json")
+
+
+def _absolute(value: object) -> bool:
+    return isinstance(value, str) and (
+        value.startswith("/") or bool(re.match(r"[A-Za-z]:\\", value))
+    )
 
 
 def test_committed_samples_carry_no_machine_paths():
@@ -24,6 +39,37 @@ def test_committed_samples_carry_no_machine_paths():
         for p in files
     }
     assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_the_regex_finds_machine_paths():  # a check that cannot fail is no check
+    for text in (
+        '"run_dir": "/home/ana/hp/rendered/x"', "at /tmp/pytest-of-ci/a.csv", "/mnt/data/x",
+        r"C:\Users\ana\hp\var", "file:///builds/hp/var/mlartifacts",
+    ):  # fmt: skip
+        assert MACHINE_PATH.search(text), text
+    for text in ("<storage>/processed_data/test.csv", "rendered/samples/x/run.json",
+                 "https://archive.ics.uci.edu/static/public/296/data.zip", "file://<storage>/a"):  # fmt: skip
+        assert not MACHINE_PATH.search(text), text
+
+
+def test_committed_run_records_name_files_portably():
+    """Whatever the folder names: no absolute path in a record's files, inputs or parameters."""
+    records = sorted(SAMPLES.glob("*/run.json"))
+    assert records, f"no run records under {SAMPLES}"
+    absolute = {}
+    for path in records:
+        prov = json.loads(path.read_text())
+        values = [prov.get(k) for k in RECORD_PATHS]
+        values += [uri for found in (prov.get("inputs") or {}).values() for uri in found]
+        values += list((prov.get("parameters") or {}).values())
+        values += list(((prov.get("scraps") or {}).get("report_paths") or {}).values())
+        values += [prov.get("environment", {}).get("executable")]
+        bad = [
+            v for v in values if _absolute(v) or (isinstance(v, list) and any(map(_absolute, v)))
+        ]
+        if bad:
+            absolute[path.parent.name] = bad
+    assert absolute == {}
 
 
 CARD_SECTIONS = (

@@ -81,7 +81,7 @@ def test_eda_notebook_runs_on_synthetic_data(hp_env):
     assert result.scraps["n_rows"] == rows
     assert 0 < result.scraps["target_rate"] < 1
     prov = json.loads(Path(result.run_json).read_text())
-    assert set(prov["inputs"]["data_dir"]) >= {str(Path(data_dir, "initial_train.csv"))}
+    assert set(prov["inputs"]["data_dir"]) >= {"<storage>/processed_data/initial_train.csv"}
     assert prov["notebook_relpath"] == "notebooks/01_eda.py"
     page = Path(result.html).read_text()
     assert "SYNTHETIC DATA" in page

@@ -271,7 +271,7 @@ def test_the_papermill_operator_path_writes_running_then_the_outcome(hp_env, not
     )
     running = papermill_task.start_notebook_run(prepared)
     on_disk = storage.read_json(storage.join(prepared["run_dir"], "run.json"))
-    assert on_disk == running and running["status"] == "running"
+    assert on_disk == record.portable_record(running) and running["status"] == "running"
     assert running["executor"]["dag_id"] == "dag" and running["executor"]["task_id"] == "run_it"
     assert (
         running["owner"]["pid"] == os.getpid() and running["started_at"] == prepared["prepared_at"]

@@ -17,6 +17,7 @@ import pytest
 
 from healthpredict.core import storage
 from healthpredict.runs import NotebookRunError, run
+from healthpredict.runs.record import portable_record, resolve_record
 from healthpredict.runs.render import render_html
 from healthpredict.runs.scraps import read_scraps
 
@@ -77,9 +78,12 @@ def test_success_writes_files_and_provenance(ok_run, env, data_file):
         assert (run_dir / name).is_file(), name
 
     prov = json.loads((run_dir / "run.json").read_text())
-    assert prov == ok_run.provenance
+    # run.json names the run's folder portably; read back, it is the run's own record.
+    assert prov == portable_record(ok_run.provenance)
+    assert resolve_record(prov) == ok_run.provenance
+    assert ok_run.provenance["run_dir"] == str(run_dir)
     assert prov["notebook"] == "records"
-    assert prov["notebook_path"] == str(RECORDS.resolve())
+    assert prov["notebook_path"] == "tests/notebooks/fixtures/records.py"  # repository-relative
     assert prov["notebook_sha256"] == sha(RECORDS)
     assert prov["parameters"] == {
         "n": 5,
@@ -87,7 +91,7 @@ def test_success_writes_files_and_provenance(ok_run, env, data_file):
         "label": "fixture",
         "input_path": str(data_file),
         "options": {},
-        "run_dir": str(run_dir),
+        "run_dir": f"<rendered>/{run_dir.name}",
     }
     assert prov["given_parameters"] == {"n": 5, "input_path": str(data_file)}
     assert prov["inputs"] == {"input_path": {str(data_file): sha(data_file)}}
@@ -106,12 +110,12 @@ def test_success_writes_files_and_provenance(ok_run, env, data_file):
     assert prov["mlflow_run_id"] is None
     assert prov["started_at"] < prov["ended_at"] and prov["duration_s"] > 0
     assert prov["scraps"]["n"] == 5
-    assert prov["run_dir"] == str(run_dir)
+    assert prov["run_dir"] == f"<rendered>/{run_dir.name}"
     assert len(prov["cache_key"]) == 64
 
     nb = nbformat.read(run_dir / "records.ipynb", as_version=4)
     assert nb.metadata["healthpredict"] == prov
-    assert nb.metadata["papermill"]["input_path"] == str(RECORDS.resolve())
+    assert nb.metadata["papermill"]["input_path"] == prov["notebook_path"]
 
     page = (run_dir / "records.html").read_text()
     assert 'id="hp-provenance"' in page
@@ -181,7 +185,9 @@ def test_failure_leaves_files_and_raises(failed_run, env):
     assert "before the failure" in page  # earlier outputs stay
 
     index = json.loads((env / "rendered" / "index.json").read_text())
-    assert all(e["run_dir"] != str(run_dir) for e in index["entries"])
+    assert f"<rendered>/{run_dir.name}" not in {e["run_dir"] for e in index["entries"]}
+    assert index["entries"]  # the successful runs are there, named portably
+    assert all(e["run_dir"].startswith("<rendered>/") for e in index["entries"])
 
 
 def test_missing_required_scrap_fails_the_run(env):

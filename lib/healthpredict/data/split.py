@@ -19,6 +19,7 @@ import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
 from healthpredict.core import layout, storage
+from healthpredict.core.portable import portable
 from healthpredict.core.settings import get_settings
 from healthpredict.data import synthetic
 from healthpredict.data.schema import (
@@ -187,10 +188,10 @@ def prepare(
         payload = parts[name].to_csv(index=False).encode("utf-8")
         uri = storage.write_bytes(storage.join(out_dir, f"{name}.csv"), payload)
         files[name] = {**summarize(parts[name], params.target), "file": f"{name}.csv",
-                       "sha256": storage.sha256_bytes(payload), "uri": uri}  # fmt: skip
+                       "sha256": storage.sha256_bytes(payload), "uri": portable(uri)}  # fmt: skip
     manifest = {
         "data_source": loaded.data_source,
-        "source": loaded.source,
+        "source": portable(loaded.source),  # <storage>/..., repository-relative or as given
         "source_csv_sha256": loaded.csv_sha256,
         "source_rows": int(len(loaded.frame)),
         "schema_hash": schema_hash(),

@@ -19,6 +19,7 @@ from typing import Any
 
 from healthpredict.core import layout, storage
 from healthpredict.core.constants import REFERENCE_SPLIT, champion_uri
+from healthpredict.core.portable import portable_tree
 from healthpredict.core.settings import get_settings
 from healthpredict.core.stages import RUN_DIR_PARAMETER
 from healthpredict.mlops import tracking
@@ -160,10 +161,11 @@ def cache_key(
 ) -> str:
     """Content address of a run: notebook bytes, effective parameters and input data bytes.
 
-    Inputs count by content only (file name and sha256, not the absolute location), so the
+    Inputs count by content only (file name and sha256, not the absolute location), and
+    parameters by their portable form (``<storage>/...``, as ``run.json`` shows them), so the
     same data in another checkout gives the same key.
     """
-    params = {k: v for k, v in parameters.items() if k != RUN_DIR_PARAMETER}
+    params = portable_tree({k: v for k, v in parameters.items() if k != RUN_DIR_PARAMETER})
     content = {
         name: sorted((uri.rstrip("/").rsplit("/", 1)[-1], sha) for uri, sha in found.items())
         for name, found in inputs.items()

@@ -10,6 +10,10 @@ the final ``run.json`` (``succeeded`` or ``failed``) replaces the running one, a
 
 A run whose runner was killed keeps its ``running`` record; :func:`live_status` tells such a
 run (``killed`` or ``stale``) from a live one.
+
+In memory a record names this machine's absolute paths (what the kernel used); ``run.json``,
+the notebook's metadata and the HTML name them portably (:func:`portable_record`, e.g.
+``<storage>/processed_data/test.csv``), and :func:`resolve_record` reads them back.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 from healthpredict.core import layout, storage
 from healthpredict.core.gitinfo import git_info
+from healthpredict.core.portable import portable_notebook, portable_tree, resolve_path, resolve_tree
 from healthpredict.core.settings import project_root
 from healthpredict.runs import contracts, provenance, render
 from healthpredict.runs.errors import NotebookRunError
@@ -46,6 +51,8 @@ STALE_AFTER = timedelta(hours=6)
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 # Optional keys: only one of the two executors sets them, and run.json leaves them out then.
 _OPTIONAL_KEYS = ("cache_key", "executor")
+# The record's own locations: paths even when relative (then to the repository).
+_PATH_KEYS = ("notebook_path", "run_dir", "local_dir", "ipynb", "html", "run_json")
 
 
 def utc_now() -> datetime:
@@ -324,13 +331,35 @@ def build_record(
     return finished_record(running_record(spec, started), scraps, error, ended, duration_s)
 
 
+def portable_record(prov: Mapping[str, Any]) -> dict[str, Any]:
+    """A record as ``run.json`` holds it: every local path portable (``<storage>/...``)."""
+    return portable_tree(dict(prov))
+
+
+def resolve_record(prov: Mapping[str, Any], *, rendered: str | None = None) -> dict[str, Any]:
+    """A ``run.json`` read back with this machine's paths (inverse of :func:`portable_record`).
+
+    Args:
+        prov: The ``run.json`` document (portable, or absolute as older runs wrote it).
+        rendered: The rendered folder it was read from (default: the ``rendered_dir`` setting).
+    """
+    doc = resolve_tree(dict(prov), rendered=rendered)
+    for key in _PATH_KEYS:
+        if isinstance(doc.get(key), str) and doc[key]:
+            doc[key] = resolve_path(doc[key], rendered=rendered)
+    env = doc.get("environment")
+    if isinstance(env, dict) and isinstance(env.get("executable"), str):
+        env["executable"] = resolve_path(env["executable"], rendered=rendered)
+    return doc
+
+
 def write_running(running: RunRecord) -> str:
     """Write a running record at the run's final ``run.json`` (S3 included); returns its URI.
 
     Local writes are atomic (temporary file and rename), an S3 write is one PUT: a reader sees
     the whole record or none.
     """
-    return storage.write_json(running.run_json, running.to_dict())
+    return storage.write_json(running.run_json, portable_record(running.to_dict()))
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
@@ -433,7 +462,7 @@ def write_run(
     """
     import nbformat  # see read_executed
 
-    prov = record.to_dict()
+    prov = portable_record(record.to_dict())
     name = record.notebook
     files_dir = str(files_dir)
     if executed is None:
@@ -442,12 +471,12 @@ def write_run(
     else:
         executed.metadata["healthpredict"] = prov
         # Papermill records its input, a notebook object or a derived .ipynb; name the real source.
-        executed.metadata.setdefault("papermill", {})["input_path"] = record.notebook_path
+        executed.metadata.setdefault("papermill", {})["input_path"] = prov["notebook_path"]
         # nbformat.write's form: the JSON and a final newline
         text = nbformat.writes(executed)
         storage.write_text(storage.join(files_dir, f"{name}.ipynb"), text.rstrip("\n") + "\n")
         try:
-            page = render.render_html(executed, prov, hide_code=hide_code)
+            page = render.render_html(portable_notebook(executed), prov, hide_code=hide_code)
         except Exception as exc:  # the run's record matters more than its pretty rendering
             log.warning("rendering %s failed: %s", record.ipynb, exc)
             page = render.fallback_html(prov, f"{type(exc).__name__}: {exc}")

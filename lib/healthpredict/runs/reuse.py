@@ -4,6 +4,9 @@ The index maps re-use keys to run folders; it is a cache of the ``run.json`` fil
 rebuilt from them when missing and every hit is checked against its ``run.json`` before use.
 Only ``succeeded`` records count: a ``running`` one (live, or left by a killed runner) and a
 ``failed`` one are never re-used, also when a forced run overwrites an indexed folder.
+
+The index names run folders portably, like ``run.json`` (``<rendered>/<run>``), and a hit is
+handed back with this machine's paths (:func:`healthpredict.runs.record.resolve_record`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 
 from healthpredict.core import storage
 from healthpredict.core.layout import RUN_JSON
+from healthpredict.core.portable import portable, resolve_path
+from healthpredict.runs.record import resolve_record
 
 INDEX_NAME = "index.json"
 
@@ -26,10 +31,11 @@ def run_json_uris(rendered_dir: str) -> list[str]:
     return [u for u in storage.list_uris(rendered_dir) if u.rsplit("/", 1)[-1] == RUN_JSON]
 
 
-def _entry(prov: dict[str, Any]) -> dict[str, Any]:
+def _entry(prov: dict[str, Any], rendered_dir: str) -> dict[str, Any]:
+    run_dir = prov.get("run_dir")
     return {
         "key": prov.get("cache_key"),
-        "run_dir": prov.get("run_dir"),
+        "run_dir": portable(run_dir, rendered=rendered_dir) if run_dir else run_dir,
         "notebook": prov.get("notebook"),
         "started_at": prov.get("started_at"),
     }
@@ -44,7 +50,7 @@ def rebuild_index(rendered_dir: str) -> dict[str, Any]:
         except (storage.StorageError, ValueError):
             continue  # a half-written or foreign run.json is not a run we can re-use
         if isinstance(prov, dict) and prov.get("status") == "succeeded" and prov.get("cache_key"):
-            entries.append(_entry(prov))
+            entries.append(_entry(prov, rendered_dir))
     index = {"version": 1, "entries": sorted(entries, key=lambda e: e.get("started_at") or "")}
     storage.write_json(storage.join(rendered_dir, INDEX_NAME), index)
     return index
@@ -82,8 +88,13 @@ def add_to_index(rendered_dir: str, prov: dict[str, Any]) -> None:
     """Record a successful run under its re-use key."""
     with _locked(rendered_dir):
         index = load_index(rendered_dir)
-        entries = [e for e in index["entries"] if e.get("run_dir") != prov.get("run_dir")]
-        entries.append(_entry(prov))
+        entry = _entry(prov, rendered_dir)
+        entries = [  # an older index may name the same folder by its absolute path
+            e
+            for e in index["entries"]
+            if portable(e.get("run_dir") or "", rendered=rendered_dir) != entry["run_dir"]
+        ]
+        entries.append(entry)
         index["entries"] = entries
         storage.write_json(storage.join(rendered_dir, INDEX_NAME), index)
 
@@ -103,10 +114,14 @@ def find_reusable(rendered_dir: str, key: str, run_dir: str | None = None) -> di
         run_dir: When the caller asked for a specific run folder, only a run there counts.
 
     Returns:
-        The ``run.json`` content of the run to re-use, or None.
+        The ``run.json`` content of the run to re-use, with this machine's paths, or None.
     """
     index = load_index(rendered_dir)
-    candidates = [e for e in index["entries"] if e.get("key") == key and e.get("run_dir")]
+    candidates = [
+        {**e, "run_dir": resolve_path(e["run_dir"], rendered=rendered_dir)}
+        for e in index["entries"]
+        if e.get("key") == key and e.get("run_dir")
+    ]
     if run_dir is not None:
         candidates = [e for e in candidates if _same_location(e["run_dir"], run_dir)]
     for entry in sorted(candidates, key=lambda e: e.get("started_at") or "", reverse=True):
@@ -114,6 +129,9 @@ def find_reusable(rendered_dir: str, key: str, run_dir: str | None = None) -> di
             prov = storage.read_json(storage.join(entry["run_dir"], RUN_JSON))
         except (storage.StorageError, ValueError):
             continue
+        if not isinstance(prov, dict):
+            continue
+        prov = resolve_record(prov, rendered=rendered_dir)
         if prov.get("status") != "succeeded" or prov.get("cache_key") != key:
             continue
         files = [prov.get("ipynb"), prov.get("html")]
