@@ -91,10 +91,11 @@ def test_finish_records_success_and_missing_scraps(hp_env):
     _executed(prepared, {"data_source": "synthetic", "n_rows": 5, "target_rate": 0.2})
     prov = papermill_task.finish_notebook_run(prepared)
     assert prov["status"] == "succeeded" and prov["scraps"]["n_rows"] == 5
-    assert storage.read_json(prov["run_json"]) == json.loads(json.dumps(prov, default=str))
+    written = storage.read_json(prov["run_json"])  # portable: <rendered>/..., <storage>/...
+    assert record.resolve_record(written) == json.loads(json.dumps(prov, default=str))
     assert Path(prov["html"]).read_text().lstrip().lower().startswith("<!doctype html")
     executed = nbformat.read(prepared["output_ipynb"], as_version=4)
-    assert executed.metadata["papermill"]["input_path"] == prepared["notebook_path"]
+    assert executed.metadata["papermill"]["input_path"] == written["notebook_path"]
     assert papermill_task.read_run_scraps(prepared)["target_rate"] == 0.2
     gallery = (hp_env / "rendered" / "index.html").read_text()
     assert Path(prepared["run_dir"]).name in gallery

@@ -30,6 +30,7 @@ from healthpredict.core.stages import LoopParams
 from healthpredict.modeling.models import split_trial_params
 from healthpredict.monitoring import state as loop_state
 from healthpredict.pipelines import local_loop, training
+from healthpredict.runs.record import resolve_record
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +109,7 @@ def run_dirs(notebook: str) -> list[Path]:
 
 
 def run_json(run_dir: str | Path) -> dict:
-    return storage.read_json(Path(run_dir) / "run.json")
+    return resolve_record(storage.read_json(Path(run_dir) / "run.json"))
 
 
 def sha256(path: Path) -> str:
@@ -144,7 +145,7 @@ def test_training_dag_prepares_trains_and_registers(trained):
         assert prov["executor"]["dag_id"] == TRAINING
         assert (folder / f"{notebook}.html").stat().st_size > 10_000
         executed = storage.read_json(folder / f"{notebook}.ipynb")
-        assert executed["metadata"]["papermill"]["input_path"] == prov["notebook_path"]
+        assert executed["metadata"]["papermill"]["input_path"] == f"notebooks/{notebook}.py"
         derived = storage.read_json(folder / f"{notebook}.input.ipynb")
         assert derived["metadata"]["kernelspec"]["name"] == "healthpredict"
     parameters = run_json(run_dirs("02_train_hpo")[0])["parameters"]

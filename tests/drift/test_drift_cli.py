@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from drift_helpers import write_batch
 
+from healthpredict.runs.record import resolve_record
 from tests.support import drift_scenarios
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def test_monitor_prints_the_status_last(drift_env):
     lines = done.stdout.strip().splitlines()
     assert lines[-1] in STATUSES
     run_dir = Path(lines[-2])
-    prov = json.loads((run_dir / "run.json").read_text())
+    prov = resolve_record(json.loads((run_dir / "run.json").read_text()))
     assert prov["status"] == "succeeded" and prov["notebook"] == "03_drift_monitor"
     scraps = prov["scraps"]
     assert scraps["drift_status"] == lines[-1] and scraps["data_source"] == "synthetic"
@@ -55,6 +56,10 @@ def test_monitor_prints_the_status_last(drift_env):
     runs = {r.info.run_id: r for r in _monitoring_runs()}
     assert runs[scraps["mlflow_run_id"]].info.status == "FINISHED"
     assert runs[scraps["mlflow_run_id"]].data.tags["drift_status"] == lines[-1]
+    # The run's params name files portably (the batch was kept outside the storage: as given).
+    params = runs[scraps["mlflow_run_id"]].data.params
+    assert params["reference_data_path"] == "<storage>/processed_data/initial_train.csv"
+    assert params["new_data_path"] == str(drift_env.tmp / "batches" / "cli_clean.csv")
 
 
 def test_bad_batch_fails_the_run_with_every_problem(drift_env):

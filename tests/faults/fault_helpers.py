@@ -46,8 +46,14 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, **extra: str):
 
 
 def run_records(rendered: Path, notebook: str | None = None) -> list[dict]:
-    """Every ``run.json`` under the rendered folder (optionally of one notebook)."""
-    found = [json.loads(p.read_text()) for p in sorted(rendered.glob("*/run.json"))]
+    """Every ``run.json`` under the rendered folder (optionally of one notebook), read back with
+    this machine's paths (run.json names them portably: ``<rendered>/...``, ``<storage>/...``)."""
+    from healthpredict.runs.record import resolve_record
+
+    found = [
+        resolve_record(json.loads(p.read_text()), rendered=str(rendered))
+        for p in sorted(rendered.glob("*/run.json"))
+    ]
     return [r for r in found if notebook is None or r["notebook"] == notebook]
 
 

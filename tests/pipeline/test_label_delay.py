@@ -17,13 +17,14 @@ import pytest
 from healthpredict.core import layout, storage
 from healthpredict.core.stages import LoopParams
 from healthpredict.data.schema import TARGET
+from healthpredict.runs.record import resolve_record
 
 pytestmark = pytest.mark.slow
 BATCH = 500
 
 
 def _run_json(run_dir: str) -> dict:
-    return json.loads((Path(run_dir) / "run.json").read_text())
+    return resolve_record(json.loads((Path(run_dir) / "run.json").read_text()))
 
 
 def test_loop_monitors_without_labels_and_learns_them_one_batch_late(hp_env, synthetic_champion):

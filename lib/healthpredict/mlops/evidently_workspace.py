@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from healthpredict.core import storage
+from healthpredict.core.portable import portable
 from healthpredict.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -317,11 +318,12 @@ class WorkspaceOutcome:
 
     def tag(self) -> str:
         """One line for the monitoring run's ``evidently_workspace`` tag."""
+        # portable: the tag and the notebook's scrap read right on another machine
         if self.error:
-            return f"failed: {self.error}"[:5000]
+            return portable(f"failed: {self.error}")[:5000]
         if self.path is None:
             return "off"
-        return f"{len(self.snapshot_ids)} snapshots in {self.path}"
+        return f"{len(self.snapshot_ids)} snapshots in {portable(str(self.path))}"
 
 
 def record_monitoring(

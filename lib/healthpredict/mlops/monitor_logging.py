@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from healthpredict.core import storage
+from healthpredict.core.portable import portable_tree
 from healthpredict.monitoring.decision import MonitorResult
 
 if TYPE_CHECKING:
@@ -32,31 +33,34 @@ def log_monitoring_run(
     import mlflow
 
     t = result.thresholds
+    # Paths as <storage>/...: the params read the same on every machine (portable records).
     mlflow.log_params(
-        {
-            "new_data_path": paths.new_data,
-            "reference_data_path": paths.reference,
-            "model_reference_path": ",".join(paths.held_out)[:6000],
-            "model_uri": result.model_uri,
-            "model_name": result.model_name,
-            "model_version": result.model_version,
-            "batch_size": result.batch_rows,
-            "reference_rows": result.reference_rows,
-            "model_reference_rows": result.model_reference_rows,
-            "labelled": result.performance is not None,
-            "share_threshold": t.share_threshold,
-            "min_drifted_columns": t.min_drifted_columns,
-            "prediction_drift_threshold": t.prediction_drift_threshold,
-            "performance_tolerance": t.performance_tolerance,
-            "false_alarm_rate": t.false_alarm_rate,
-            "calibrated": json.dumps(t.calibrated, sort_keys=True),
-            "n_null": prepared.calibration.n_null,
-            "calibration_seed": seed,
-            "reference_sha256": prepared.reference_sha256,
-            "labelled_data_path": ",".join(paths.labelled)[:6000],
-            "new_labelled_rows": result.new_labelled_rows,
-            "estimated_tolerance": t.estimated_tolerance,
-        }
+        portable_tree(
+            {
+                "new_data_path": paths.new_data,
+                "reference_data_path": paths.reference,
+                "model_reference_path": ",".join(paths.held_out)[:6000],
+                "model_uri": result.model_uri,
+                "model_name": result.model_name,
+                "model_version": result.model_version,
+                "batch_size": result.batch_rows,
+                "reference_rows": result.reference_rows,
+                "model_reference_rows": result.model_reference_rows,
+                "labelled": result.performance is not None,
+                "share_threshold": t.share_threshold,
+                "min_drifted_columns": t.min_drifted_columns,
+                "prediction_drift_threshold": t.prediction_drift_threshold,
+                "performance_tolerance": t.performance_tolerance,
+                "false_alarm_rate": t.false_alarm_rate,
+                "calibrated": json.dumps(t.calibrated, sort_keys=True),
+                "n_null": prepared.calibration.n_null,
+                "calibration_seed": seed,
+                "reference_sha256": prepared.reference_sha256,
+                "labelled_data_path": ",".join(paths.labelled)[:6000],
+                "new_labelled_rows": result.new_labelled_rows,
+                "estimated_tolerance": t.estimated_tolerance,
+            }
+        )
     )
     mlflow.log_metrics(_metrics(result))
     _log_artifacts(result, snapshots)

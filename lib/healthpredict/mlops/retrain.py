@@ -21,6 +21,7 @@ import pandas as pd
 
 from healthpredict.core import layout, storage
 from healthpredict.core.constants import champion_uri
+from healthpredict.core.portable import portable, portable_tree
 from healthpredict.core.settings import get_settings
 from healthpredict.core.stages import RetrainParams
 from healthpredict.data.schema import make_target
@@ -168,21 +169,25 @@ def _log_settings(
     target: str,
 ) -> None:
     batches = _batch_uris(params)
-    mlflow.log_params(
-        {
-            "new_data_uris": ",".join(map(str, batches))[:6000],
-            "gate_data_uris": ",".join(_gate_uris(params))[:6000],
-            "holdout_fraction": params.holdout_fraction,
-            "n_trials": params.n_trials,
-            "non_inferiority_margin": params.non_inferiority_margin,
-            "gate_confidence": params.gate_confidence,
-            "seed": params.seed,
-            "target": target,
-            "families": ",".join(settings.families),
-            "n_workers": options.n_workers,
-            "warm_start": ",".join(f"{k}={v}" for k, v in sorted(champion.params.items()))[:6000],
-            **{f"rows.{k}": v for k, v in data.rows.items()},
-        }
+    mlflow.log_params(  # paths as <storage>/...: the same text on every machine
+        portable_tree(
+            {
+                "new_data_uris": ",".join(map(str, batches))[:6000],
+                "gate_data_uris": ",".join(_gate_uris(params))[:6000],
+                "holdout_fraction": params.holdout_fraction,
+                "n_trials": params.n_trials,
+                "non_inferiority_margin": params.non_inferiority_margin,
+                "gate_confidence": params.gate_confidence,
+                "seed": params.seed,
+                "target": target,
+                "families": ",".join(settings.families),
+                "n_workers": options.n_workers,
+                "warm_start": ",".join(f"{k}={v}" for k, v in sorted(champion.params.items()))[
+                    :6000
+                ],
+                **{f"rows.{k}": v for k, v in data.rows.items()},
+            }
+        )
     )
 
 
@@ -405,7 +410,7 @@ def retrain(params: RetrainParams, options: RetrainOptions | None = None) -> Ret
         card = log_card(numbers, info, run_id)
         trials = trials_frame(study)
         _log_verdict(verdict, trials, info, champion.info, run_id)
-        mlflow.set_tag("holdout_path", holdout_path)
+        mlflow.set_tag("holdout_path", portable(holdout_path))
         alias_moved = verdict.promote and params.promote
         if alias_moved:
             # Last step on purpose: an exception anywhere above leaves the champion in place.
