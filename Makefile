@@ -115,7 +115,7 @@ gallery: setup
 	$(BIN)/healthpredict gallery
 
 # The committed audit trail of one real-data run (rendered/samples/, linked from the README).
-REAL_DATA ?= ../shared/data/dataset_diabetes.zip
+REAL_DATA ?= data/uci/dataset_diabetes.zip
 samples: setup
 	scripts/build_samples.sh $(REAL_DATA)
 

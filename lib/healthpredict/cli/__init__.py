@@ -27,11 +27,35 @@ app.add_typer(data_app, name="data")
 search_commands.register(app)
 
 
+def _print_data_source(manifest: dict) -> None:
+    """One line saying which data the run is on: the red banner when synthetic."""
+    if manifest.get("banner"):
+        console.print(f"[bold white on red] {manifest['banner']} [/]")
+        return
+    console.print(
+        f"data: [bold]{manifest['data_source']}[/] UCI Diabetes 130-US hospitals, "
+        f"{manifest['source_rows']:,} rows, CSV sha256 {manifest['source_csv_sha256'][:12]}…, "
+        f"from {manifest['source']}",
+        highlight=False,
+    )
+
+
+def _prepare_or_exit(source: str | None, **kwargs) -> dict:
+    """:func:`~healthpredict.data.split.prepare`, or exit 1 with the data error's message."""
+    from healthpredict.data.split import prepare
+    from healthpredict.data.uci import UCIDataError
+
+    try:
+        return prepare(source, **kwargs)
+    except UCIDataError as exc:
+        print_error(exc)
+        raise typer.Exit(1) from None
+
+
 def _print_manifest(manifest: dict) -> None:
     from rich.table import Table
 
-    if manifest.get("banner"):
-        console.print(f"[bold white on red] {manifest['banner']} [/]")
+    _print_data_source(manifest)
     table = Table(title=f"Prepared data ({manifest['data_source']}: {manifest['source']})")
     for col in ("split", "rows", "patients", "target rate", "encounter ids", "sha256"):
         table.add_column(
@@ -53,7 +77,8 @@ def _print_manifest(manifest: dict) -> None:
 def data_prepare(
     source: str = typer.Option(
         None,
-        help="UCI zip/csv path, s3:// URI, URL, 'auto' or 'synthetic' (default: HP_UCI_SOURCE).",
+        help="UCI zip/csv path, s3:// URI, URL, 'auto' (the zip bundled in the repository, "
+        "else the cache, else the download) or 'synthetic' (default: HP_UCI_SOURCE).",
     ),
     out_dir: str = typer.Option(
         None, help="Destination folder or s3:// URI (default: <storage>/processed_data)."
@@ -72,10 +97,10 @@ def data_prepare(
     n_synthetic: int = typer.Option(30_000, help="Rows to generate when the source is synthetic."),
 ) -> None:
     """Load, validate and split the encounters; write four CSVs and manifest.json."""
-    from healthpredict.data.split import SplitParams, prepare
+    from healthpredict.data.split import SplitParams
 
     params = SplitParams(initial_fraction, validation_fraction, test_fraction, target, seed)
-    manifest = prepare(source, out_dir=out_dir, params=params, n_synthetic=n_synthetic)
+    manifest = _prepare_or_exit(source, out_dir=out_dir, params=params, n_synthetic=n_synthetic)
     _print_manifest(manifest)
     typer.echo(out_dir or layout.processed_data())
 
@@ -217,7 +242,11 @@ def _print_batch_table(summaries: list) -> None:
 
 @app.command("demo")
 def demo(
-    source: str = typer.Option(None, help="Data source (default: HP_UCI_SOURCE, i.e. 'auto')."),
+    source: str = typer.Option(
+        None,
+        help="Data source (default: HP_UCI_SOURCE, i.e. 'auto': the real UCI zip bundled in the "
+        "repository); 'synthetic' for the offline generator.",
+    ),
     n_trials: int = typer.Option(12, help="Optuna trials of the initial training."),
     batches: int = typer.Option(
         8, help="Batches of the future stream to monitor (bounded for time)."
@@ -227,12 +256,11 @@ def demo(
     """The whole pipeline on embedded defaults: prepare, EDA, train, monitoring loop, gallery."""
     from healthpredict import runs
     from healthpredict.core.settings import get_settings
-    from healthpredict.data.split import prepare
     from healthpredict.runs.gallery import build_gallery
 
     settings = get_settings()
     console.rule("1/4 prepare data")
-    manifest = prepare(source)
+    manifest = _prepare_or_exit(source)
     _print_manifest(manifest)
     _start_demo_loop_afresh()
     console.rule("2/4 exploratory data analysis")
@@ -260,8 +288,7 @@ def demo(
 
     champion = get_model_info(champion_uri())
     console.rule("done")
-    if manifest.get("banner"):
-        console.print(f"[bold white on red] {manifest['banner']} [/]")
+    _print_data_source(manifest)
     if summaries:
         _print_batch_table(summaries)
     drifted = sum(o.drift_status == DRIFT_DETECTED for o, _ in summaries)
