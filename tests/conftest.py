@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_zip() -> Path:
     """The real UCI zip committed in the repository (``data/uci``), its sha256 checked.
 

@@ -175,15 +175,19 @@ def _auc(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _run_loop_with_progress(total: int, params: LoopParams) -> list:
+def _run_loop_with_progress(
+    total: int, params: LoopParams, retrain_params: dict | None = None
+) -> list:
     """Run the loop under one live display: the batches line, each notebook's cells line.
+
+    ``retrain_params`` are extra parameters of the retrain notebook (the demo's search size).
 
     Returns:
         ``(BatchOutcome, BatchSummary)`` of each batch.
     """
     from rich.markup import escape
 
-    from healthpredict.pipelines.local_loop import run_loop, summarize
+    from healthpredict.pipelines.local_loop import LoopOptions, run_loop, summarize
     from healthpredict.runs.runner import progress_display
 
     done: list = []
@@ -202,7 +206,7 @@ def _run_loop_with_progress(total: int, params: LoopParams) -> list:
                 display.console.print(f"  {escape(reason)}", highlight=False)
             display.advance(task)
 
-        run_loop(params, on_batch=on_batch)
+        run_loop(params, LoopOptions(retrain_params=retrain_params or {}), on_batch=on_batch)
     return done
 
 
@@ -247,9 +251,16 @@ def demo(
         help="Data source (default: HP_UCI_SOURCE, i.e. 'auto': the real UCI zip bundled in the "
         "repository); 'synthetic' for the offline generator.",
     ),
-    n_trials: int = typer.Option(12, help="Optuna trials of the initial training."),
+    # A first run's budget on the real data (measured in the README): the search sizes of
+    # `healthpredict train` / `retrain` take about four times as long on 2 cores.
+    n_trials: int = typer.Option(8, help="Optuna trials of the initial training."),
+    retrain_trials: int = typer.Option(
+        4, min=1, help="Optuna trials of each retraining the monitor asks for."
+    ),
     batches: int = typer.Option(
-        8, help="Batches of the future stream to monitor (bounded for time)."
+        6,
+        help="Batches of the future stream to monitor (bounded for time; on the real data the "
+        "first retraining comes at batch 5).",
     ),
     batch_size: int = field_option(LoopParams, "batch_size"),
 ) -> None:
@@ -281,7 +292,9 @@ def demo(
         console.print(f"demo: version {scraps['model_version']} made champion for this run")
     console.rule(f"4/4 monitoring loop ({batches} batches of {batch_size})")
     summaries = _run_loop_with_progress(
-        batches, LoopParams(batch_size=batch_size, max_batches=batches)
+        batches,
+        LoopParams(batch_size=batch_size, max_batches=batches),
+        {"n_trials": retrain_trials},
     )
     gallery = build_gallery()
     from healthpredict.mlops.registry import champion_uri, get_model_info
