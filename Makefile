@@ -126,7 +126,7 @@ monitoring-ui: setup
 	  --host 127.0.0.1 --port $(MONITORING_UI_PORT)
 
 # The committed audit trail of one real-data run (rendered/samples/, linked from the README).
-REAL_DATA ?= ../shared/data/dataset_diabetes.zip
+REAL_DATA ?= data/uci/dataset_diabetes.zip
 samples: setup
 	scripts/build_samples.sh $(REAL_DATA)
 

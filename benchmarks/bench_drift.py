@@ -40,18 +40,16 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support (drift scenarios) is test support, not shipped
-SHARED_ZIP = ROOT.parent / "shared" / "data" / "dataset_diabetes.zip"
 KINDS = ("covariate", "label", "concept")
 GOAL_FALSE_ALARM, GOAL_DETECTION, GOAL_SECONDS = 0.05, 0.95, 15.0
 UNCALIBRATED_COLUMN, UNCALIBRATED_SHARE = 0.1, 0.3  # Evidently's default, a typical trigger
 
 
 def find_real_data() -> str | None:
-    """Path or URI of the real UCI data, or None."""
-    env = os.environ.get("HP_UCI_SOURCE", "")
-    if env and env not in ("auto", "synthetic"):
-        return env
-    return str(SHARED_ZIP) if SHARED_ZIP.exists() else None
+    """Path or URI of the real UCI data (``HP_UCI_SOURCE``, the bundled zip, the cache), or None."""
+    from healthpredict.data.uci import real_data_source
+
+    return real_data_source()
 
 
 @dataclass
@@ -914,7 +912,7 @@ def main() -> int:
         result["real_stream"] = real_stream(raw_real, args, log)
     else:
         result["real_stream_skipped"] = (
-            f"real data not found (looked at {SHARED_ZIP} and HP_UCI_SOURCE): the real "
+            "real data not found (looked at HP_UCI_SOURCE, data/uci and the cache): the real "
             "chronological stream is skipped; everything else runs on synthetic data"
         )
         log(result["real_stream_skipped"])

@@ -991,7 +991,7 @@ def main() -> int:
         return 0
     source = find_real_data()
     if source is None:
-        print("bench-loop skipped: real data not found (../shared/data, HP_UCI_SOURCE, cache)")
+        print("bench-loop skipped: real data not found (HP_UCI_SOURCE, data/uci, cache)")
         return 0
     from healthpredict.data.split import SplitParams, resolve_source, split_frame
 

@@ -33,7 +33,6 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_ZIP = ROOT.parent / "shared" / "data" / "dataset_diabetes.zip"
 RF_PARAMS = {
     "n_estimators": 300,
     "max_depth": 14,
@@ -72,11 +71,11 @@ def free_port() -> int:
 
 
 def training_rows(n_rows: int):
-    """(raw frame, data source): real UCI rows when the zip is there, else synthetic."""
-    if SHARED_ZIP.exists():
-        from healthpredict.data.uci import load_uci
+    """(raw frame, data source): real UCI rows when the data is there, else synthetic."""
+    from healthpredict.data.uci import load_uci, real_data_source
 
-        return load_uci(SHARED_ZIP).frame.sample(n_rows, random_state=0), "uci"
+    if source := real_data_source():
+        return load_uci(source).frame.sample(n_rows, random_state=0), "uci"
     from healthpredict.data.synthetic import generate
 
     return generate(n_rows, seed=0), "synthetic"

@@ -16,8 +16,8 @@ The ``any`` figure refits the chosen family and parameters for the ``any readmis
 
 Usage: ``make bench-train`` or ``python benchmarks/bench_train.py [--initial-fraction F]
 [--cv-folds K]``.
-The real data comes from ``HP_UCI_SOURCE`` (a path or URI), ``../shared/data/`` beside the
-checkout, or the download cache; without it the benchmark says so and exits 0.
+The real data comes from ``HP_UCI_SOURCE`` (a path or URI), else the zip committed under
+``data/uci``, else the download cache; without it the benchmark says so and exits 0.
 """
 
 from __future__ import annotations
@@ -31,21 +31,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_ZIP = ROOT.parent / "shared" / "data" / "dataset_diabetes.zip"
 GOAL_AUC, GOAL_S = 0.70, 600.0
 
 
 def find_real_data() -> str | None:
-    """Path or URI of the real UCI data, or None."""
-    env = os.environ.get("HP_UCI_SOURCE", "")
-    if env and env not in ("auto", "synthetic"):
-        return env
-    if SHARED_ZIP.exists():
-        return str(SHARED_ZIP)
-    from healthpredict.data.uci import cached_zip
+    """Path or URI of the real UCI data (``HP_UCI_SOURCE``, the bundled zip, the cache), or None."""
+    from healthpredict.data.uci import real_data_source
 
-    cached = cached_zip()
-    return str(cached) if cached else None
+    return real_data_source()
 
 
 def main() -> int:
@@ -74,7 +67,7 @@ def main() -> int:
 
     source = find_real_data()
     if source is None:
-        print(f"bench-train skipped: real data not found ({SHARED_ZIP}, HP_UCI_SOURCE, cache)")
+        print("bench-train skipped: real data not found (HP_UCI_SOURCE, data/uci, cache)")
         return 0
     with tempfile.TemporaryDirectory(prefix="hp-bench-") as tmp:
         os.environ["HP_STORAGE"] = str(Path(tmp, "var"))

@@ -3,11 +3,11 @@
 #   EDA -> training -> a NO_DRIFT check (the validation split: same period as the training data)
 #   -> the first batch of the future stream (DRIFT_DETECTED) and a retraining on it through the
 #   gate -> the gallery linking them, with the training's and the retraining's model cards.
-# Usage: scripts/build_samples.sh [path/to/dataset_diabetes.zip]   (run by `make samples`)
+# Usage: scripts/build_samples.sh [path/to/dataset_diabetes.zip]   (default: the committed data/uci zip; run by `make samples`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-source_zip=${1:-../shared/data/dataset_diabetes.zip}
+source_zip=${1:-data/uci/dataset_diabetes.zip}
 [ -f "$source_zip" ] || { echo "real data not found at $source_zip: pass the UCI zip" >&2; exit 1; }
 hp=.venv/bin/healthpredict
 work=var/samples

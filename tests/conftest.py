@@ -7,17 +7,19 @@ from types import SimpleNamespace
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-REAL_ZIP = SHARED_DATA / "dataset_diabetes.zip"
-REAL_ZIP_UCI_LAYOUT = SHARED_DATA / "uci-296-diabetes-130-us-hospitals.zip"
 
-
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_zip() -> Path:
-    """Path of the real UCI zip; skips the test when ../shared/data is absent."""
-    if not REAL_ZIP.exists():
-        pytest.skip(f"real data not found at {REAL_ZIP}")
-    return REAL_ZIP
+    """The real UCI zip committed in the repository (``data/uci``), its sha256 checked.
+
+    Never skips: the zip is part of the repository, so a missing one fails the test.
+    """
+    from healthpredict.data.uci import BUNDLED_ZIP, bundled_zip
+
+    path = bundled_zip()
+    if path is None:
+        pytest.fail(f"the bundled UCI zip is missing: {BUNDLED_ZIP} (see data/uci/README.md)")
+    return path
 
 
 def isolate_settings(patch: pytest.MonkeyPatch, base: Path) -> None:

@@ -1,15 +1,20 @@
-"""The UCI loader: both zip layouts, nested zips, S3, checksum and truncation errors."""
+"""The UCI loader: both zip layouts, nested zips, S3, checksum and truncation errors, and the
+``auto`` source: the bundled zip first, then the cache, then the download, else a clear error
+(never a silent synthetic fallback)."""
 
 from __future__ import annotations
 
 import io
+import socket
 import zipfile
 
 import pytest
+from typer.testing import CliRunner
 
 from healthpredict.core import storage
+from healthpredict.data import uci
+from healthpredict.data.split import resolve_source
 from healthpredict.data.uci import CSV_SHA256, UCIDataError, find_csv_in_zip, load_uci, read_raw_csv
-from tests.conftest import REAL_ZIP_UCI_LAYOUT
 
 SAMPLE = (
     "encounter_id,patient_nbr,race,max_glu_serum,A1Cresult,diag_1\r\n"
@@ -74,12 +79,20 @@ def test_loads_from_s3(s3_bucket):
     assert loaded.source == uri and len(loaded.frame) == 2
 
 
+def _uci_site_layout(real_zip, tmp_path):
+    """The bundled zip re-packed the way the UCI site ships it: another folder, ``IDS_mapping``."""
+    folder = "diabetes+130-us+hospitals+for+years+1999-2008"
+    out = tmp_path / "uci-296-diabetes-130-us-hospitals.zip"
+    with zipfile.ZipFile(real_zip) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        dst.writestr(f"{folder}/diabetic_data.csv", src.read("dataset_diabetes/diabetic_data.csv"))
+        dst.writestr(f"{folder}/IDS_mapping.csv", src.read("dataset_diabetes/IDs_mapping.csv"))
+    return out
+
+
 @pytest.mark.realdata
-def test_real_zips_both_layouts(real_zip):
-    if not REAL_ZIP_UCI_LAYOUT.exists():
-        pytest.skip("second real zip absent")
+def test_real_zips_both_layouts(real_zip, tmp_path):
     a = load_uci(real_zip)
-    b = load_uci(REAL_ZIP_UCI_LAYOUT)
+    b = load_uci(_uci_site_layout(real_zip, tmp_path))
     assert a.csv_sha256 == b.csv_sha256 == CSV_SHA256
     assert a.frame.shape == (101_766, 50)
     assert a.frame["patient_nbr"].nunique() == 71_518
@@ -89,3 +102,75 @@ def test_real_zips_both_layouts(real_zip):
         "<30": 11_357,
     }
     assert (a.frame["max_glu_serum"] == "None").sum() == 96_420
+
+
+def _closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens: a download that fails at once, offline."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/uci.zip"
+
+
+@pytest.fixture
+def offline(hp_env, monkeypatch):
+    """An empty cache and a UCI URL that cannot answer; returns the cache folder."""
+    cache = hp_env / "cache"
+    monkeypatch.setenv("HP_CACHE_DIR", str(cache))
+    monkeypatch.setattr(uci, "UCI_URL", _closed_port_url())
+    from healthpredict.core.settings import get_settings
+
+    get_settings.cache_clear()
+    return cache
+
+
+@pytest.mark.realdata
+def test_auto_prefers_the_bundled_zip_over_the_cache(offline, real_zip):
+    # A cached zip that is not the real data: reading it would fail the checksum.
+    storage.write_bytes(offline / uci.CACHE_NAME, _zip({"x/diabetic_data.csv": SAMPLE.encode()}))
+    loaded = resolve_source("auto")
+    assert loaded.data_source == "real" and loaded.csv_sha256 == CSV_SHA256
+    assert loaded.source == uci.BUNDLED_ZIP_RELPATH  # the same on every clone
+    assert len(loaded.frame) == 101_766
+
+
+def test_auto_refuses_a_damaged_bundled_zip_naming_it_and_both_digests(
+    offline, real_zip, tmp_path, monkeypatch
+):
+    damaged = tmp_path / "data" / "uci" / "dataset_diabetes.zip"
+    damaged.parent.mkdir(parents=True)
+    blob = bytearray(real_zip.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(blob))
+    monkeypatch.setattr(uci, "BUNDLED_ZIP", damaged)
+    # A good cache is there, but a damaged bundled file is an error, not a reason to move on.
+    storage.write_bytes(offline / uci.CACHE_NAME, real_zip.read_bytes())
+    with pytest.raises(UCIDataError) as err:
+        resolve_source("auto")
+    message = str(err.value)
+    assert str(damaged) in message and uci.BUNDLED_ZIP_SHA256 in message
+    assert storage.sha256_bytes(bytes(blob)) in message
+
+
+def test_auto_without_bundled_zip_uses_the_cache(offline, tmp_path, monkeypatch):
+    monkeypatch.setattr(uci, "BUNDLED_ZIP", tmp_path / "absent.zip")
+    storage.write_bytes(offline / uci.CACHE_NAME, _zip({"x/diabetic_data.csv": SAMPLE.encode()}))
+    # The cache is read (and checked: this one is not the real file), not skipped.
+    with pytest.raises(UCIDataError, match=f"{uci.CACHE_NAME}: diabetic_data.csv has sha256"):
+        resolve_source("auto")
+
+
+def test_auto_with_no_data_anywhere_is_an_error_naming_the_way_out(offline, tmp_path, monkeypatch):
+    monkeypatch.setattr(uci, "BUNDLED_ZIP", tmp_path / "absent.zip")
+    with pytest.raises(UCIDataError) as err:
+        resolve_source("auto")
+    message = str(err.value)
+    assert "--source synthetic" in message and "HP_UCI_SOURCE" in message
+    assert "absent.zip" in message and uci.UCI_URL in message
+    # The command says the same and exits 1, with no traceback and no synthetic run.
+    from healthpredict.cli import app
+
+    result = CliRunner().invoke(app, ["data", "prepare", "--source", "auto"])
+    assert result.exit_code == 1, result.output
+    assert "--source synthetic" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "var" / "processed_data" / "manifest.json").exists()

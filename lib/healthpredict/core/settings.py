@@ -40,8 +40,9 @@ class Settings(BaseSettings):
     uci_source: str = Field(
         "auto",
         description=(
-            "Where the UCI data comes from: 'auto' (cache, else download, else synthetic), "
-            "'synthetic', a local .zip/.csv path, an s3:// URI or an http(s) URL."
+            "Where the UCI data comes from: 'auto' (the zip bundled in data/uci, else the cache, "
+            "else download, else an error), 'synthetic' (the offline generator, only when "
+            "asked), a local .zip/.csv path, an s3:// URI or an http(s) URL."
         ),
     )
     cache_dir: Path = Field(

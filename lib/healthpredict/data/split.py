@@ -29,20 +29,13 @@ from healthpredict.data.schema import (
     schema_hash,
     validate_raw,
 )
-from healthpredict.data.uci import (
-    UCI_URL,
-    LoadedData,
-    UCIDataError,
-    cached_zip,
-    load_uci,
-    read_raw_csv,
-)
+from healthpredict.data.uci import LoadedData, load_auto, load_uci, read_raw_csv
 
 SPLITS = ("initial_train", "validation", "test", "future_data")
 MANIFEST = "manifest.json"
 SYNTHETIC_BANNER = (
-    "SYNTHETIC DATA: the real UCI data was not given, cached or downloadable; every result of "
-    "this run comes from the offline synthetic generator, not from real patients."
+    "SYNTHETIC DATA (asked for with --source synthetic / HP_UCI_SOURCE=synthetic): every "
+    "result of this run comes from the offline synthetic generator, not from real patients."
 )
 
 
@@ -84,18 +77,16 @@ def drop_unreadmittable(df: pd.DataFrame) -> pd.DataFrame:
 def resolve_source(source: str | None = None, *, n_synthetic: int = 30_000) -> LoadedData:
     """Load the data named by ``source`` (default: the ``HP_UCI_SOURCE`` setting).
 
-    ``auto`` takes the cached UCI zip, else downloads it, else falls back to the synthetic
-    generator; ``synthetic`` always generates. A path, ``s3://`` URI or URL is loaded as given.
+    ``auto`` takes the zip bundled in the repository, else the cached one, else downloads it,
+    else raises (see :func:`~healthpredict.data.uci.load_auto`): the synthetic generator runs
+    only when asked, with ``synthetic``. A path, ``s3://`` URI or URL is loaded as given.
+
+    Raises:
+        UCIDataError: The data cannot be found, fetched or verified.
     """
     source = source or get_settings().uci_source
     if source == "auto":
-        cached = cached_zip()
-        if cached is not None:
-            return load_uci(cached)
-        try:
-            return load_uci(UCI_URL)
-        except UCIDataError:
-            source = "synthetic"
+        return load_auto()
     if source == "synthetic":
         frame = synthetic.generate(n_synthetic, seed=0)
         digest = storage.sha256_bytes(frame.to_csv(index=False).encode())

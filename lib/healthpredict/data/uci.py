@@ -1,5 +1,9 @@
 """Load the real UCI "Diabetes 130-US hospitals" data from a zip, a CSV, S3 or the UCI site.
 
+The zip is committed in the repository (:data:`BUNDLED_ZIP`, see ``data/uci/README.md``), so
+``auto`` finds it in any clone; an install outside the repository has no bundled zip and uses
+the cache or the download instead. The synthetic generator is never a silent fallback.
+
 The CSV is found wherever it sits inside the zip (also in a zip nested in a zip), checked
 against its published sha256 and read with the file's traps handled: ``?`` is missing, while
 the literal ``None`` in ``max_glu_serum``/``A1Cresult`` means "not measured" and stays a category.
@@ -11,7 +15,7 @@ import csv
 import io
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -28,12 +32,34 @@ UCI_URL = (
 CSV_NAME = "diabetic_data.csv"
 CSV_SHA256 = "0689e7ec031237dc63031b938805c48377748761a3b26acab621567afa24df97"
 CACHE_NAME = "uci-296-diabetes-130-us-hospitals.zip"
+UCI_PAGE = "https://archive.ics.uci.edu/dataset/296 (doi 10.24432/C5230J)"
+BUNDLED_ZIP_RELPATH = "data/uci/dataset_diabetes.zip"
+BUNDLED_ZIP_SHA256 = "3a17a3b55b6dd4a1926703185c0ad8e2ed30bc8e2f9b927cdd1000b733d1de8e"
 _TEXT_COLUMNS = {c.name: str for c in RAW_COLUMNS if c.kind in ("category", "code", "text")}
 _MAX_NESTING = 3
 
 
 class UCIDataError(ValueError):
     """The UCI data could not be found, fetched, unpacked or verified; the message says which."""
+
+
+def _repo_root() -> Path | None:
+    """The repository holding this package (an editable install), or None when installed elsewhere.
+
+    The package sits at ``<repo>/lib/healthpredict``; a copy in site-packages (a container, a
+    wheel) has no repository around it, and then there is no bundled zip.
+    """
+    package = Path(__file__).resolve().parents[1]
+    root = package.parents[1]
+    if package.parent.name == "lib" and (root / "pyproject.toml").is_file():
+        return root
+    return None
+
+
+# The committed UCI zip (None outside a repository checkout); tests point it elsewhere.
+BUNDLED_ZIP: Path | None = (
+    root / BUNDLED_ZIP_RELPATH if (root := _repo_root()) is not None else None
+)
 
 
 @dataclass(frozen=True)
@@ -159,6 +185,68 @@ def cached_zip() -> Path | None:
     """The downloaded UCI zip in the cache, if there is one."""
     path = Path(get_settings().cache_dir) / CACHE_NAME
     return path if path.exists() else None
+
+
+def bundled_zip() -> Path | None:
+    """The zip committed in the repository, checked against :data:`BUNDLED_ZIP_SHA256`.
+
+    Returns:
+        Its path, or None when it is absent (an install outside the repository).
+
+    Raises:
+        UCIDataError: The file is there but its sha256 differs (damaged or replaced).
+    """
+    if BUNDLED_ZIP is None or not BUNDLED_ZIP.is_file():
+        return None
+    digest = storage.sha256(BUNDLED_ZIP)
+    if digest != BUNDLED_ZIP_SHA256:
+        raise UCIDataError(
+            f"{BUNDLED_ZIP}: the bundled UCI zip has sha256 {digest}, expected "
+            f"{BUNDLED_ZIP_SHA256} (damaged or replaced; restore it with "
+            f"`git checkout -- {BUNDLED_ZIP_RELPATH}`, or set HP_UCI_SOURCE to another copy)"
+        )
+    return BUNDLED_ZIP
+
+
+def real_data_source() -> str | None:
+    """Where a run that must use real data (benchmarks, samples) reads it, or None.
+
+    ``HP_UCI_SOURCE`` when it names a path, ``s3://`` URI or URL; else the bundled zip, else
+    the cached one (no download). ``auto`` and ``synthetic`` in the setting do not count.
+    """
+    source = get_settings().uci_source
+    if source not in ("auto", "synthetic"):
+        return source
+    found = bundled_zip() or cached_zip()
+    return str(found) if found else None
+
+
+def load_auto() -> LoadedData:
+    """The real data from the first place that has it: bundled zip, cache, then the UCI site.
+
+    Raises:
+        UCIDataError: The bundled zip is damaged, or no place has the data; the message says
+            how to get it and that ``--source synthetic`` runs the offline generator instead.
+    """
+    bundled = bundled_zip()
+    if bundled is not None:
+        loaded = load_uci(bundled)
+        # Shown in manifests and reports: the same on every clone, not this machine's path.
+        return replace(loaded, source=BUNDLED_ZIP_RELPATH)
+    cached = cached_zip()
+    if cached is not None:
+        return load_uci(cached)
+    where = BUNDLED_ZIP or f"{BUNDLED_ZIP_RELPATH} (not in a repository checkout)"
+    try:
+        return load_uci(UCI_URL)
+    except UCIDataError as exc:
+        raise UCIDataError(
+            f"no UCI data: the bundled zip {where} is absent, the cache "
+            f"{Path(get_settings().cache_dir) / CACHE_NAME} is empty and the download failed "
+            f"({exc}). Get the zip from {UCI_PAGE} and set HP_UCI_SOURCE (or --source) to its "
+            "path, an s3:// URI or a URL; or run on the offline synthetic generator, not real "
+            "patients, with `--source synthetic` (HP_UCI_SOURCE=synthetic)."
+        ) from exc
 
 
 def load_uci(source: str | os.PathLike, *, verify: bool = True) -> LoadedData:
