@@ -50,3 +50,10 @@ if command -v chromium >/dev/null; then
     --disable-component-update --disable-sync --user-data-dir="$(mktemp -d)" --hide-scrollbars \
     --window-size=1400,900 --screenshot=docs/img/gallery.png "file://$PWD/$out/index.html" 2>/dev/null
 fi
+
+# The narrated walkthrough of this run (rendered/samples/walkthrough.*), when its tools are here.
+if command -v chromium >/dev/null && command -v espeak-ng >/dev/null && command -v ffmpeg >/dev/null; then
+  .venv/bin/python -m scripts.walkthrough --samples "$out"
+else
+  echo "walkthrough not rendered: needs chromium, espeak-ng and ffmpeg (apt), then make walkthrough" >&2
+fi

@@ -32,6 +32,7 @@ def isolate_settings(patch: pytest.MonkeyPatch, base: Path) -> None:
     patch.delenv("MLFLOW_TRACKING_URI", raising=False)
     patch.setenv("HP_RENDERED_DIR", str(base / "rendered"))
     patch.setenv("HP_UCI_SOURCE", "synthetic")
+    patch.delenv("HP_EVIDENTLY_WORKSPACE", raising=False)  # default: under the storage above
     # The next MLflow use sets up this store, not the one an earlier test configured.
     patch.setattr(tracking, "_configured_uri", None)
     get_settings.cache_clear()

@@ -1,6 +1,6 @@
 """The compiled inference path gives the logged pipeline's probabilities (to 1e-9).
 
-Real rows (from ../shared/data, skipped when absent) and synthetic rows; single records, small
+Real rows (the zip committed under data/uci) and synthetic rows; single records, small
 and large batches (both sides of the tree scorers' size switch); all three families; unseen
 and infrequent categories (a model trained on synthetic data scoring real rows, min_frequency)
 and missing values in every nullable field.
@@ -26,7 +26,6 @@ from healthpredict.modeling.runtime.predictor import Predictor, compile_pipeline
 from healthpredict.modeling.runtime.records import records_from_frame
 from healthpredict.modeling.runtime.scorers import SMALL_BATCH
 
-REAL_ZIP = Path(__file__).resolve().parents[3] / "shared" / "data" / "dataset_diabetes.zip"
 TOL = 1e-9
 FAMILIES = {
     "logreg": {"C": 0.3, "class_weight": "balanced"},
@@ -46,12 +45,10 @@ def synthetic() -> dict[str, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def real() -> dict[str, pd.DataFrame]:
-    if not REAL_ZIP.exists():
-        pytest.skip(f"real data not found at {REAL_ZIP}")
+def real(real_zip) -> dict[str, pd.DataFrame]:
     from healthpredict.data.uci import load_uci
 
-    frame = load_uci(REAL_ZIP).frame
+    frame = load_uci(real_zip).frame
     sample = frame.sample(4000, random_state=3)
     return {"train": sample.iloc[:3000], "score": sample.iloc[3000:]}
 
