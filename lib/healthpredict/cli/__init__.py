@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from healthpredict.cli import search_commands
+from healthpredict.cli import data_commands, search_commands
+from healthpredict.cli.data_commands import prepare_or_exit, print_data_source, print_manifest
 from healthpredict.cli.options import field_option, stage_options
 from healthpredict.cli.output import console, print_error
 from healthpredict.core import layout
@@ -22,87 +23,8 @@ from healthpredict.core.storage import is_s3
 app = typer.Typer(
     help="Health Predict: notebook-driven readmission-risk pipeline.", no_args_is_help=True
 )
-data_app = typer.Typer(help="Prepare and inspect the data.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
+app.add_typer(data_commands.data_app, name="data")
 search_commands.register(app)
-
-
-def _print_data_source(manifest: dict) -> None:
-    """One line saying which data the run is on: the red banner when synthetic."""
-    if manifest.get("banner"):
-        console.print(f"[bold white on red] {manifest['banner']} [/]")
-        return
-    console.print(
-        f"data: [bold]{manifest['data_source']}[/] UCI Diabetes 130-US hospitals, "
-        f"{manifest['source_rows']:,} rows, CSV sha256 {manifest['source_csv_sha256'][:12]}…, "
-        f"from {manifest['source']}",
-        highlight=False,
-    )
-
-
-def _prepare_or_exit(source: str | None, **kwargs) -> dict:
-    """:func:`~healthpredict.data.split.prepare`, or exit 1 with the data error's message."""
-    from healthpredict.data.split import prepare
-    from healthpredict.data.uci import UCIDataError
-
-    try:
-        return prepare(source, **kwargs)
-    except UCIDataError as exc:
-        print_error(exc)
-        raise typer.Exit(1) from None
-
-
-def _print_manifest(manifest: dict) -> None:
-    from rich.table import Table
-
-    _print_data_source(manifest)
-    table = Table(title=f"Prepared data ({manifest['data_source']}: {manifest['source']})")
-    for col in ("split", "rows", "patients", "target rate", "encounter ids", "sha256"):
-        table.add_column(
-            col, justify="right" if col in ("rows", "patients", "target rate") else "left"
-        )
-    for name, info in manifest["splits"].items():
-        table.add_row(
-            name,
-            f"{info['rows']:,}",
-            f"{info['patients']:,}",
-            f"{info['target_rate']:.3f}",
-            f"{info['first_encounter_id']}..{info['last_encounter_id']}",
-            info["sha256"][:12],
-        )
-    console.print(table)
-
-
-@data_app.command("prepare")
-def data_prepare(
-    source: str = typer.Option(
-        None,
-        help="UCI zip/csv path, s3:// URI, URL, 'auto' (the zip bundled in the repository, "
-        "else the cache, else the download) or 'synthetic' (default: HP_UCI_SOURCE).",
-    ),
-    out_dir: str = typer.Option(
-        None, help="Destination folder or s3:// URI (default: <storage>/processed_data)."
-    ),
-    target: str = typer.Option("<30", help="Label: '<30' (readmitted within 30 days) or 'any'."),
-    initial_fraction: float = typer.Option(
-        0.2, help="Share of the earliest encounters used for the initial model."
-    ),
-    validation_fraction: float = typer.Option(
-        0.15, help="Share of the initial period (by patient) for validation."
-    ),
-    test_fraction: float = typer.Option(
-        0.15, help="Share of the initial period (by patient) for the test split."
-    ),
-    seed: int = typer.Option(42, help="Seed of the patient-grouped split."),
-    n_synthetic: int = typer.Option(30_000, help="Rows to generate when the source is synthetic."),
-) -> None:
-    """Load, validate and split the encounters; write four CSVs and manifest.json."""
-    from healthpredict.data.split import SplitParams
-
-    params = SplitParams(initial_fraction, validation_fraction, test_fraction, target, seed)
-    manifest = _prepare_or_exit(source, out_dir=out_dir, params=params, n_synthetic=n_synthetic)
-    _print_manifest(manifest)
-    typer.echo(out_dir or layout.processed_data())
 
 
 @app.command("loop")
@@ -271,8 +193,8 @@ def demo(
 
     settings = get_settings()
     console.rule("1/4 prepare data")
-    manifest = _prepare_or_exit(source)
-    _print_manifest(manifest)
+    manifest = prepare_or_exit(source)
+    print_manifest(manifest)
     _start_demo_loop_afresh()
     console.rule("2/4 exploratory data analysis")
     eda = runs.run("01_eda", {})
@@ -301,12 +223,13 @@ def demo(
 
     champion = get_model_info(champion_uri())
     console.rule("done")
-    _print_data_source(manifest)
+    print_data_source(manifest)
     if summaries:
         _print_batch_table(summaries)
     drifted = sum(o.drift_status == DRIFT_DETECTED for o, _ in summaries)
     console.print(f"batches monitored: {len(summaries)}, drift detected in {drifted}")
     console.print(f"gallery:  {gallery}")
+    console.print("Evidently: make monitoring-ui (the monitored batches over time)")
     console.print(f"MLflow:   mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
     console.print(
         f"champion: models:/{champion.name}/{champion.version} ({champion.params.get('family', '')})"
