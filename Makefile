@@ -15,7 +15,8 @@ UV_DIR := .uv
 UV := $(UV_DIR)/bin/uv
 UV_STAMP := $(UV_DIR)/.uv-$(UV_VERSION)
 # uv ignores pip's configuration (find-links, extra indexes, constraints): it reads PyPI only, so
-# uv.lock names only PyPI URLs. It uses the given Python, never a downloaded one.
+# uv.lock names only PyPI URLs. It uses the given Python, never a downloaded one. Behind a proxy
+# that re-signs TLS, uv needs SSL_CERT_FILE (it honours it) or UV_SYSTEM_CERTS=1.
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 comma := ,
