@@ -38,13 +38,15 @@ setup: $(STAMP)
 
 # --locked: uv.lock is used as it is, and sync fails (never re-resolves) when pyproject.toml and
 # the lock disagree. Exact: packages outside the lock and the chosen extras are removed.
+# --compile-bytecode, as pip does: with PYTHONDONTWRITEBYTECODE set (as on the dev machines) no
+# .pyc would ever be written, and every process, kernel and test would compile its imports.
 # The stamp holds the extras installed: another EXTRAS re-syncs too (e.g. adding airflow).
 ifneq ($(shell cat $(STAMP) 2>/dev/null),$(EXTRAS))
 .PHONY: $(STAMP)
 endif
 $(STAMP): pyproject.toml uv.lock | $(UV_STAMP)
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
-	$(UV) sync --locked --quiet --python $(PYTHON) $(UV_EXTRAS)
+	$(UV) sync --locked --compile-bytecode --quiet --python $(PYTHON) $(UV_EXTRAS)
 	echo '$(EXTRAS)' > $(STAMP)
 
 $(UV_STAMP):
