@@ -38,15 +38,17 @@ setup: $(STAMP)
 
 # --locked: uv.lock is used as it is, and sync fails (never re-resolves) when pyproject.toml and
 # the lock disagree. Exact: packages outside the lock and the chosen extras are removed.
-# --compile-bytecode, as pip does: with PYTHONDONTWRITEBYTECODE set (as on the dev machines) no
-# .pyc would ever be written, and every process, kernel and test would compile its imports.
+# Bytecode: without PYTHONDONTWRITEBYTECODE, Python writes the .pyc of what is imported on first
+# use; with it (set on the dev machines) none would ever be written and every process, kernel and
+# test would compile its imports again, so uv compiles all of site-packages then (~70 s here).
 # The stamp holds the extras installed: another EXTRAS re-syncs too (e.g. adding airflow).
 ifneq ($(shell cat $(STAMP) 2>/dev/null),$(EXTRAS))
 .PHONY: $(STAMP)
 endif
 $(STAMP): pyproject.toml uv.lock | $(UV_STAMP)
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
-	$(UV) sync --locked --compile-bytecode --quiet --python $(PYTHON) $(UV_EXTRAS)
+	$(UV) sync --locked --quiet --python $(PYTHON) $(UV_EXTRAS) \
+	  $(if $(PYTHONDONTWRITEBYTECODE),--compile-bytecode)
 	echo '$(EXTRAS)' > $(STAMP)
 
 $(UV_STAMP):
