@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= dev,serve,airflow
 KERNEL := healthpredict
 
-# uv installs .venv from uv.lock: the same versions on every machine, and ~10x faster than pip.
+# uv installs .venv from uv.lock: the same versions on every machine, faster than pip (README).
 # The one pin of uv itself; make installs it with pip into .uv/ (not into .venv: `uv sync` makes
 # .venv exactly the lock and would remove it). A newer uv may write the lock differently.
 UV_VERSION := 0.13.9
