@@ -7,7 +7,22 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= dev,serve,airflow
 KERNEL := healthpredict
 
-.PHONY: setup demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-calibration bench-drift bench-loop bench-serve monitoring-ui clean tools nannyml-venv airflow postgres-down
+# uv installs .venv from uv.lock: the same versions on every machine, faster than pip (README).
+# The one pin of uv itself; make installs it with pip into .uv/ (not into .venv: `uv sync` makes
+# .venv exactly the lock and would remove it). A newer uv may write the lock differently.
+UV_VERSION := 0.13.9
+UV_DIR := .uv
+UV := $(UV_DIR)/bin/uv
+UV_STAMP := $(UV_DIR)/.uv-$(UV_VERSION)
+# uv ignores pip's configuration (find-links, extra indexes, constraints): it reads PyPI only, so
+# uv.lock names only PyPI URLs. It uses the given Python, never a downloaded one. Behind a proxy
+# that re-signs TLS, uv needs SSL_CERT_FILE (it honours it) or UV_SYSTEM_CERTS=1.
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
+comma := ,
+UV_EXTRAS = $(foreach extra,$(subst $(comma), ,$(EXTRAS)),--extra $(extra))
+
+.PHONY: setup lock lock-check demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-calibration bench-drift bench-loop bench-serve monitoring-ui clean tools nannyml-venv airflow postgres-down
 
 # The kernel spec lives in the user's Jupyter folder, not in the checkout: another checkout, or a
 # venv since deleted, may own the name. It is re-registered whenever it would not start this
@@ -21,12 +36,36 @@ setup: $(STAMP)
 	    or "curve" not in spec.get("metadata", {}).get("supported_encryption", []))' \
 	  || $(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Health Predict (.venv)"
 
-$(STAMP): pyproject.toml
+# --locked: uv.lock is used as it is, and sync fails (never re-resolves) when pyproject.toml and
+# the lock disagree. Exact: packages outside the lock and the chosen extras are removed.
+# Bytecode: without PYTHONDONTWRITEBYTECODE, Python writes the .pyc of what is imported on first
+# use; with it (set on the dev machines) none would ever be written and every process, kernel and
+# test would compile its imports again, so uv compiles all of site-packages then (~70 s here).
+# The stamp holds the extras installed: another EXTRAS re-syncs too (e.g. adding airflow).
+ifneq ($(shell cat $(STAMP) 2>/dev/null),$(EXTRAS))
+.PHONY: $(STAMP)
+endif
+$(STAMP): pyproject.toml uv.lock | $(UV_STAMP)
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
-	touch $(STAMP)
+	$(UV) sync --locked --quiet --python $(PYTHON) $(UV_EXTRAS) \
+	  $(if $(PYTHONDONTWRITEBYTECODE),--compile-bytecode)
+	echo '$(EXTRAS)' > $(STAMP)
+
+$(UV_STAMP):
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
+	rm -rf $(UV_DIR)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target $(UV_DIR) uv==$(UV_VERSION)
+	touch $@
+
+# Re-resolve uv.lock after a change to the dependencies of pyproject.toml; versions already locked
+# stay unless named: `make lock UPGRADE=pandas` (uv lock --upgrade-package pandas), UPGRADE=all.
+UPGRADE ?=
+lock: | $(UV_STAMP)
+	$(UV) lock --python $(PYTHON) $(if $(filter all,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p)))
+
+# Fails when pyproject.toml and uv.lock disagree (CI runs it; tests/code/test_lock.py too).
+lock-check: | $(UV_STAMP)
+	$(UV) lock --check --python $(PYTHON)
 
 demo: setup
 	$(BIN)/healthpredict demo

@@ -74,6 +74,10 @@ def test_test_job_lints_and_tests_like_ci_run(jobs):
     )
     for command in ("make lint", "make tools", "make test"):
         assert command in ci_run, f".ci/run should also run {command}"
+    assert 0 <= ci_run.find("make lock-check") < ci_run.find("make test"), (
+        ".ci/run checks that pyproject.toml and uv.lock agree before testing"
+    )
+    assert re.search(r"(?m)^lock-check:", (ROOT / "Makefile").read_text()), "Makefile lock-check"
     assert re.search(r"(?m)^tools:", (ROOT / "Makefile").read_text()), "Makefile target tools"
 
 
