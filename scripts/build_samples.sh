@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerate rendered/samples/: the audit trail of one real-data run, small enough for git.
 #   EDA -> training -> a NO_DRIFT check (the validation split: same period as the training data)
-#   -> the first batch of the future stream (DRIFT_DETECTED) and a retraining on it through the
-#   gate -> the gallery linking them, with the training's and the retraining's model cards.
+#   -> the loop over the first four batches of the future stream (the first DRIFT_DETECTED) and
+#   a retraining on the first batch through the gate -> the gallery linking them (its stream
+#   timeline), with the training's and the retraining's model cards -> the walkthrough video.
 # Usage: scripts/build_samples.sh [path/to/dataset_diabetes.zip]   (default: the committed data/uci zip; run by `make samples`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +26,9 @@ $hp train --n-trials 12
 # Predictions are compared with those on the test split (not on the batch itself).
 $hp run 03_drift_monitor -p new_data_path "$data/validation.csv" \
   -p model_reference_path "$data/test.csv"
-# The first 2,000 encounters after the training period: drift, a retraining, the gate.
-$hp loop --max-batches 1
+# The first four batches of 2,000 encounters after the training period, as the loop sees them
+# (labels one batch late): the gallery's stream timeline.
+$hp loop --max-batches 4
 # The loop judges performance once the batch's labels arrive (none come with the first batch),
 # so the sample's retraining is run by hand on that batch with its labels (the first 2,000 rows
 # of the stream): the gate and the challenger's model card.
@@ -38,6 +40,10 @@ $hp gallery
 # report embeds its ~4 MB script bundle, so only the data-drift reports are kept.
 find "$out" -name '*.ipynb' -delete
 find "$out" -path '*/reports/*' -name '*.html' ! -name '*data_drift*' -delete
+# ...and of the stream only the first batch's report (the walkthrough shows it): the later
+# batches keep their notebook, its tables and figures.
+find "$out" -maxdepth 1 -type d -name '*-03_drift_monitor-*' | sort | tail -n +3 |
+  while read -r run; do rm -rf "$run/reports"; done
 # Run records, the HTML and the gallery name files portably (<storage>/..., <rendered>/...,
 # repository-relative) from the start: nothing to rewrite (tests/code/test_samples.py checks).
 # The gallery again, without links to the deleted files.
