@@ -8,8 +8,6 @@ and missing values in every nullable field.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
