@@ -32,6 +32,7 @@ from fault_helpers import (
 )
 
 from healthpredict.core import storage
+from healthpredict.core.portable import resolve
 from healthpredict.mlops import tracking
 from healthpredict.monitoring import lease as loop_lease
 from healthpredict.monitoring import state as loop_state
@@ -176,7 +177,10 @@ def test_killed_runner_leaves_the_batch_to_the_next_one(env):
 
     # MLflow: one FINISHED monitoring run per batch; the dead runner's run was ended KILLED.
     runs = mlflow_runs()
-    finished = Counter(r.data.params["new_data_path"] for r in runs if r.info.status == "FINISHED")
+    # (the params name the batches portably: <storage>/...)
+    finished = Counter(
+        resolve(r.data.params["new_data_path"]) for r in runs if r.info.status == "FINISHED"
+    )
     assert finished == Counter(batches)
     by_id = {r.info.run_id: r for r in runs}
     assert by_id[stale.info.run_id].info.status == "KILLED"

@@ -33,6 +33,7 @@ from fault_helpers import (
 )
 
 from healthpredict.core import layout, storage
+from healthpredict.core.portable import resolve
 from healthpredict.core.settings import get_settings
 from healthpredict.core.stages import LoopParams
 from healthpredict.monitoring import state as loop_state
@@ -328,4 +329,4 @@ def test_mlflow_unreachable_fails_fast_then_the_run_completes(env):
     assert state.next_batch_start_index == 2 * BATCH_ROWS and len(state.history) == 1
     (run,) = mlflow_runs()  # the server's store, read directly
     assert run.info.status == "FINISHED"
-    assert run.data.params["new_data_path"] == state.history[0]["batch_uri"]
+    assert resolve(run.data.params["new_data_path"]) == state.history[0]["batch_uri"]
