@@ -63,6 +63,8 @@ NOT_SECRETS = {
         "the test asserting that secretName",
     ("lib/healthpredict/data/uci.py", "Hex High Entropy String", "42b8d356"):
         "CSV_SHA256, the checksum the downloaded UCI file is verified against",
+    ("lib/healthpredict/data/uci.py", "Hex High Entropy String", "84df8c77"):
+        "BUNDLED_ZIP_SHA256, the checksum of the UCI zip committed under data/uci",
     ("tests/infra/test_terraform.py", "Private Key", "27c6929a"):
         "the PEM header line of an OpenSSH private key, alone: the input of a test that a "
         "private key pasted as ssh_public_key is refused",
