@@ -22,7 +22,7 @@ import pandas as pd
 import requests
 
 from healthpredict.core import storage
-from healthpredict.core.settings import get_settings
+from healthpredict.core.settings import get_settings, project_root
 from healthpredict.data.schema import RAW_COLUMNS
 
 UCI_URL = (
@@ -43,23 +43,9 @@ class UCIDataError(ValueError):
     """The UCI data could not be found, fetched, unpacked or verified; the message says which."""
 
 
-def _repo_root() -> Path | None:
-    """The repository holding this package (an editable install), or None when installed elsewhere.
-
-    The package sits at ``<repo>/lib/healthpredict``; a copy in site-packages (a container, a
-    wheel) has no repository around it, and then there is no bundled zip.
-    """
-    package = Path(__file__).resolve().parents[1]
-    root = package.parents[1]
-    if package.parent.name == "lib" and (root / "pyproject.toml").is_file():
-        return root
-    return None
-
-
-# The committed UCI zip (None outside a repository checkout); tests point it elsewhere.
-BUNDLED_ZIP: Path | None = (
-    root / BUNDLED_ZIP_RELPATH if (root := _repo_root()) is not None else None
-)
+# The committed UCI zip, in the checkout (project_root); an install elsewhere has none there,
+# and bundled_zip() then says None. Tests point it elsewhere (None: no bundled zip).
+BUNDLED_ZIP: Path | None = project_root() / BUNDLED_ZIP_RELPATH
 
 
 @dataclass(frozen=True)
