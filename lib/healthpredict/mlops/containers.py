@@ -13,11 +13,13 @@ argument says which base a build used).
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,7 +79,14 @@ class Podman:
         Raises:
             ContainerError: podman is missing, timed out or exited non-zero (with its output).
         """
-        argv = self.argv(*args)
+        return self.execute(self.argv(*args), timeout=timeout, stdin=stdin)
+
+    def execute(self, argv: list[str], timeout: float = 900, stdin: bytes | None = None) -> str:
+        """Run a full argv made by :meth:`argv` or :meth:`build_argv`; return its stdout.
+
+        Raises:
+            ContainerError: podman is missing, timed out or exited non-zero (with its output).
+        """
         try:
             done = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
         except FileNotFoundError:
@@ -109,18 +118,140 @@ class Podman:
         build_args: Mapping[str, str] | None = None,
         target: str | None = None,
         ignorefile: str | None = None,
+        build_contexts: Mapping[str, str | Path] | None = None,
+        image_format: str | None = None,
     ) -> list[str]:
-        """The argv of an offline build (never pulls; the base must be in the store)."""
+        """The argv of an offline build (never pulls; the base must be in the store).
+
+        Args:
+            tag: Image reference to tag.
+            dockerfile: The Dockerfile (relative to the working folder, or absolute).
+            context: The main build context.
+            build_args: ``--build-arg`` values.
+            target: Stage to build (default: the last).
+            ignorefile: The ``.dockerignore`` of the main context.
+            build_contexts: Named build contexts (``--build-context name=folder``), which a
+                Dockerfile reads with ``COPY --from=name``.
+            image_format: ``docker`` keeps ``HEALTHCHECK`` (the OCI format has none); None:
+                podman's default (``oci``).
+        """
         args = ["build", "--pull=never", f"--network={self.network}", "-f", dockerfile, "-t", tag]
+        if image_format:
+            args += ["--format", image_format]
         if HOST_CA_BUNDLE.is_file():
             args += ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
         for key, value in (build_args or {}).items():
             args += ["--build-arg", f"{key}={value}"]
+        for name, folder in (build_contexts or {}).items():
+            args += ["--build-context", f"{name}={folder}"]
         if target:
             args += ["--target", target]
         if ignorefile:
             args += ["--ignorefile", ignorefile]
         return self.argv(*args, context)
+
+    def run_detached(
+        self,
+        image: str,
+        *,
+        name: str,
+        env: Mapping[str, str] | None = None,
+        mounts: Sequence[tuple[str | Path, str]] = (),
+    ) -> str:
+        """Start a container in the background (host network); return its id.
+
+        Args:
+            image: Image reference.
+            name: Container name (``podman rm`` it when done: see :meth:`remove`).
+            env: Environment of the container.
+            mounts: ``(host path, container path)`` pairs, mounted read-only.
+        """
+        args = ["run", "--detach", "--name", name, f"--network={self.network}"]
+        for key, value in (env or {}).items():
+            args += ["--env", f"{key}={value}"]
+        for host, inside in mounts:
+            args += ["--volume", f"{host}:{inside}:ro"]
+        return self.run(*args, image, timeout=120).strip()
+
+    def exec_in(self, name: str, *command: str, timeout: float = 60) -> str:
+        """Run ``command`` in a running container; return its stdout."""
+        return self.run("exec", name, *command, timeout=timeout)
+
+    def container_pid(self, name: str) -> int:
+        """Host PID of a running container's main process (0 when it is not running)."""
+        return int(self.run("inspect", "--format", "{{.State.Pid}}", name, timeout=60).strip())
+
+    def stop_with_signal(self, name: str, signal: str = "TERM", timeout: float = 10) -> StopResult:
+        """Send ``signal`` to a running container and time until its main process is gone.
+
+        The time runs from the moment the signal is sent to the moment the process has exited
+        (polled on the host's /proc every 10 ms), so podman's own start-up is not counted;
+        ``podman wait`` then gives the exit code.
+
+        Raises:
+            ContainerError: The container was not running, or did not stop within ``timeout``
+                (it is then killed).
+        """
+        pid = self.container_pid(name)
+        if pid <= 0:
+            raise ContainerError(f"container {name} is not running")
+        self.run("kill", "--signal", signal, name, timeout=60)
+        # Timed from just after the signal was delivered (podman kill returns once it is sent).
+        sent = time.perf_counter()
+        deadline = sent + timeout
+        while _alive(pid):
+            if time.perf_counter() > deadline:
+                self.run("kill", "--signal", "KILL", name, timeout=60)
+                raise ContainerError(
+                    f"container {name} still running {timeout:.0f} s after SIG{signal}: killed"
+                )
+            time.sleep(0.01)
+        seconds = time.perf_counter() - sent
+        code = int(self.run("wait", name, timeout=60).strip().splitlines()[-1])
+        return StopResult(seconds=seconds, exit_code=code)
+
+    def logs(self, name: str, tail: int = 40) -> str:
+        """The last lines a container printed (stdout and stderr); '' when it is gone."""
+        try:
+            done = subprocess.run(
+                self.argv("logs", "--tail", str(tail), name), capture_output=True, timeout=60
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return (done.stdout + done.stderr).decode(errors="replace")
+
+    def remove(self, name: str) -> None:
+        """Remove a container, running or not; no error when it does not exist."""
+        self.run("rm", "--force", "--ignore", name, timeout=120)
+
+    def remove_image(self, ref: str) -> None:
+        """Remove an image tag (and the layers only it used); no error when it does not exist."""
+        if self.image_exists(ref):
+            self.run("rmi", "--force", ref, timeout=300)
+
+    def image_label(self, ref: str, label: str) -> str | None:
+        """The value of one label of an image (None when it has no such label)."""
+        labels = json.loads(
+            self.run("image", "inspect", "--format", "{{json .Labels}}", ref, timeout=60) or "null"
+        )
+        return (labels or {}).get(label)
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """How a container stopped on a signal: seconds from the signal to exit, and the exit code."""
+
+    seconds: float
+    exit_code: int
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def default_podman() -> Podman:
@@ -174,3 +305,110 @@ def ensure_standin_base(
         )
         podman.run("import", "--change", "ENV=LANG=C.UTF-8", "-", ref, stdin=tar.stdout)
     return ref
+
+
+# --------------------------------------------------------------------------- the serving image
+
+SERVING_IMAGE = "healthpredict-api"
+SERVING_DOCKERFILE = Path("serving/Dockerfile")
+SERVING_IGNOREFILE = Path("serving/Dockerfile.dockerignore")
+# The Dockerfile's default (last) stage: the model baked in from the build context "model".
+SERVING_TARGET = "baked"
+SERVING_UID = 10001
+# The label the Dockerfile sets from its MODEL_VERSION argument.
+VERSION_LABEL = "org.opencontainers.image.version"
+MODEL_INFO_FILE = "model_info.json"
+
+
+def serving_tag(version: str | int, image: str = SERVING_IMAGE) -> str:
+    """The tag of the image carrying model version ``version``: ``<image>:v<version>``."""
+    return f"{image}:v{version}"
+
+
+def model_dir_version(model_dir: str | Path) -> str:
+    """The registry version recorded in an exported model folder (``model_info.json``).
+
+    Raises:
+        ContainerError: The folder has no readable ``model_info.json`` with a version.
+    """
+    path = Path(model_dir) / MODEL_INFO_FILE
+    try:
+        version = json.loads(path.read_text()).get("version")
+    except (OSError, ValueError) as exc:
+        raise ContainerError(
+            f"{path}: no readable model info ({exc}); write the folder with healthpredict export-model"
+        ) from None
+    if not version:
+        raise ContainerError(f"{path} names no model version")
+    return str(version)
+
+
+def serving_build_argv(
+    podman: Podman,
+    model_dir: str | Path,
+    tag: str,
+    *,
+    base_image: str = STANDIN_BASE,
+    version: str | None = None,
+    root: Path | None = None,
+) -> list[str]:
+    """The argv that builds the serving image with ``model_dir`` baked in (absolute paths).
+
+    Args:
+        podman: The podman (store) to build in.
+        model_dir: A folder written by ``healthpredict export-model`` (the build context
+            ``model``).
+        tag: Image reference, e.g. :func:`serving_tag` of the version.
+        base_image: The Dockerfile's ``BASE_IMAGE`` (default: the offline stand-in).
+        version: Model version for the image's label (default: read from ``model_dir``).
+        root: Repository root, the main build context (default: the project root).
+    """
+    root = (root or project_root()).resolve()
+    version = version or model_dir_version(model_dir)
+    return podman.build_argv(
+        tag,
+        dockerfile=str(root / SERVING_DOCKERFILE),
+        context=str(root),
+        build_args={"BASE_IMAGE": base_image, "MODEL_VERSION": version},
+        target=SERVING_TARGET,
+        ignorefile=str(root / SERVING_IGNOREFILE),
+        build_contexts={"model": Path(model_dir).resolve()},
+        image_format="docker",  # keeps the Dockerfile's HEALTHCHECK
+    )
+
+
+def build_serving_image(
+    podman: Podman,
+    model_dir: str | Path,
+    tag: str | None = None,
+    *,
+    base_image: str = STANDIN_BASE,
+    timeout: float = 1800,
+) -> str:
+    """Build the serving image with ``model_dir`` baked in; return the tag.
+
+    The stand-in base is made first when ``base_image`` is it and the store lacks it. Layers up
+    to the model are cached in the store, so a rebuild for a new model takes seconds.
+
+    Args:
+        podman: The podman (store) to build in.
+        model_dir: A folder written by ``healthpredict export-model``.
+        tag: Image reference (default ``healthpredict-api:v<version of model_dir>``).
+        base_image: The Dockerfile's ``BASE_IMAGE``.
+        timeout: Seconds the build may take.
+
+    Raises:
+        ContainerError: The model folder has no version, the base is missing, or the build
+            failed (the message holds the command and the end of its output).
+    """
+    version = model_dir_version(model_dir)
+    tag = tag or serving_tag(version)
+    if base_image == STANDIN_BASE:
+        ensure_standin_base(podman)
+    elif not podman.image_exists(base_image):
+        raise ContainerError(f"base image {base_image} is not in the store {podman.store}")
+    podman.execute(
+        serving_build_argv(podman, model_dir, tag, base_image=base_image, version=version),
+        timeout=timeout,
+    )
+    return tag
