@@ -22,7 +22,7 @@ export UV_PYTHON_DOWNLOADS := never
 comma := ,
 UV_EXTRAS = $(foreach extra,$(subst $(comma), ,$(EXTRAS)),--extra $(extra))
 
-.PHONY: setup lock lock-check demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-calibration bench-drift bench-loop bench-serve monitoring-ui clean tools nannyml-venv airflow postgres-down
+.PHONY: setup lock lock-check demo test test-fast faults lint format gallery samples bench-train bench-train-ceiling bench-calibration bench-drift bench-loop bench-serve image-test monitoring-ui clean tools nannyml-venv airflow postgres-down
 
 # The kernel spec lives in the user's Jupyter folder, not in the checkout: another checkout, or a
 # venv since deleted, may own the name. It is re-registered whenever it would not start this
@@ -199,9 +199,17 @@ bench-loop: setup nannyml-venv
 	$(BIN)/python benchmarks/bench_estimation.py --figure
 	$(BIN)/python benchmarks/bench_loop.py
 
-# Our API vs `mlflow models serve` on one registered model, loaded with wrk (apt-get install wrk).
+# Our API on the host and in its image vs `mlflow models serve` on one registered model, loaded
+# with wrk (apt-get install wrk podman buildah runc debootstrap; --no-image skips the image).
 bench-serve: setup
 	$(BIN)/python benchmarks/bench_serve.py
+
+# The serving image with a model baked in, built with podman from the checkout, run on 127.0.0.1
+# and checked (health, ready, model-info version, one authenticated predict equal to the
+# pipeline's, uid, no compiler, SIGTERM stop < 2 s, cold start): var/bench/image.json. The
+# stand-in base is made once per store (~/.cache/healthpredict/containers).
+image-test: setup
+	$(BIN)/python benchmarks/image_test.py
 
 clean:
 	rm -rf var rendered/index.html .pytest_cache
