@@ -23,9 +23,9 @@ TEST_IMAGE = "healthpredict-api-imagetest"
 def check(tmp_path_factory):
     missing = [t for t in ("podman", "buildah", "debootstrap") if shutil.which(t) is None]
     if missing:
-        if os.environ.get("CI"):
+        if os.environ.get("HP_TESTS_STRICT") == "1":  # .ci/run installs them: fail, never skip
             pytest.fail(
-                f"CI must install {missing} (apt-get install podman buildah runc debootstrap)"
+                f"HP_TESTS_STRICT=1 and not installed: {missing} (apt-get install podman ...)"
             )
         pytest.skip(f"not installed: {missing}")
     podman = default_podman()
