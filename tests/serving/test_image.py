@@ -55,6 +55,10 @@ def test_runs_as_non_root_without_a_compiler(check):
     assert check.has_compiler is False
 
 
+def test_the_image_healthcheck_probes_the_configured_port(check):
+    assert check.healthcheck_ok  # the server listens on UVICORN_PORT, not 8000
+
+
 def test_sigterm_stops_it_at_once(check):
     assert check.stop_exit_code == 0
     assert check.stop_s < STOP_LIMIT_S

@@ -210,6 +210,11 @@ class Podman:
         code = int(self.run("wait", name, timeout=60).strip().splitlines()[-1])
         return StopResult(seconds=seconds, exit_code=code)
 
+    def healthcheck(self, name: str) -> bool:
+        """Run a container's ``HEALTHCHECK`` once; whether it passed (False also when it has none)."""
+        argv = self.argv("healthcheck", "run", name)
+        return subprocess.run(argv, capture_output=True, timeout=60, check=False).returncode == 0
+
     def logs(self, name: str, tail: int = 40) -> str:
         """The last lines a container printed (stdout and stderr); '' when it is gone."""
         try:

@@ -70,6 +70,7 @@ class ImageCheck:
     runs_as_uid: int | None = None
     has_compiler: bool | None = None
     auth_enforced: bool | None = None
+    healthcheck_ok: bool | None = None
     train_rows: int = 0
     data_source: str = ""
     failures: list[str] = field(default_factory=list)
@@ -295,6 +296,10 @@ def _check_running(
 
         if (status := _request(f"{base}/health")[0]) != 200:
             fail(f"/health answered {status}")
+        # The image's own HEALTHCHECK, run once: it must probe the port the server listens on.
+        result.healthcheck_ok = podman.healthcheck(name)
+        if not result.healthcheck_ok:
+            fail("the image's HEALTHCHECK fails on a serving container")
         status, info = _request(f"{base}/model-info", token=token)
         result.model_info_version = str((info or {}).get("version")) if status == 200 else None
         if result.model_info_version != result.model_version:
@@ -361,6 +366,7 @@ def summary(result: ImageCheck) -> str:
         f"  /model-info version    {result.model_info_version} (label {result.label_version})",
         f"  /predict matches       {result.predict_matches} (|diff| {result.predict_abs_diff})",
         f"  uid {result.runs_as_uid}, compiler {result.has_compiler}, auth enforced {result.auth_enforced}",
+        f"  HEALTHCHECK passes     {result.healthcheck_ok}",
     ]
     lines += [f"  FAILED: {f}" for f in result.failures] or ["  all checks passed"]
     return "\n".join(lines)
