@@ -171,7 +171,10 @@ def test_baked_model_dir_serves_without_mlflow(live, records, tmp_path):
         {
             "MODEL_DIR": str(out),
             "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",  # nothing listens there
-            "PYTHONPATH": str(blocker.parent),
+            # First on the path (the caller's path stays: a checkout's lib/ may be on it).
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(blocker.parent), os.environ.get("PYTHONPATH")])
+            ),
         },
     )
     try:
