@@ -28,7 +28,7 @@ from fastapi.openapi.utils import get_openapi
 
 from healthpredict import __version__
 from healthpredict.serving import auth, metrics, routes
-from healthpredict.serving.http_io import internal_error, validation_error
+from healthpredict.serving.http_io import ContainErrors, validation_error
 from healthpredict.serving.model_store import LoadedModel, ModelHolder
 from healthpredict.serving.records import request_body_schema
 from healthpredict.serving.settings import ServingSettings
@@ -132,9 +132,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     )
     app.state.holder = state.holder
     app.state.settings = settings
+    app.add_middleware(ContainErrors)  # inside the metrics: a bug's 500 is counted
     app.add_middleware(metrics.MetricsMiddleware)
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(Exception, internal_error)
     routes.add_probe_routes(app, state)
     routes.add_predict_route(app, state)
     routes.add_reload_route(app, state)
