@@ -35,11 +35,14 @@ if str(SERVING_TESTS) not in sys.path:
     sys.path.insert(0, str(SERVING_TESTS))
 
 from serving_helpers import (  # noqa: E402
+    CLIENT_AUTH,
+    CLIENT_TOKEN,
     TOKEN,
     Server,
     baked_model,
     finish_register,
     free_port,
+    predict,
     request,
     start_register,
 )
@@ -102,7 +105,10 @@ def raw(server, body: bytes, headers: dict[str, str], path="/predict", method="P
         conn.close()
 
 
-JSON_HEAD = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+JSON_HEAD = (
+    b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    + f"Authorization: Bearer {CLIENT_TOKEN}\r\n".encode()
+)
 
 
 def send_raw(server, data: bytes):
@@ -117,7 +123,7 @@ def send_raw(server, data: bytes):
 
 def post(server, body, content_type: str = "application/json"):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return raw(server, data, {"Content-Type": content_type})
+    return raw(server, data, {"Content-Type": content_type, **CLIENT_AUTH})
 
 
 def assert_says_what_to_fix(body: dict) -> None:
@@ -353,7 +359,7 @@ def test_json_that_is_not_a_record_is_refused(api, body):
 )
 def test_a_body_not_declared_as_json_is_415(api, record, content_type):
     headers = {"Content-Type": content_type} if content_type else {}
-    status, answer = raw(api, json.dumps(record).encode(), headers)
+    status, answer = raw(api, json.dumps(record).encode(), {**headers, **CLIENT_AUTH})
     assert status == 415, answer
     assert "application/json" in answer["detail"] or "UTF-8" in answer["detail"]
 
@@ -421,7 +427,7 @@ def test_query_parameters_are_checked_not_ignored(api, record):
          "message": "unknown query parameter"}
     ]  # fmt: skip
     status, body = raw(
-        api, json.dumps(record).encode(), {"Content-Type": "application/json"},
+        api, json.dumps(record).encode(), {"Content-Type": "application/json", **CLIENT_AUTH},
         path="/predict?threshold=0.1&model=2",
     )  # fmt: skip
     assert status == 422
@@ -448,7 +454,9 @@ def test_truncated_and_corrupted_bodies_never_cause_a_5xx(api, record):
     statuses = {}
     try:
         for body in bodies:
-            conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+            conn.request(
+                "POST", "/predict", body, {"Content-Type": "application/json", **CLIENT_AUTH}
+            )
             resp = conn.getresponse()
             answer = json.loads(resp.read())  # always JSON, even for garbage in
             statuses[resp.status] = statuses.get(resp.status, 0) + 1
@@ -532,7 +540,7 @@ def test_registry_unreachable_at_startup(tmp_path, store):
             assert "does not exist" in reason
             assert not missing.parent.exists(), "serving must not create an empty registry"
         assert ready["source"] == CHAMPION and ready["next_attempt_in_s"] is not None
-        status, body = request(server.url + "/predict", records_from_frame(generate(1, seed=1)))
+        status, body = predict(server.url, records_from_frame(generate(1, seed=1)))
         assert status == 503 and body["detail"].startswith(
             "no model loaded: model store unreachable"
         )
@@ -602,7 +610,7 @@ def test_artifact_store_unreachable_at_startup(registry):
         ), reason
         assert "Could not connect to the endpoint URL" in reason
         one = records_from_frame(generate(1, seed=1))
-        assert request(server.url + "/predict", one)[0] == 503
+        assert predict(server.url, one)[0] == 503
     finally:
         server.stop()
     log = server.log()
@@ -654,7 +662,7 @@ def test_registry_server_stops_after_loading(registry):
     )
     try:
         server.wait("/ready", 200)
-        before = request(server.url + "/predict", records)[1]
+        before = predict(server.url, records)[1]
         assert before["model_version"] == registry.version
         assert _reload(server)[1]["status"] == "unchanged"  # the store answers: nothing to do
         _stop(mlflow)
@@ -670,7 +678,7 @@ def test_registry_server_stops_after_loading(registry):
                 f"unreachable: MLflow registry http://127.0.0.1:{port} (MLFLOW_TRACKING_URI): "
             ), body
             assert "Connection refused" in body["detail"]
-            assert request(server.url + "/predict", records)[1] == before
+            assert predict(server.url, records)[1] == before
         metrics = request(server.url + "/metrics")[1]
         assert 'healthpredict_model_loads_total{outcome="failed"} 2.0' in metrics
     finally:
@@ -687,7 +695,7 @@ def test_sqlite_registry_moved_after_loading(registry):
     moved = registry.db.with_name("mlflow.db.moved")
     try:
         server.wait("/ready", 200)
-        before = request(server.url + "/predict", records)[1]
+        before = predict(server.url, records)[1]
         registry.db.rename(moved)
         try:
             status, body = _reload(server, force=True)
@@ -695,7 +703,7 @@ def test_sqlite_registry_moved_after_loading(registry):
             assert f"still serving version {registry.version}" in body["detail"]
             assert f"the database file {registry.db} does not exist" in body["detail"]
             assert not registry.db.exists(), "the reload created an empty registry"
-            assert request(server.url + "/predict", records)[1] == before
+            assert predict(server.url, records)[1] == before
             assert request(server.url + "/ready")[0] == 200
         finally:
             moved.rename(registry.db)
@@ -704,7 +712,7 @@ def test_sqlite_registry_moved_after_loading(registry):
             {"status": "unchanged", "version": registry.version,
              "previous_version": registry.version},
         )  # fmt: skip
-        assert request(server.url + "/predict", records)[1] == before
+        assert predict(server.url, records)[1] == before
     finally:
         server.stop()
     assert "Traceback" not in server.log()

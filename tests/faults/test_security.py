@@ -12,7 +12,11 @@ What other tests already prove is marked ``faults`` there and not repeated here:
 - checkov: tests/infra/test_terraform.py (``iac/`` and ``deploy/`` Dockerfiles) and
   tests/serving/test_deploy_files.py (the rendered ``k8s/`` and ``serving/Dockerfile``);
 - the reload token from ``RELOAD_TOKEN``: tests/serving/test_reload.py (401 without, 403 wrong,
-  200 right, 403 when no token is configured).
+  200 right, 403 when no token is configured);
+- the API clients' bearer tokens on ``/predict``: tests/serving/test_auth.py (401/403 and their
+  shape, rotation of a Kubernetes-style Secret without a restart, a malformed file keeps the
+  last good clients, refusal to start without clients, nothing of a request in the logs) and
+  tests/serving/test_schemathesis.py (unauthenticated fuzzing gets only 401).
 
 Added here: a detect-secrets scan of every git-tracked file (with a positive control), every
 Dockerfile stage that ships and every k8s workload checked generically for root, the compose
@@ -59,8 +63,9 @@ NOT_SECRETS = {
         "the other published thumbprint of GitHub's OIDC certificate chain",
     ("k8s/deployment.yaml", "Secret Keyword", "9cb69ee5"):
         "secretName: healthpredict-reload-token, the name of the Secret object, not its value",
-    ("tests/serving/test_deploy_files.py", "Secret Keyword", "9cb69ee5"):
-        "the test asserting that secretName",
+    ("k8s/deployment.yaml", "Secret Keyword", "54f18a12"):
+        "secretName: healthpredict-api-tokens, the name of the Secret with the API clients' "
+        "token hashes, not its value",
     ("lib/healthpredict/data/uci.py", "Hex High Entropy String", "42b8d356"):
         "CSV_SHA256, the checksum the downloaded UCI file is verified against",
     ("lib/healthpredict/data/uci.py", "Hex High Entropy String", "84df8c77"):

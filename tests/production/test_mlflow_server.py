@@ -196,7 +196,7 @@ def test_serving_app_loads_the_champion_from_the_server(stack):
 
     from healthpredict.data.split import load_split
     from healthpredict.modeling.runtime.records import records_from_frame
-    from tests.serving.serving_helpers import Server, request
+    from tests.serving.serving_helpers import Server, predict, request
 
     champion = _client(stack).get_model_version_by_alias(MODEL_NAME, "champion")
     row = load_split("test", stack.data_dir).head(1).drop(columns=["readmitted"])
@@ -222,7 +222,7 @@ def test_serving_app_loads_the_champion_from_the_server(stack):
         assert "Subgroups" in mlflow.artifacts.load_text(info["model_card"])
         assert info["calibration"] == champion.tags["calibration"] != ""
         assert info["inference"]["path"] == "fast", info["inference"]
-        status, answer = request(server.url + "/predict", records_from_frame(row))
+        status, answer = predict(server.url, records_from_frame(row))
         assert status == 200, answer
         [prediction] = answer["predictions"]
         assert prediction["model_version"] == "2"

@@ -11,7 +11,15 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from serving_helpers import ALIAS, TOKEN, Server, finish_register, request, start_register
+from serving_helpers import (
+    ALIAS,
+    TOKEN,
+    Server,
+    finish_register,
+    predict,
+    request,
+    start_register,
+)
 
 from healthpredict.data.synthetic import generate
 from healthpredict.modeling.runtime.records import records_from_frame
@@ -51,7 +59,7 @@ def live(tmp_path_factory):
         early = SimpleNamespace(
             ready=request(server.url + "/ready"),
             model_info=request(server.url + "/model-info"),
-            predict=request(server.url + "/predict", records_from_frame(generate(1, seed=2))),
+            predict=predict(server.url, records_from_frame(generate(1, seed=2))),
         )
         go.touch()
         version = finish_register(registering)

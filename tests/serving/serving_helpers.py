@@ -1,4 +1,7 @@
-"""Helpers of the serving tests: register a small model, run uvicorn, wait for it.
+"""Helpers of the serving tests: register a small model, run uvicorn, wait for it, call it.
+
+Every :class:`Server` has one API client, ``CLIENT_ID`` with ``CLIENT_TOKEN``, unless its env
+configures authentication itself; :func:`predict` sends that client's token.
 
 ``register`` runs in a subprocess (``python serving_helpers.py register ...``) so that the test
 process never points MLflow's global tracking URI at a temporary store.
@@ -20,6 +23,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "HealthPredict"
 TOKEN = "test-reload-token"
+CLIENT_ID = "test-client"  # the API client every Server knows (see Server)
+CLIENT_TOKEN = "hp_test-client-token"
+CLIENT_AUTH = {"Authorization": f"Bearer {CLIENT_TOKEN}"}
+AUTH_ENV = ("HP_SERVE_AUTH", "HP_SERVE_TOKENS", "HP_SERVE_TOKENS_FILE")
 ALIAS = "live"  # the alias the session's live server serves
 FAMILY_PARAMS = {
     "rf": {"n_estimators": 30, "max_depth": 10, "min_samples_leaf": 5},
@@ -154,19 +161,37 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-class Server:
-    """A uvicorn process serving ``serving/app.py`` on 127.0.0.1."""
+def client_tokens(*clients: tuple[str, str] | tuple[str, str, tuple[str, ...]]) -> str:
+    """Token file text of ``(client id, token[, scopes])`` entries (the API's own format)."""
+    from healthpredict.serving.auth import token_line
 
-    def __init__(self, tmp: Path, env: dict[str, str], workers: int = 1) -> None:
+    return "".join(token_line(*client) + "\n" for client in clients)
+
+
+class Server:
+    """A uvicorn process serving ``serving/app.py`` on 127.0.0.1.
+
+    Unless ``env`` sets one of :data:`AUTH_ENV`, the server knows one API client,
+    :data:`CLIENT_ID` (token :data:`CLIENT_TOKEN`, scope ``predict``).
+    """
+
+    def __init__(
+        self, tmp: Path, env: dict[str, str], workers: int = 1, args: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"uvicorn-{self.port}.log"
-        full_env = {**_clean_env(), "HP_STORAGE": str(tmp / "var"), **env}
+        auth = (
+            {}
+            if set(AUTH_ENV) & set(env)
+            else {"HP_SERVE_TOKENS": client_tokens((CLIENT_ID, CLIENT_TOKEN))}
+        )
+        full_env = {**_clean_env(), "HP_STORAGE": str(tmp / "var"), **auth, **env}
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(ROOT / "serving"),
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),
-             "--no-access-log"],
+             "--no-access-log", *args],
             cwd=tmp, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
@@ -222,6 +247,11 @@ def request(
     except urllib.error.HTTPError as exc:
         status, raw, ctype = exc.code, exc.read(), exc.headers.get("content-type", "")
     return status, (json.loads(raw) if "json" in ctype else raw.decode())
+
+
+def predict(url: str, body, headers: dict | None = None, **kw):
+    """(status, body) of ``POST <url>/predict`` as the test client (its token unless overridden)."""
+    return request(url + "/predict", body, headers={**CLIENT_AUTH, **(headers or {})}, **kw)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use

@@ -7,7 +7,8 @@ import json
 import math
 
 import pytest
-from serving_helpers import request
+from serving_helpers import CLIENT_AUTH, CLIENT_ID, request
+from serving_helpers import predict as predict_as_client
 
 from healthpredict.data.schema import ALIASES, schema_hash
 from healthpredict.data.synthetic import generate
@@ -26,7 +27,7 @@ def records() -> list[dict]:
 
 
 def predict(live, body, **kw):
-    return request(live.url + "/predict", body, **kw)
+    return predict_as_client(live.url, body, **kw)
 
 
 @pytest.mark.faults
@@ -221,7 +222,7 @@ def test_413_on_chunked_body_without_length(live, records):
         "POST",
         "/predict",
         body=iter([b"["] + [chunk + b","] * 250 + [chunk + b"]"]),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **CLIENT_AUTH},
         encode_chunked=True,
     )
     resp = conn.getresponse()
@@ -247,6 +248,8 @@ def test_metrics(live, records):
         in text
     )
     assert 'healthpredict_request_errors_total{endpoint="/predict",kind="validation"}' in text
+    assert f'healthpredict_client_predictions_total{{client="{CLIENT_ID}"}}' in text
+    assert f'healthpredict_client_requests_total{{client="{CLIENT_ID}"}}' in text
     assert (
         'healthpredict_model_info{inference_path="' in text and f'model_version="{version}"' in text
     )

@@ -124,12 +124,26 @@ def test_kustomization_renders_a_valid_deployment(rendered):
     mounts = {m["mountPath"]: m["name"] for m in api["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]
-    token = next(v for v in volumes.values() if "secret" in v)
-    assert token["secret"]["secretName"] == "healthpredict-reload-token"
+    secrets = {v["secret"]["secretName"]: v for v in volumes.values() if "secret" in v}
+    assert set(secrets) == {"healthpredict-api-tokens", "healthpredict-reload-token"}
+    assert secrets["healthpredict-reload-token"]["secret"]["optional"] is True
+    assert not secrets["healthpredict-api-tokens"]["secret"].get("optional")  # required
     env = {e["name"]: e.get("value") for e in api["env"]}
-    assert env["RELOAD_TOKEN_FILE"].startswith(
-        next(p for p, n in mounts.items() if n == token["name"])
-    )
+    where = {
+        v["secret"]["secretName"]: p
+        for p, n in mounts.items()
+        for v in [volumes[n]]
+        if "secret" in v
+    }
+    # The contract shared with the image and deployment code: key "tokens" of this Secret.
+    assert where["healthpredict-api-tokens"] == "/var/run/secrets/healthpredict/api-tokens"
+    assert env["HP_SERVE_TOKENS_FILE"] == "/var/run/secrets/healthpredict/api-tokens/tokens"
+    assert env["RELOAD_TOKEN_FILE"].startswith(where["healthpredict-reload-token"] + "/")
+    for mount in api["volumeMounts"]:
+        if "secret" in volumes[mount["name"]]:
+            assert mount["readOnly"] is True and "subPath" not in mount  # subPath: no updates
+    paths = sorted(mounts)
+    assert not any(b.startswith(a + "/") for a in paths for b in paths), "nested mounts"
     assert not any(d["kind"] == "Secret" for d in docs), "no secret may be committed"
     hpa = kinds["HorizontalPodAutoscaler"]["spec"]
     assert (
@@ -212,11 +226,14 @@ def test_image_requirements_cover_the_serving_imports():
         "import healthpredict.modeling.runtime.predictor, healthpredict.modeling.runtime.model_meta\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
     )
+    from healthpredict.serving.auth import token_line
+
     done = subprocess.run(
         [sys.executable, "-c", code, str(ROOT / "serving")],
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, "HP_SERVE_TOKENS": token_line("import-check", "x")},  # else no start
     )
     assert done.returncode == 0, done.stderr
     modules = set(json.loads(done.stdout)) - set(sys.stdlib_module_names) - {"healthpredict", "app"}

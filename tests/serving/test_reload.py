@@ -10,7 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import ALIAS, TOKEN, Server, finish_register, request, start_register
+from serving_helpers import (
+    ALIAS,
+    TOKEN,
+    Server,
+    finish_register,
+    predict,
+    request,
+    start_register,
+)
 
 from healthpredict.data.synthetic import generate
 from healthpredict.modeling.runtime.records import frame_from_records, records_from_frame
@@ -51,14 +59,14 @@ def test_new_champion_is_picked_up_without_downtime(live, records):
     )
     assert new != before
     # Moving the alias alone changes nothing: the loaded model keeps serving.
-    assert request(live.url + "/predict", records[0])[1]["model_version"] == before
+    assert predict(live.url, records[0])[1]["model_version"] == before
 
     answers: list[tuple[int, str]] = []
     stop = threading.Event()
 
     def hammer() -> None:
         while not stop.is_set():
-            status, body = request(live.url + "/predict", records[:3])
+            status, body = predict(live.url, records[:3])
             answers.append((status, body["model_version"] if status == 200 else body))
 
     thread = threading.Thread(target=hammer)
@@ -72,7 +80,7 @@ def test_new_champion_is_picked_up_without_downtime(live, records):
     assert body == {"status": "reloaded", "version": new, "previous_version": before}
     assert answers and all(s == 200 for s, _ in answers), answers[:3]
     assert {v for _, v in answers} <= {before, new}
-    assert request(live.url + "/predict", records[0])[1]["model_version"] == new
+    assert predict(live.url, records[0])[1]["model_version"] == new
     info = request(live.url + "/model-info")[1]
     assert info["version"] == new and info["params"]["family"] == "logreg"
     metrics = request(live.url + "/metrics")[1]
@@ -96,7 +104,7 @@ def test_store_gone_keeps_serving(live, records):
         assert f"still serving version {serving}" in body["detail"]
         assert "model store unreachable" in body["detail"]
         assert request(live.url + "/ready")[0] == 200
-        status, answer = request(live.url + "/predict", records[:5])
+        status, answer = predict(live.url, records[:5])
         assert status == 200 and answer["model_version"] == serving
     finally:
         live.db.write_bytes(original)
@@ -163,7 +171,10 @@ def test_baked_model_dir_serves_without_mlflow(live, records, tmp_path):
         {
             "MODEL_DIR": str(out),
             "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",  # nothing listens there
-            "PYTHONPATH": str(blocker.parent),
+            # First on the path (the caller's path stays: a checkout's lib/ may be on it).
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(blocker.parent), os.environ.get("PYTHONPATH")])
+            ),
         },
     )
     try:
@@ -172,8 +183,8 @@ def test_baked_model_dir_serves_without_mlflow(live, records, tmp_path):
         live_info = request(live.url + "/model-info")[1]
         assert info["source"] == str(out) and info["version"] == live_info["version"]
         assert info["alias"] == ALIAS and info["run_id"] == live_info["run_id"]
-        got = request(baked.url + "/predict", records)[1]["predictions"]
-        want = request(live.url + "/predict", records)[1]["predictions"]
+        got = predict(baked.url, records)[1]["predictions"]
+        want = predict(live.url, records)[1]["predictions"]
         assert got == want
         # ... and both equal the exported pipeline's own predict_proba.
         from healthpredict.serving.model_store import load_pipeline_dir

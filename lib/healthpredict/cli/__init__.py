@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from healthpredict.cli import data_commands, search_commands
+from healthpredict.cli import data_commands, search_commands, token_commands
 from healthpredict.cli.data_commands import prepare_or_exit, print_data_source, print_manifest
 from healthpredict.cli.options import field_option, stage_options
 from healthpredict.cli.output import console, print_error
@@ -24,6 +24,7 @@ app = typer.Typer(
     help="Health Predict: notebook-driven readmission-risk pipeline.", no_args_is_help=True
 )
 app.add_typer(data_commands.data_app, name="data")
+app.add_typer(token_commands.token_app, name="api-token")
 search_commands.register(app)
 
 

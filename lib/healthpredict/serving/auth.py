@@ -12,8 +12,13 @@ Only hashes are stored: a leaked file does not leak a token. Scopes default to `
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 HASH_PREFIX = "sha256:"
 DEFAULT_SCOPES = ("predict",)
@@ -77,3 +82,179 @@ def parse_clients(text: str, source: str = "tokens") -> dict[str, Client]:
         seen.add(client_id)
         clients[token_hash] = Client(client_id, token_hash, scopes)
     return clients
+
+
+# --------------------------------------------------------------------------- the clients in force
+
+SCOPE_PREDICT = "predict"
+SCOPE_RELOAD = "reload"
+# A failed check's reason: the label of healthpredict_auth_failures_total.
+MISSING, MALFORMED, UNKNOWN, SCOPE = "missing", "malformed", "unknown_token", "scope"
+CONFIG_HINT = (
+    "set HP_SERVE_TOKENS_FILE (a token file, e.g. a mounted Secret) or HP_SERVE_TOKENS (its "
+    "text), made with `healthpredict api-token new`; or set HP_SERVE_AUTH=off to serve /predict "
+    "without authentication (local demo only)"
+)
+
+log = logging.getLogger("healthpredict.serving")
+
+
+class AuthConfigError(RuntimeError):
+    """Authentication is on but cannot work as configured: the API must not start."""
+
+
+def bearer_token(header: str | None) -> tuple[str | None, str | None]:
+    """``(token, None)`` of an ``Authorization: Bearer <token>`` header, else ``(None, reason)``.
+
+    The reason is :data:`MISSING` (no header) or :data:`MALFORMED` (another scheme, no token,
+    or more than one word after the scheme).
+    """
+    if not header:
+        return None, MISSING
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        return None, MALFORMED
+    return token, None
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    # A Kubernetes Secret update swaps a symlink: os.stat follows it, so the inode changes.
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class TokenStore:
+    """The API clients in force, from a token file (re-read when it changes) or fixed text.
+
+    The file is checked with one ``stat`` at most every ``check_s`` seconds, on a request's
+    path (no thread): between checks a request costs one clock read, one sha256 and one dict
+    lookup. A changed file that is malformed or unreadable does not replace the clients in
+    force: the error is logged (naming the line) and counted, and the last good set keeps
+    working until a good file comes (a typo in a rotation must not lock every client out or
+    let anyone in). A well-formed file with no clients is taken as it is: nobody is let in.
+
+    Args:
+        path: The token file (``HP_SERVE_TOKENS_FILE``).
+        text: The token file's text (``HP_SERVE_TOKENS``; ``;`` also separates lines).
+        check_s: Least time between two checks of the file.
+        on_load: Called with the outcome (``ok``, ``invalid``, ``unreadable``) and the number of
+            clients in force after every (re)load attempt: the metrics hook.
+
+    Raises:
+        AuthConfigError: Neither or both sources given, or the first load fails or finds no
+            client: the API must not start like that.
+    """
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        text: str | None = None,
+        check_s: float = 1.0,
+        on_load: Callable[[str, int], None] | None = None,
+    ) -> None:
+        if path is not None and text is not None:
+            raise AuthConfigError(
+                "both HP_SERVE_TOKENS_FILE and HP_SERVE_TOKENS are set: set only one"
+            )
+        if path is None and text is None:
+            raise AuthConfigError(
+                f"authentication is on but no API clients are configured: {CONFIG_HINT}"
+            )
+        self.path = path
+        self.source = str(path) if path is not None else "HP_SERVE_TOKENS"
+        self._check_s = check_s
+        self._on_load = on_load or (lambda outcome, n: None)
+        self._next_check = 0.0
+        self._signature: tuple[int, int, int, int] | None = None
+        self._broken: str | None = None  # the error of the file as it is now, logged once
+        if path is None:
+            try:
+                self.clients = parse_clients((text or "").replace(";", "\n"), self.source)
+            except TokenFileError as exc:
+                raise AuthConfigError(
+                    f"{exc} (entries are separated by newlines or ';'; "
+                    "`healthpredict api-token new` writes them)"
+                ) from None
+        else:
+            try:
+                st = os.stat(path)
+                self.clients = parse_clients(path.read_text(), self.source)
+            except OSError as exc:
+                raise AuthConfigError(
+                    f"HP_SERVE_TOKENS_FILE {path} cannot be read ({exc.strerror or exc}); "
+                    f"{CONFIG_HINT}"
+                ) from None
+            except TokenFileError as exc:
+                raise AuthConfigError(
+                    f"HP_SERVE_TOKENS_FILE {exc}: fix the file (`healthpredict api-token new` "
+                    "writes its lines) or point HP_SERVE_TOKENS_FILE at another"
+                ) from None
+            self._signature = _signature(st)
+            self._next_check = time.monotonic() + check_s
+        if not self.clients:
+            raise AuthConfigError(f"{self.source} lists no client: {CONFIG_HINT}")
+        self._on_load("ok", len(self.clients))
+        log.info("API clients from %s: %s", self.source, ", ".join(sorted(self.client_ids())))
+
+    def client_ids(self) -> list[str]:
+        """The ids of the clients in force."""
+        return [c.client_id for c in self.clients.values()]
+
+    def refresh(self) -> None:
+        """Re-read the token file if it changed and the last check is ``check_s`` old."""
+        if self.path is None:
+            return
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self._check_s
+        try:
+            signature = _signature(os.stat(self.path))
+        except OSError as exc:
+            self._failed("unreadable", f"{self.source} cannot be read ({exc.strerror or exc})")
+            return
+        if signature == self._signature:
+            self._broken = None  # readable again (or still the version already judged)
+            return
+        try:
+            clients = parse_clients(self.path.read_text(), self.source)
+        except OSError as exc:
+            self._failed("unreadable", f"{self.source} cannot be read ({exc.strerror or exc})")
+            return
+        except TokenFileError as exc:
+            self._signature = signature  # logged and counted once per version of the file
+            self._failed("invalid", str(exc))
+            return
+        self._signature, self._broken, self.clients = signature, None, clients
+        self._on_load("ok", len(clients))
+        if clients:
+            log.info(
+                "API clients reloaded from %s: %s",
+                self.source,
+                ", ".join(sorted(self.client_ids())),
+            )
+        else:
+            log.warning("%s lists no client: every /predict is refused", self.source)
+
+    def _failed(self, outcome: str, message: str) -> None:
+        if outcome == "unreadable":  # checked every second: log and count it once
+            if message == self._broken:
+                return
+            self._broken = message
+        self._on_load(outcome, len(self.clients))
+        log.error(
+            "token file not reloaded: %s; the %d clients of the last good version stay in force",
+            message,
+            len(self.clients),
+        )
+
+    def authenticate(self, header: str | None) -> tuple[Client | None, str | None]:
+        """``(client, None)`` for a known bearer token, else ``(None, reason)``."""
+        self.refresh()
+        token, reason = bearer_token(header)
+        if token is None:
+            return None, reason
+        # A dict lookup by the sha256 of the token: its timing tells nothing usable about a
+        # stored token (an attacker cannot steer the hash's bytes).
+        client = self.clients.get(hash_token(token))
+        return (client, None) if client is not None else (None, UNKNOWN)

@@ -7,6 +7,7 @@ error metrics by endpoint and kind.
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from fastapi import Request
@@ -132,8 +133,43 @@ async def validation_error(request: Request, exc: RequestValidationError) -> Res
     )
 
 
-async def internal_error(request: Request, exc: Exception) -> Response:
-    """A bug: logged with its traceback, answered with its type only (no internals leak)."""
-    log.exception("unhandled error on %s", request.url.path)
-    metrics.ERRORS.labels(metrics.endpoint_of(request.url.path), "internal").inc()
-    return json_response(500, {"detail": f"internal error: {type(exc).__name__}"})
+class ContainErrors:
+    """Pure ASGI middleware: a bug is answered 500 with its type; the log says where, not what.
+
+    An exception's message can quote request values (a patient's record), so the log gets the
+    type and the traceback's frames only, and the answer the type only (no internals leak).
+    Nothing is re-raised: Starlette's outermost error middleware would hand the exception to
+    uvicorn, which logs its message.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """Run the request; contain an exception that escapes it."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_started(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_started)
+        except Exception as exc:
+            path = scope.get("path", "")
+            frames = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+            log.error(
+                "unhandled error on %s: %s (its message is not logged: it may quote the "
+                "request)\nTraceback (most recent call last):\n%s",
+                path,
+                type(exc).__name__,
+                frames,
+            )
+            metrics.ERRORS.labels(metrics.endpoint_of(path), "internal").inc()
+            if not started:
+                answer = json_response(500, {"detail": f"internal error: {type(exc).__name__}"})
+                await answer(scope, receive, send)

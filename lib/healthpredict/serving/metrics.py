@@ -68,6 +68,33 @@ ERRORS = Counter(
     "not_ready, unauthorized, forbidden, busy, reload_failed, client_disconnect, internal).",
     ["endpoint", "kind"],
 )
+CLIENT_PREDICTIONS = Counter(
+    "healthpredict_client_predictions_total",
+    "Records scored, by API client id (the token file's; 'anonymous' with HP_SERVE_AUTH=off).",
+    ["client"],
+)
+CLIENT_REQUESTS = Counter(
+    "healthpredict_client_requests_total",
+    "Answered /predict requests (200), by API client id.",
+    ["client"],
+)
+AUTH_FAILURES = Counter(
+    "healthpredict_auth_failures_total",
+    "Refused /predict requests by reason: missing (no Authorization header), malformed (not "
+    "'Bearer <token>'), unknown_token (401), scope (a known client without it, 403).",
+    ["reason"],
+)
+TOKEN_FILE_LOADS = Counter(
+    "healthpredict_token_file_loads_total",
+    "Loads of the API clients' token file by outcome: ok, invalid or unreadable (then the last "
+    "good clients stay in force).",
+    ["outcome"],
+)
+API_CLIENTS = Gauge(
+    "healthpredict_api_clients",
+    "API clients in force (from the token file).",
+    multiprocess_mode="liveall",
+)
 MODEL_INFO = Gauge(
     "healthpredict_model_info",
     "1 for the model version in service (labels: name, version, inference path).",
@@ -97,6 +124,12 @@ def set_model(old: Any, new: Any) -> None:
         MODEL_INFO.labels(old.info.get("name", ""), old.version, old.predictor.path).set(0)
     MODEL_INFO.labels(new.info.get("name", ""), new.version, new.predictor.path).set(1)
     MODEL_LOADED.set(1)
+
+
+def token_file_loaded(outcome: str, clients: int) -> None:
+    """Count a (re)load of the token file and set the number of clients in force."""
+    TOKEN_FILE_LOADS.labels(outcome).inc()
+    API_CLIENTS.set(clients)
 
 
 def render() -> tuple[bytes, str]:

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from healthpredict.serving import metrics
+from healthpredict.serving import auth, metrics
 from healthpredict.serving.http_io import (
     CLIENT_CLOSED_REQUEST,
     ERROR_KIND,
@@ -40,7 +40,19 @@ from healthpredict.serving.settings import ServingSettings
 
 log = logging.getLogger("healthpredict.serving")
 
+ANONYMOUS = "anonymous"  # the client label of predictions with HP_SERVE_AUTH=off
+BEARER_SECURITY = [{"bearer": []}]  # the OpenAPI security requirement (scheme in api.py)
+_UNAUTHORIZED = {
+    auth.MISSING: "missing bearer token: send Authorization: Bearer <token>",
+    auth.MALFORMED: "malformed Authorization header: expected 'Bearer <token>'",
+    auth.UNKNOWN: "unknown bearer token",
+}
 _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": ErrorResponse,
+        "description": "No bearer token, a malformed Authorization header or an unknown token",
+    },
+    403: {"model": ErrorResponse, "description": "The client lacks the 'predict' scope"},
     413: {"model": ErrorResponse, "description": "Body or record count over the limit"},
     415: {
         "model": ErrorResponse,
@@ -54,7 +66,10 @@ _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 _RELOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "No bearer token"},
-    403: {"model": ErrorResponse, "description": "Wrong token, or reloads disabled"},
+    403: {
+        "model": ErrorResponse,
+        "description": "Wrong token, a client without the 'reload' scope, or reloads disabled",
+    },
     409: {"model": ErrorResponse, "description": "Another load is running"},
     422: {"model": ErrorResponse, "description": "Invalid query parameter"},
     503: {"model": ErrorResponse, "description": "Loading failed; the old model keeps serving"},
@@ -63,12 +78,18 @@ _RELOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @dataclass
 class AppState:
-    """What the handlers share: the settings, the model holder and the per-version counters."""
+    """What the handlers share: settings, model holder, API clients and cached counters.
+
+    ``tokens`` is None when authentication is off (``HP_SERVE_AUTH=off``).
+    """
 
     settings: ServingSettings
     holder: ModelHolder
+    tokens: auth.TokenStore | None = None
     # (model name, version) -> its labelled prediction counter: labels() costs a lock and a hash.
     predicted: dict[tuple[str, str], Any] = field(default_factory=dict)
+    # client id -> its (records, requests) counters, for the same reason.
+    by_client: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
 
 def _not_ready(endpoint: str, holder: ModelHolder) -> Response:
@@ -112,11 +133,14 @@ def add_probe_routes(app: FastAPI, state: AppState) -> None:
         return json_response(200, model.describe())
 
 
-def add_metrics_route(app: FastAPI) -> None:
+def add_metrics_route(app: FastAPI, state: AppState) -> None:
     """``/metrics`` in the Prometheus text format."""
+    tokens = state.tokens
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def prometheus() -> Response:
+        if tokens is not None:  # a scrape also reveals a broken token file on an idle API
+            tokens.refresh()
         data, content_type = metrics.render()
         return Response(data, media_type=content_type)
 
@@ -148,9 +172,47 @@ def _predictions(model: LoadedModel, records: list[dict[str, Any]], proba: Any) 
     ]
 
 
+def _refuse_client(
+    endpoint: str, tokens: auth.TokenStore, header: str | None, scope: str
+) -> tuple[auth.Client | None, Response | None]:
+    """``(client, None)`` for a known client with ``scope``, else ``(None, the 401 or 403)``."""
+    client, reason = tokens.authenticate(header)
+    if client is None:
+        metrics.AUTH_FAILURES.labels(reason).inc()
+        detail = _UNAUTHORIZED[reason or auth.UNKNOWN]
+        return None, error_response(endpoint, 401, detail, headers={"WWW-Authenticate": "Bearer"})
+    if scope not in client.scopes:
+        metrics.AUTH_FAILURES.labels(auth.SCOPE).inc()
+        return None, error_response(
+            endpoint,
+            403,
+            f"client {client.client_id!r} lacks the {scope!r} scope",
+            headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+        )
+    return client, None
+
+
+def _client_counters(state: AppState, client_id: str) -> tuple[Any, Any]:
+    counters = state.by_client.get(client_id)
+    if counters is None:
+        counters = state.by_client[client_id] = (
+            metrics.CLIENT_PREDICTIONS.labels(client_id),
+            metrics.CLIENT_REQUESTS.labels(client_id),
+        )
+    return counters
+
+
 def add_predict_route(app: FastAPI, state: AppState) -> None:
-    """``POST /predict``: small batches on the event loop, large ones in the thread pool."""
-    holder, settings, predicted = state.holder, state.settings, state.predicted
+    """``POST /predict``: the client first (401/403 before the body is read), then scoring.
+
+    Small batches are scored on the event loop, large ones in the thread pool.
+    """
+    holder, settings, predicted, tokens = (
+        state.holder,
+        state.settings,
+        state.predicted,
+        state.tokens,
+    )
     body_schema, _ = request_body_schema(settings.max_records)
 
     @app.post(
@@ -162,10 +224,20 @@ def add_predict_route(app: FastAPI, state: AppState) -> None:
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": body_schema}},
-            }
+            },
+            **({"security": BEARER_SECURITY} if tokens is not None else {}),
         },
     )
     async def predict(request: Request) -> Response:
+        if tokens is None:
+            client_id = ANONYMOUS
+        else:
+            client, refused = _refuse_client(
+                "/predict", tokens, request.headers.get("authorization"), auth.SCOPE_PREDICT
+            )
+            if client is None:
+                return refused  # type: ignore[return-value]
+            client_id = client.client_id
         try:
             records = await _read_records(request, settings)
         except RequestError as exc:
@@ -188,6 +260,9 @@ def add_predict_route(app: FastAPI, state: AppState) -> None:
         if counter is None:
             counter = predicted[(name, version)] = metrics.PREDICTIONS.labels(name, version)
         counter.inc(len(out))
+        records_counter, requests_counter = _client_counters(state, client_id)
+        records_counter.inc(len(out))
+        requests_counter.inc()
         metrics.BATCH_SIZE.observe(len(out))
         body = {
             "model_name": name,
@@ -198,40 +273,58 @@ def add_predict_route(app: FastAPI, state: AppState) -> None:
         return json_response(200, body)
 
 
-def _refuse_token(request: Request, token: str | None) -> Response | None:
-    """The refusal of a reload whose bearer token is missing or wrong; None when it is right."""
-    if token is None:
+def _refuse_token(
+    request: Request, token: str | None, tokens: auth.TokenStore | None
+) -> Response | None:
+    """The refusal of a reload whose bearer token is missing or wrong; None when it is right.
+
+    Right is ``RELOAD_TOKEN`` or the token of an API client with the ``reload`` scope.
+    """
+    header = request.headers.get("authorization", "")
+    client = None
+    if tokens is not None and header:
+        client, _ = tokens.authenticate(header)
+        if client is not None and auth.SCOPE_RELOAD in client.scopes:
+            return None
+    if token is None and not (
+        tokens and any(auth.SCOPE_RELOAD in c.scopes for c in tokens.clients.values())
+    ):
         return error_response(
             "/reload", 403, "reloads are disabled: set RELOAD_TOKEN (or RELOAD_TOKEN_FILE)"
         )
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         return error_response(
             "/reload", 401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"}
         )
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        return error_response("/reload", 403, "wrong reload token")
-    return None
+    if token is not None and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return None
+    if client is not None:
+        return error_response(
+            "/reload", 403, f"client {client.client_id!r} lacks the {auth.SCOPE_RELOAD!r} scope"
+        )
+    return error_response("/reload", 403, "wrong reload token")
 
 
 def add_reload_route(app: FastAPI, state: AppState) -> None:
     """``POST /reload``: bearer token, then an atomic swap (the old model stays on failure)."""
-    holder, settings = state.holder, state.settings
+    holder, settings, tokens = state.holder, state.settings, state.tokens
 
     @app.post(
         "/reload",
         summary="Load the current champion (or MODEL_DIR) again and swap it in without downtime",
         response_model=ReloadResult,
         responses=_RELOAD_RESPONSES,
+        openapi_extra={"security": BEARER_SECURITY},
     )
     async def reload(request: Request, force: bool = False) -> Response:
-        """Needs ``Authorization: Bearer <RELOAD_TOKEN>``; ``force`` reloads an unchanged version."""
+        """Needs the reload token (or a client's with the ``reload`` scope); ``force`` reloads."""
         try:
             check_query(request, "/reload", ("force",))
         except RequestError as exc:
             metrics.ERRORS.labels("/reload", "validation").inc()
             return json_response(exc.status, exc.body())
-        refused = _refuse_token(request, settings.token())
+        refused = _refuse_token(request, settings.token(), tokens)
         if refused is not None:
             return refused
         try:

@@ -1,7 +1,8 @@
 """Settings of the serving process, read once from the environment.
 
 ``MODEL_URI``, ``MODEL_DIR`` and ``RELOAD_TOKEN`` keep the plain names a deployment expects;
-the tuning knobs are ``HP_SERVE_*``. The MLflow store comes from the project settings
+the API clients (``HP_SERVE_AUTH``, ``HP_SERVE_TOKENS_FILE``, ``HP_SERVE_TOKENS``) and the tuning
+knobs are ``HP_SERVE_*``. The MLflow store comes from the project settings
 (``MLFLOW_TRACKING_URI`` or ``HP_MLFLOW_TRACKING_URI``).
 """
 
@@ -14,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ServingSettings(BaseSettings):
-    """How the API finds its model, protects reloads and limits requests."""
+    """How the API finds its model, knows its clients, protects reloads and limits requests."""
 
     model_config = SettingsConfigDict(env_prefix="HP_SERVE_", extra="ignore")
 
@@ -37,6 +38,22 @@ class ServingSettings(BaseSettings):
         None,
         validation_alias=AliasChoices("RELOAD_TOKEN_FILE", "HP_SERVE_RELOAD_TOKEN_FILE"),
         description="File holding the reload token (a mounted Kubernetes secret).",
+    )
+    auth: bool = Field(
+        True,
+        description="Require a client's bearer token on /predict; HP_SERVE_AUTH=off serves it "
+        "to anyone (local demo only; logged as a warning).",
+    )
+    tokens_file: Path | None = Field(
+        None,
+        description="Token file of the API clients (a mounted Secret; `healthpredict api-token "
+        "new` writes it); re-read when it changes.",
+    )
+    tokens: str | None = Field(
+        None, description="The token file's text itself (lines, or entries separated by ';')."
+    )
+    tokens_check_s: float = Field(
+        1.0, gt=0, description="Least time between two checks (one stat) of the token file."
     )
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest accepted body.")
     max_records: int = Field(5000, gt=0, description="Most records in one /predict request.")
