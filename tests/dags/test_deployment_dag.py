@@ -193,8 +193,17 @@ def test_the_overlay_sets_the_image_and_the_pull_secret_once(tmp_path):
 
 
 def test_kube_local_keeps_the_pod_spec_and_changes_only_what_podman_needs(tmp_path):
-    docs = list(_kustomize(ROOT / "k8s").values())
-    adapted = kube_local.adapt(docs, host_port=18001, secrets_dir=tmp_path)
+    rendered = _kustomize(ROOT / "k8s")
+    before = rendered["Deployment/healthpredict-api"]["spec"]["template"]["spec"]
+    # The Secrets the cluster gets by hand (docs/minikube.md), as the overlay generates them.
+    secrets = [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": v["secret"]["secretName"]},
+         "data": {"tokens": base64.b64encode(b"x sha256:" + b"0" * 64 + b"\n").decode()}}
+        for v in before["volumes"] if "secret" in v and not v["secret"].get("optional")
+    ]  # fmt: skip
+    adapted = kube_local.adapt(
+        [*rendered.values(), *secrets], host_port=18001, secrets_dir=tmp_path
+    )
     assert [d["kind"] for d in adapted.documents] == ["ConfigMap", "Deployment"]
     assert any("dropped" in c and "Service/healthpredict-api" in c for c in adapted.changes)
     spec = adapted.deployment["spec"]
@@ -204,13 +213,19 @@ def test_kube_local_keeps_the_pod_spec_and_changes_only_what_podman_needs(tmp_pa
         "name": "http", "containerPort": 8000, "hostPort": 18001, "hostIP": "127.0.0.1"
     }  # fmt: skip
     assert api["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8000}
-    secret_volumes = [
-        v for v in _kustomize(ROOT / "k8s")["Deployment/healthpredict-api"]["spec"]["template"][
-            "spec"]["volumes"] if "secret" in v
-    ]  # fmt: skip
-    for volume in secret_volumes:  # optional ones without a Secret are dropped, as k8s starts
-        if volume["secret"].get("optional"):
-            assert volume["name"] not in {v["name"] for v in spec["template"]["spec"]["volumes"]}
+    after = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
+    for volume in before["volumes"]:
+        if "secret" not in volume:
+            assert after[volume["name"]] == volume
+        elif volume["secret"].get("optional"):  # absent, so dropped: Kubernetes starts without
+            assert volume["name"] not in after
+        else:  # a read-only folder holding the Secret's keys
+            name = volume["secret"]["secretName"]
+            assert after[volume["name"]]["hostPath"]["path"] == str(tmp_path / name)
+            assert f"{name}/tokens" in adapted.secret_files
+    if secrets:  # without the Secret document a required Secret volume is refused
+        with pytest.raises(kube_local.KubeLocalError, match="which no document provides"):
+            kube_local.adapt(list(rendered.values()), host_port=18001, secrets_dir=tmp_path)
 
 
 def test_kube_local_turns_a_secret_into_a_read_only_folder_and_refuses_a_missing_one(tmp_path):
