@@ -112,7 +112,9 @@ def test_podman_plain_registry_and_podman_kube_commands(tmp_path):
          "--secrets-dir", "/w/secrets", "--container", "api"],
         [*podman, "kube", "play", "--replace", "--network", "slirp4netns", "/w/played.yaml"],
     ]  # fmt: skip
-    assert steps["rollout"] == [[*kube, "wait", "/w/played.yaml", "--timeout", "180"]]
+    assert steps["rollout"] == [
+        [*kube, "wait", "/w/played.yaml", "--timeout", "180", "--podman-store", str(tmp_path)]
+    ]
     assert deploy.teardown_commands(target, WORK) == [[*podman, "kube", "down", "/w/played.yaml"]]
 
 

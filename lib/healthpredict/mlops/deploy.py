@@ -411,6 +411,8 @@ def _rollout(target: DeploymentTarget, work: WorkDir) -> list[list[str]]:
             work.played,
             "--timeout",
             target.rollout_seconds(),
+            "--podman-store",
+            target.podman().store,
         )
         return [wait]
     context = ["--context", target.kube_context] if target.kube_context else []

@@ -40,6 +40,8 @@ from typing import Any
 
 import yaml
 
+from healthpredict.mlops import containers
+
 PLAYABLE_KINDS = frozenset({"Deployment", "ConfigMap", "Secret"})
 # podman kube play refuses port mappings with --network host; slirp4netns publishes them.
 NETWORK = "slirp4netns"
@@ -222,18 +224,37 @@ def probe_paths(manifest: str | Path) -> dict[str, str]:
     return found
 
 
-def wait_ready(manifest: str | Path, timeout: float = 180, log=print) -> float:
+def pod_container(manifest: str | Path) -> str:
+    """Name podman gives the API container of the played Deployment (``<name>-pod-0-<ctr>``)."""
+    docs = list(yaml.safe_load_all(Path(manifest).read_text()))
+    deployment = next(d for d in docs if d and d["kind"] == "Deployment")
+    for item in deployment["spec"]["template"]["spec"]["containers"]:
+        if any("hostPort" in port for port in item.get("ports", [])):
+            return f"{deployment['metadata']['name']}-pod-0-{item['name']}"
+    raise KubeLocalError(f"{manifest} publishes no port (was it adapted?)")
+
+
+def wait_ready(
+    manifest: str | Path,
+    timeout: float = 180,
+    *,
+    podman: containers.Podman | None = None,
+    log=print,
+) -> float:
     """Wait until the played pod's readiness probe path answers 200 on its host port.
 
     Podman 4.3 does not run readiness probes itself; this is the probe, done from the host.
+    With ``podman``, a container that exited fails at once, with the end of its log.
 
     Returns:
         Seconds it took.
 
     Raises:
-        KubeLocalError: Not ready within ``timeout`` (the last answer or error is named).
+        KubeLocalError: Not ready within ``timeout`` (the last answer or error is named), or
+            the container exited.
     """
     url = published_url(manifest) + probe_paths(manifest).get("readinessProbe", "/")
+    name = pod_container(manifest)
     start = time.monotonic()
     problem = "no attempt"
     while time.monotonic() - start < timeout:
@@ -248,12 +269,21 @@ def wait_ready(manifest: str | Path, timeout: float = 180, log=print) -> float:
             problem = f"HTTP {exc.code}: {exc.read()[:200].decode(errors='replace')}"
         except OSError as exc:
             problem = f"{type(exc).__name__}: {exc}"
+        if podman is not None:
+            try:
+                state = podman.run("inspect", "--format", "{{.State.Status}}", name, timeout=60)
+            except containers.ContainerError as exc:
+                raise KubeLocalError(f"container {name} is not there: {exc}") from None
+            if state.strip() in {"exited", "stopped"}:
+                raise KubeLocalError(
+                    f"container {name} exited before {url} was ready:\n{podman.logs(name, 30)}"
+                )
         time.sleep(1)
     raise KubeLocalError(f"{url} not ready after {timeout:.0f} s (last: {problem})")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``adapt RENDERED OUT --host-port N --secrets-dir DIR`` | ``wait MANIFEST --timeout S``."""
+    """``adapt RENDERED OUT --host-port N --secrets-dir DIR`` | ``wait MANIFEST [--timeout S]``."""
     parser = argparse.ArgumentParser(prog="python -m healthpredict.mlops.kube_local")
     sub = parser.add_subparsers(dest="command", required=True)
     p_adapt = sub.add_parser("adapt", help="adapt kubectl kustomize output for podman kube play")
@@ -265,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p_wait = sub.add_parser("wait", help="wait for the played pod's readiness probe")
     p_wait.add_argument("manifest")
     p_wait.add_argument("--timeout", type=float, default=180)
+    p_wait.add_argument("--podman-store", default=None, help="fail at once if the pod exits")
     args = parser.parse_args(argv)
     try:
         if args.command == "adapt":
@@ -279,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             for change in adapted.changes:
                 print(f"adapted for podman: {change}")
         else:
-            wait_ready(args.manifest, args.timeout)
+            podman = containers.Podman(Path(args.podman_store)) if args.podman_store else None
+            wait_ready(args.manifest, args.timeout, podman=podman)
     except KubeLocalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
