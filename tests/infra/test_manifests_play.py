@@ -156,3 +156,42 @@ def test_the_pod_has_the_configmap_env_and_the_token_file(played):
             inside = podman.run("exec", name, "cat", f"{mount['mountPath']}/{deploy.TOKENS_KEY}")
             assert inside == Path(target.tokens_file).read_text()
             assert mount["readOnly"] is True
+
+
+def test_a_pod_whose_container_exits_fails_the_rollout_at_once(tmp_path):
+    require_local_kube()
+    from healthpredict.mlops import containers, kube_local
+
+    podman = containers.default_podman()
+    base = containers.ensure_standin_base(podman)
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "hp-exit-test"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "hp-exit-test"}},
+            "template": {
+                "metadata": {"labels": {"app": "hp-exit-test"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "api",
+                            "image": base,
+                            "command": ["/bin/sh", "-c", "echo model store unreachable; exit 3"],
+                            "ports": [{"containerPort": 8000}],
+                            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8000}},
+                        }
+                    ]
+                },
+            },
+        },
+    }
+    adapted = kube_local.adapt([deployment], host_port=free_port(), secrets_dir=tmp_path)
+    manifest = kube_local.write(adapted, tmp_path / "played.yaml", tmp_path)
+    podman.run("kube", "play", "--replace", "--network", kube_local.NETWORK, str(manifest))
+    try:
+        with pytest.raises(kube_local.KubeLocalError, match="exited before .*\n.*unreachable"):
+            kube_local.wait_ready(manifest, timeout=60, podman=podman)
+    finally:
+        podman.run("kube", "down", str(manifest))
+    assert "hp-exit-test-pod-0" not in podman.run("pod", "ps", "--format", "{{.Name}}")
