@@ -115,6 +115,7 @@ def deployments(airflow_db, dag_env, champion, image_registry):
     }
     runs, built = [], set()
     podman = containers.default_podman()
+    containers.ensure_standin_base(podman)  # once per store (debootstrap, ~2.5 min)
 
     def run(**overrides):
         """Run the DAG once with ``overrides`` on the conf; return ``(dag run, conf)``."""
