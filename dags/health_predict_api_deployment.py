@@ -1,11 +1,15 @@
-"""Deploy the champion: build and push the serving image, roll it out on Minikube, verify.
+"""Deploy the champion: build its image (model baked in), push it, roll it out once, verify.
 
-The image is `<ecr_registry>/<image_name>:v<champion version>`; `kubectl apply -k` and
-`kubectl set image` roll it out on the `kube_context` cluster, `kubectl rollout status` waits
-for it, and the task `verify_model_info` fails unless `GET <api_url>/model-info` reports the
-champion's version. The commands come from `healthpredict.mlops.deploy.deployment_steps`; with
-`dry_run` they are only printed and recorded (XCom and `<storage>/deployments/<run_id>.json`),
-while the version check still runs.
+`build_image` exports exactly the champion's version and bakes it into
+`<ecr_registry>/<image_name>:v<version>`; `push_image` pushes it (ECR or a plain registry) or
+loads it into Minikube; `deploy_to_minikube` applies an overlay of `k8s/` whose kustomize
+`images` entry names that tag (one rollout; for ECR also the pull Secret); `wait_for_rollout`
+waits for it; `verify_model_info` fails unless `GET <api_url>/model-info` reports the champion's
+version. `builder` (docker | podman), `registry_kind` (ecr | plain | minikube) and `deployer`
+(kubectl | podman-kube: the same manifests played as a local pod) choose the tools; the
+commands come from `healthpredict.mlops.deploy.deployment_steps`. With `dry_run` they are only
+printed and recorded (XCom and `<storage>/deployments/<run_id>.json`) and nothing is verified
+(the record says "not verified: dry run").
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ with DAG(
     tags=["healthpredict", "deployment"],
     params={
         "mlflow_model_name": Param(_settings.model_name, type="string"),
-        "dry_run": Param(False, type="boolean", description="Record docker/aws/kubectl only."),
+        "dry_run": Param(
+            False, type="boolean", description="Record the commands only; verify nothing."
+        ),
         "api_url": Param(
             os.environ.get("HP_API_URL", "http://127.0.0.1:8000"),
             type="string",
@@ -43,7 +49,35 @@ with DAG(
         "ecr_registry": Param(
             os.environ.get("HP_ECR_REGISTRY", ""),
             type="string",
-            description="<account>.dkr.ecr.<region>.amazonaws.com",
+            description="Registry host: <account>.dkr.ecr.<region>.amazonaws.com, or "
+            "127.0.0.1:5000 for a plain registry",
+        ),
+        "builder": Param("docker", enum=list(deploy.BUILDERS)),
+        "registry_kind": Param(
+            "ecr",
+            enum=list(deploy.REGISTRY_KINDS),
+            description="ecr: login + push; plain: push without login; minikube: image load",
+        ),
+        "deployer": Param(
+            "kubectl",
+            enum=list(deploy.DEPLOYERS),
+            description="kubectl: the cluster; podman-kube: the manifests as a local pod",
+        ),
+        "base_image": Param(
+            "", type="string", description="The Dockerfile's BASE_IMAGE ('' = its default)."
+        ),
+        "host_port": Param(
+            deploy.DEFAULT_HOST_PORT,
+            type="integer",
+            minimum=1,
+            maximum=65535,
+            description="podman-kube: the API's port on 127.0.0.1",
+        ),
+        "tokens_file": Param(
+            os.environ.get("HP_DEPLOY_TOKENS_FILE", ""),
+            type="string",
+            description="Token file made into the healthpredict-api-tokens Secret by the "
+            "overlay ('' = the Secret is created by hand, docs/minikube.md)",
         ),
         "image_name": Param(deploy.DEFAULT_IMAGE_NAME, type="string"),
         "k8s_dir": Param("k8s/", type="string"),
@@ -80,24 +114,9 @@ with DAG(
 
     @task
     def verify_model_info(ti=None, params=None, run_id=None):
-        """Fail unless the API reports the champion's version."""
+        """Fail unless the API reports the champion's version (a dry run verifies nothing)."""
         version = ti.xcom_pull(task_ids="get_champion_version")["version"]
-        try:
-            body = deploy.verify_model_info(
-                params["api_url"],
-                version,
-                params["verify_timeout"],
-                model_name=params["mlflow_model_name"],
-            )
-        except deploy.DeploymentError as exc:
-            deployment.record_deployment(
-                run_id, verification={"ok": False, "api_url": params["api_url"], "error": str(exc)}
-            )
-            raise
-        deployment.record_deployment(
-            run_id, verification={"ok": True, "api_url": params["api_url"], "model_info": body}
-        )
-        return body
+        return deployment.verify(version, params, run_id)
 
     chain(
         get_champion_version(),

@@ -385,3 +385,77 @@ def test_guide_names_real_services_ports_and_outputs(services, iac):
         assert step in guide
     for step in ("minikube start", "minikube delete", "docker compose --profile api down -v"):
         assert step in guide
+
+
+# --- the README's start and teardown --------------------------------------------------------
+
+README = ROOT / "README.md"
+
+
+def _readme_stack_commands() -> tuple[str, list[str]]:
+    """The COMPOSE_FILE the README exports, and its shell lines in order (comments dropped)."""
+    lines = [
+        line.split("#", 1)[0].strip()
+        for line in README.read_text().splitlines()
+        if line.split("#", 1)[0].strip()
+    ]
+    (compose_file,) = {
+        m.group(1) for line in lines if (m := re.match(r"export COMPOSE_FILE=(\S+)$", line))
+    }
+    return compose_file, lines
+
+
+def test_the_readme_starts_the_stack_the_deployment_dag_needs_and_tears_it_down():
+    compose_file, lines = _readme_stack_commands()
+    assert compose_file.split(":") == [COMPOSE.name, DEPLOY_OVERRIDE.name]
+
+    def first(prefix: str) -> int:
+        found = [i for i, line in enumerate(lines) if line.startswith(prefix)]
+        assert found, f"the README has no `{prefix}`"
+        return found[0]
+
+    # Minikube first (the override joins its external network and reads its kubeconfig), then
+    # the stack with the override, then the tokens Secret the API needs to start.
+    start = first("docker compose up -d")
+    assert first("minikube start") < first("export COMPOSE_FILE=") < start
+    assert first("kubectl -n healthpredict create secret generic healthpredict-api-tokens") > start
+    assert not any(re.match(r"docker compose (-f \S+ )*up", line) for line in lines[:start])
+    # Teardown: every service (the optional api too) and its volumes, then the cluster side.
+    down = first("docker compose --profile api down -v")
+    assert down > start
+    assert first("kubectl delete namespace healthpredict") > down
+    assert first("minikube delete") > down
+
+
+def test_the_readme_stack_resolves_with_the_deploy_override(tool, checker_env, tmp_path):
+    compose_file, _ = _readme_stack_commands()
+    result = subprocess.run(
+        [tool("docker-compose"), "--env-file", str(ENV_EXAMPLE), "--profile", "api", "config",
+         "--format", "json"],
+        cwd=ROOT,
+        env={**checker_env, "COMPOSE_FILE": compose_file},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)
+    scheduler = resolved["services"]["airflow-scheduler"]
+    env = scheduler["environment"]
+    # What the deployment DAG's defaults (docker, ecr, kubectl) need in the scheduler.
+    assert env["KUBECONFIG"] == "/home/airflow/.kube/config"
+    assert env["HP_API_URL"] == _env_example()["HP_API_URL"]
+    assert env["HP_ECR_REGISTRY"] == _env_example()["ECR_REGISTRY"]
+    assert env["DOCKER_HOST"] == "unix:///var/run/docker.sock"
+    assert set(scheduler["networks"]) == {"default", "minikube"}
+    assert resolved["networks"]["minikube"]["external"] is True  # down -v leaves it to Minikube
+    # down -v removes the named volumes: they are all the stack keeps.
+    assert set(resolved["volumes"]) == {"pgdata", "airflow-logs"}
+    # The optional API builds the stage that loads the champion from MLflow, with its tokens.
+    api = resolved["services"]["api"]
+    assert api["build"]["target"] == "registry"
+    assert api["environment"]["HP_SERVE_TOKENS_FILE"] == "/run/secrets/api_tokens"
+    assert api["secrets"] == [{"source": "api_tokens", "target": "/run/secrets/api_tokens"}]
+    assert Path(resolved["secrets"]["api_tokens"]["file"]) == ROOT / "var" / "api-tokens"
+    assert re.search(r"(?m)^var/$", (ROOT / ".gitignore").read_text()), "tokens stay out of git"

@@ -1,18 +1,21 @@
-"""The deployment DAG's steps: find the champion, build and roll out its image, keep a record."""
+"""The deployment DAG's steps: find the champion, build and roll out its image, verify, record."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from healthpredict.core import layout, storage
-from healthpredict.core.settings import project_root
+from healthpredict.core.settings import get_settings, project_root
 from healthpredict.mlops import deploy, registry, tracking
 from healthpredict.runs.papermill_task import safe_name
 from healthpredict.runs.record import iso, utc_now
 
 log = logging.getLogger(__name__)
+NOT_VERIFIED_DRY_RUN = "not verified: dry run"
 
 
 def champion(model_name: str | None = None) -> dict[str, str]:
@@ -42,17 +45,17 @@ def record_deployment(run_id: str, **fields: Any) -> dict[str, Any]:
     return record
 
 
-def deployment_step(step: str, version: str, params: Mapping[str, Any], run_id: str) -> list:
-    """Run (or, with ``params["dry_run"]``, only record) one step of the deployment.
+def deployment_target(params: Mapping[str, Any]) -> deploy.DeploymentTarget:
+    """The :class:`~healthpredict.mlops.deploy.DeploymentTarget` of the DAG's params.
 
     Raises:
-        healthpredict.mlops.deploy.DeploymentError: A command failed or is not installed.
-        ValueError: The registry is not set (``ecr_registry`` param or ``HP_ECR_REGISTRY``).
+        ValueError: The registry is not set (``ecr_registry`` param or ``HP_ECR_REGISTRY``), or
+            a setting is not one of the known ones.
     """
     image_registry = params["ecr_registry"]
     if not image_registry:
         raise ValueError("no image registry: set the ecr_registry param or HP_ECR_REGISTRY")
-    target = deploy.DeploymentTarget(
+    return deploy.DeploymentTarget(
         image_registry,
         params["image_name"],
         params["k8s_dir"],
@@ -61,15 +64,101 @@ def deployment_step(step: str, version: str, params: Mapping[str, Any], run_id: 
         deployment=params["deployment_name"],
         container=params["container_name"],
         rollout_timeout=params["rollout_timeout"],
+        builder=params.get("builder", "docker"),
+        registry_kind=params.get("registry_kind", "ecr"),
+        deployer=params.get("deployer", "kubectl"),
+        base_image=params.get("base_image") or None,
+        host_port=int(params.get("host_port") or deploy.DEFAULT_HOST_PORT),
+        tokens_file=params.get("tokens_file") or None,
     )
-    commands = deploy.deployment_steps(version, target)[step]
+
+
+def workdir(run_id: str) -> Path:
+    """``<HP_CACHE_DIR>/deployments/<run id>``: the files the run's tasks share.
+
+    The exported model, the overlay, the played manifest and the pod's secret files (kept
+    while the pod runs: they are its Secret volumes).
+    """
+    return get_settings().cache_dir / "deployments" / safe_name(run_id, 200)
+
+
+def deployment_step(step: str, version: str, params: Mapping[str, Any], run_id: str) -> list:
+    """Run (or, with ``params["dry_run"]``, only record) one step of the deployment.
+
+    Raises:
+        healthpredict.mlops.deploy.DeploymentError: A command failed or is not installed.
+        ValueError: Bad settings (see :func:`deployment_target`).
+    """
+    target = deployment_target(params)
+    root = project_root()
+    work = deploy.WorkDir(workdir(run_id))
+    commands = deploy.deployment_steps(
+        version, target, work.root, model_name=params["mlflow_model_name"], root=root
+    )[step]
     dry_run = bool(params["dry_run"])
-    records = deploy.run_commands(commands, dry_run=dry_run, cwd=project_root(), log=log.info)
+    overlay = deploy.overlay_kustomization(
+        version, target, (root / target.k8s_dir).resolve(), work.overlay.resolve()
+    )
+    if not dry_run:
+        work.root.mkdir(parents=True, exist_ok=True)
+        if step == "build":
+            shutil.rmtree(work.model, ignore_errors=True)  # export-model wants a new folder
+        if step == "deploy":
+            deploy.write_overlay(version, target, work, root)
+    try:
+        records = deploy.run_commands(commands, dry_run=dry_run, cwd=root, log=log.info)
+    finally:
+        if not dry_run:
+            # The image carries the model now; the archive was only for minikube's load.
+            if step == "build":
+                shutil.rmtree(work.model, ignore_errors=True)
+            work.image_tar.unlink(missing_ok=True)
     record_deployment(
         run_id,
         dry_run=dry_run,
         version=str(version),
-        image=deploy.image_ref(image_registry, params["image_name"], version),
+        image=deploy.image_ref(target.registry, target.image_name, version),
+        target={
+            "builder": target.builder,
+            "registry_kind": target.registry_kind,
+            "deployer": target.deployer,
+        },
+        overlay=overlay,
+        workdir=str(work.root),
         steps={step: records},
     )
     return records
+
+
+def verify(version: str, params: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+    """Check that the deployed API reports ``version`` on ``/model-info``; record the result.
+
+    A dry run deployed nothing, so it verifies nothing: it records ``not verified: dry run``
+    instead of asking whatever API happens to run at ``api_url``.
+
+    Raises:
+        healthpredict.mlops.deploy.DeploymentError: The API was unreachable or kept reporting
+            another version (recorded as ``ok: false`` first).
+    """
+    api_url = params["api_url"]
+    if params["dry_run"]:
+        result = {"ok": None, "verified": False, "reason": NOT_VERIFIED_DRY_RUN, "api_url": api_url}
+        log.info("%s: nothing was deployed, %s is not asked", NOT_VERIFIED_DRY_RUN, api_url)
+        record_deployment(run_id, verification=result)
+        return result
+    try:
+        body = deploy.verify_model_info(
+            api_url,
+            version,
+            params["verify_timeout"],
+            model_name=params["mlflow_model_name"],
+        )
+    except deploy.DeploymentError as exc:
+        record_deployment(
+            run_id,
+            verification={"ok": False, "verified": True, "api_url": api_url, "error": str(exc)},
+        )
+        raise
+    result = {"ok": True, "verified": True, "api_url": api_url, "model_info": body}
+    record_deployment(run_id, verification=result)
+    return result
