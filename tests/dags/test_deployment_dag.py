@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from healthpredict.mlops import deploy, kube_local
+from healthpredict.mlops import deploy, deploy_run, kube_local
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
@@ -275,22 +275,22 @@ def test_kube_local_turns_a_secret_into_a_read_only_folder_and_refuses_a_missing
 
 
 def test_run_commands_fails_closed(tmp_path):
-    assert deploy.run_commands([["true"]], dry_run=False)[0]["returncode"] == 0
+    assert deploy_run.run_commands([["true"]], dry_run=False)[0]["returncode"] == 0
     lines = []
-    recorded = deploy.run_commands(EXPECTED, dry_run=True, log=lines.append)
+    recorded = deploy_run.run_commands(EXPECTED, dry_run=True, log=lines.append)
     assert [r["argv"] for r in recorded] == EXPECTED and all(r["dry_run"] for r in recorded)
     assert lines == [f"[dry run] {shlex.join(c)}" for c in EXPECTED]
-    with pytest.raises(deploy.DeploymentError, match="hp-no-such-tool is not installed"):
-        deploy.run_commands([["hp-no-such-tool", "--version"]], dry_run=False)
-    with pytest.raises(deploy.DeploymentError, match=r"exit code 3: sh -c .*\nboom"):
-        deploy.run_commands([["sh", "-c", "echo boom >&2; exit 3"], ["true"]], dry_run=False)
+    with pytest.raises(deploy_run.DeploymentError, match="hp-no-such-tool is not installed"):
+        deploy_run.run_commands([["hp-no-such-tool", "--version"]], dry_run=False)
+    with pytest.raises(deploy_run.DeploymentError, match=r"exit code 3: sh -c .*\nboom"):
+        deploy_run.run_commands([["sh", "-c", "echo boom >&2; exit 3"], ["true"]], dry_run=False)
 
 
 def test_reported_version_reads_the_known_shapes():
-    assert deploy.reported_version({"version": "3", "name": "HealthPredict"}) == "3"
-    assert deploy.reported_version({"model_version": 4}) == "4"
-    assert deploy.reported_version({"model": {"version": "5"}}) == "5"
-    assert deploy.reported_version({"status": "ok"}) is None
+    assert deploy_run.reported_version({"version": "3", "name": "HealthPredict"}) == "3"
+    assert deploy_run.reported_version({"model_version": 4}) == "4"
+    assert deploy_run.reported_version({"model": {"version": "5"}}) == "5"
+    assert deploy_run.reported_version({"status": "ok"}) is None
 
 
 # ---- the DAG, in dry run, next to a live API ----------------------------------------------
@@ -396,18 +396,18 @@ def test_a_real_run_without_the_tools_fails_at_the_first_step(airflow_db, api, t
 
 @pytest.mark.slow
 def test_verify_model_info_against_the_live_api(api):
-    assert deploy.verify_model_info(api.url, "1", timeout=5, token=TOKEN)["version"] == "1"
-    with pytest.raises(deploy.DeploymentError, match="serves model version 1, expected 9"):
-        deploy.verify_model_info(api.url, 9, timeout=2, token=TOKEN)
-    with pytest.raises(deploy.DeploymentError, match="serves model 'HealthPredict', expected"):
-        deploy.verify_model_info(api.url, "1", timeout=2, model_name="Other", token=TOKEN)
-    with pytest.raises(deploy.DeploymentError, match="HTTP 404"):
-        deploy.verify_model_info(api.url + "/nope", "1", timeout=2, token=TOKEN)
+    assert deploy_run.verify_model_info(api.url, "1", timeout=5, token=TOKEN)["version"] == "1"
+    with pytest.raises(deploy_run.DeploymentError, match="serves model version 1, expected 9"):
+        deploy_run.verify_model_info(api.url, 9, timeout=2, token=TOKEN)
+    with pytest.raises(deploy_run.DeploymentError, match="serves model 'HealthPredict', expected"):
+        deploy_run.verify_model_info(api.url, "1", timeout=2, model_name="Other", token=TOKEN)
+    with pytest.raises(deploy_run.DeploymentError, match="HTTP 404"):
+        deploy_run.verify_model_info(api.url + "/nope", "1", timeout=2, token=TOKEN)
 
 
 def test_unreachable_api_fails_the_verification():
     from dagtools import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(deploy.DeploymentError, match=r"is unreachable: .*gave up after 2 s"):
-        deploy.verify_model_info(url, "1", timeout=2)
+    with pytest.raises(deploy_run.DeploymentError, match=r"is unreachable: .*gave up after 2 s"):
+        deploy_run.verify_model_info(url, "1", timeout=2)

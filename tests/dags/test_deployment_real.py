@@ -92,7 +92,7 @@ def deployments(airflow_db, dag_env, champion, image_registry):
     """Runs the DAG with given conf; removes every pod, image and work folder afterwards."""
     from dagtools import free_port, load_dags
 
-    from healthpredict.mlops import containers, deploy
+    from healthpredict.mlops import containers, deploy, deploy_run
     from healthpredict.pipelines import deployment
     from healthpredict.serving import auth
 
@@ -121,7 +121,7 @@ def deployments(airflow_db, dag_env, champion, image_registry):
         """Run the DAG once with ``overrides`` on the conf; return ``(dag run, conf)``."""
         conf = {**base_conf, **overrides}
         with pytest.MonkeyPatch.context() as patch:
-            patch.setenv(deploy.TOKEN_ENV, TOKEN)
+            patch.setenv(deploy_run.TOKEN_ENV, TOKEN)
             dag_run = load_dags()[DAG_ID].test(run_conf=conf)
         runs.append(dag_run.run_id)
         image = deploy.image_ref(image_registry["host"], IMAGE_NAME, champion.version)
@@ -139,7 +139,7 @@ def deployments(airflow_db, dag_env, champion, image_registry):
     ]
     try:
         if played:  # every run replaced the same pod: the last one's manifest removes it
-            deploy.run_commands(deploy.teardown_commands(target, played[-1]), dry_run=False)
+            deploy_run.run_commands(deploy.teardown_commands(target, played[-1]), dry_run=False)
     finally:
         for run_id in runs:
             shutil.rmtree(deployment.workdir(run_id), ignore_errors=True)
@@ -209,8 +209,8 @@ def test_a_failed_verification_fails_the_run(deployments, champion):
 
 
 def test_the_played_pod_serving_another_version_fails_the_check(deployments, champion):
-    from healthpredict.mlops import deploy
+    from healthpredict.mlops import deploy_run
 
     # The pod of the runs above serves the champion; a check expecting another version fails.
-    with pytest.raises(deploy.DeploymentError, match=r"serves model version 1, expected 99"):
-        deploy.verify_model_info(deployments.api_url, 99, timeout=2, token=TOKEN)
+    with pytest.raises(deploy_run.DeploymentError, match=r"serves model version 1, expected 99"):
+        deploy_run.verify_model_info(deployments.api_url, 99, timeout=2, token=TOKEN)

@@ -52,7 +52,7 @@ def free_port() -> int:
 def played(tmp_path_factory, settings_isolation, synthetic_champion):
     """The champion baked into an image, the overlay of k8s/ rendered, adapted and played."""
     require_local_kube()
-    from healthpredict.mlops import containers, deploy
+    from healthpredict.mlops import containers, deploy, deploy_run
     from healthpredict.serving import auth
     from healthpredict.serving.model_store import export_model
 
@@ -81,10 +81,10 @@ def played(tmp_path_factory, settings_isolation, synthetic_champion):
         deploy.write_overlay(version, target, work, ROOT)
         steps = deploy.deployment_steps(version, target, work.root, root=ROOT)
         try:
-            deploy.run_commands(steps["deploy"] + steps["rollout"], dry_run=False, cwd=ROOT)
+            deploy_run.run_commands(steps["deploy"] + steps["rollout"], dry_run=False, cwd=ROOT)
             yield {"version": version, "target": target, "work": work, "image": image}
         finally:
-            deploy.run_commands(deploy.teardown_commands(target, work.root), dry_run=False)
+            deploy_run.run_commands(deploy.teardown_commands(target, work.root), dry_run=False)
             assert f"{target.deployment}-pod-0" not in podman.run(
                 "pod", "ps", "--format", "{{.Name}}"
             )

@@ -10,7 +10,7 @@ from typing import Any
 
 from healthpredict.core import layout, storage
 from healthpredict.core.settings import get_settings, project_root
-from healthpredict.mlops import deploy, registry, tracking
+from healthpredict.mlops import deploy, deploy_run, registry, tracking
 from healthpredict.runs.papermill_task import safe_name
 from healthpredict.runs.record import iso, utc_now
 
@@ -86,7 +86,7 @@ def deployment_step(step: str, version: str, params: Mapping[str, Any], run_id: 
     """Run (or, with ``params["dry_run"]``, only record) one step of the deployment.
 
     Raises:
-        healthpredict.mlops.deploy.DeploymentError: A command failed or is not installed.
+        healthpredict.mlops.deploy_run.DeploymentError: A command failed or is not installed.
         ValueError: Bad settings (see :func:`deployment_target`).
     """
     target = deployment_target(params)
@@ -106,7 +106,7 @@ def deployment_step(step: str, version: str, params: Mapping[str, Any], run_id: 
         if step == "deploy":
             deploy.write_overlay(version, target, work, root)
     try:
-        records = deploy.run_commands(commands, dry_run=dry_run, cwd=root, log=log.info)
+        records = deploy_run.run_commands(commands, dry_run=dry_run, cwd=root, log=log.info)
     finally:
         if not dry_run:
             # The image carries the model now; the archive was only for minikube's load.
@@ -137,7 +137,7 @@ def verify(version: str, params: Mapping[str, Any], run_id: str) -> dict[str, An
     instead of asking whatever API happens to run at ``api_url``.
 
     Raises:
-        healthpredict.mlops.deploy.DeploymentError: The API was unreachable or kept reporting
+        healthpredict.mlops.deploy_run.DeploymentError: The API was unreachable or kept reporting
             another version (recorded as ``ok: false`` first).
     """
     api_url = params["api_url"]
@@ -147,13 +147,13 @@ def verify(version: str, params: Mapping[str, Any], run_id: str) -> dict[str, An
         record_deployment(run_id, verification=result)
         return result
     try:
-        body = deploy.verify_model_info(
+        body = deploy_run.verify_model_info(
             api_url,
             version,
             params["verify_timeout"],
             model_name=params["mlflow_model_name"],
         )
-    except deploy.DeploymentError as exc:
+    except deploy_run.DeploymentError as exc:
         record_deployment(
             run_id,
             verification={"ok": False, "verified": True, "api_url": api_url, "error": str(exc)},
