@@ -27,7 +27,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from healthpredict.mlops.image_check import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RF_PARAMS = {
@@ -71,13 +72,6 @@ done = function(summary, latency, requests)
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
 """
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def training_rows(n_rows: int):
@@ -210,32 +204,11 @@ def build_image(version: str, tmp: Path) -> str:
 def start_image(tag: str, name: str, port: int, workers: int, tokens: Path) -> dict:
     """Run the image on 127.0.0.1:``port`` (host network); return its size and cold start."""
     from healthpredict.mlops.containers import default_podman
-    from healthpredict.mlops.image_check import TOKENS_PATH
+    from healthpredict.mlops.image_check import start_serving
 
     podman = default_podman()
-    env = {
-        "UVICORN_HOST": "127.0.0.1",
-        "UVICORN_PORT": str(port),
-        "WEB_CONCURRENCY": str(workers),
-        "HP_SERVE_TOKENS_FILE": TOKENS_PATH,
-    }
-    started = time.perf_counter()
-    podman.run_detached(tag, name=name, env=env, mounts=[(tokens, TOKENS_PATH)])
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except (OSError, urllib.error.HTTPError):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the image {tag} was not ready:\n{podman.logs(name)}")
-        time.sleep(0.1)
-    return {
-        "image_mb": podman.image_mb(tag),
-        "image_cold_start_s": round(time.perf_counter() - started, 2),
-    }
+    cold_start = start_serving(podman, tag, name=name, port=port, tokens=tokens, workers=workers)
+    return {"image_mb": podman.image_mb(tag), "image_cold_start_s": round(cold_start, 2)}
 
 
 def stop_image(tag: str, name: str) -> None:

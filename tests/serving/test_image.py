@@ -67,3 +67,7 @@ def test_sigterm_stops_it_at_once(check):
 def test_cold_start_and_size_are_measured(check):
     assert 0 < check.cold_start_s < 120
     assert 100 < check.image_mb < 1000
+
+
+def test_predict_without_a_token_is_refused(check):
+    assert check.auth_enforced  # /predict without a bearer token answered 401

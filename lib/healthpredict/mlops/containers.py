@@ -19,6 +19,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,10 +89,10 @@ class Podman:
         Raises:
             ContainerError: podman is missing, timed out or exited non-zero (with its output).
         """
+        if shutil.which("podman") is None:
+            raise ContainerError("podman is not installed (apt-get install podman)")
         try:
             done = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
-        except FileNotFoundError:
-            raise ContainerError("podman is not installed (apt-get install podman)") from None
         except subprocess.TimeoutExpired:
             raise ContainerError(f"timed out after {timeout:.0f} s: {shlex.join(argv)}") from None
         if done.returncode != 0:
@@ -210,6 +212,36 @@ class Podman:
         code = int(self.run("wait", name, timeout=60).strip().splitlines()[-1])
         return StopResult(seconds=seconds, exit_code=code)
 
+    def wait_ready(self, name: str, url: str, timeout: float, interval: float = 0.05) -> float:
+        """Poll ``url`` until it answers 200 while container ``name`` runs; return the seconds.
+
+        Raises:
+            ContainerError: The container is gone or exited, or ``url`` was not ready within
+                ``timeout`` (the last answer and the container's log are in the message).
+        """
+        start = time.monotonic()
+        problem = "no answer yet"
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return time.monotonic() - start
+                    problem = f"HTTP {response.status}"
+            except urllib.error.HTTPError as exc:
+                problem = f"HTTP {exc.code}: {exc.read()[:200].decode(errors='replace')}"
+            except OSError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            state = self.run("inspect", "--format", "{{.State.Status}}", name, timeout=60).strip()
+            if state in {"exited", "stopped"}:
+                raise ContainerError(
+                    f"container {name} exited before {url} was ready:\n{self.logs(name)}"
+                )
+            if time.monotonic() - start > timeout:
+                raise ContainerError(
+                    f"{url} not ready after {timeout:.0f} s (last: {problem}):\n{self.logs(name)}"
+                )
+            time.sleep(interval)
+
     def healthcheck(self, name: str) -> bool:
         """Run a container's ``HEALTHCHECK`` once; whether it passed (False also when it has none)."""
         argv = self.argv("healthcheck", "run", name)
@@ -322,7 +354,6 @@ SERVING_TARGET = "baked"
 SERVING_UID = 10001
 # The label the Dockerfile sets from its MODEL_VERSION argument.
 VERSION_LABEL = "org.opencontainers.image.version"
-MODEL_INFO_FILE = "model_info.json"
 
 
 def serving_tag(version: str | int, image: str = SERVING_IMAGE) -> str:
@@ -336,7 +367,9 @@ def model_dir_version(model_dir: str | Path) -> str:
     Raises:
         ContainerError: The folder has no readable ``model_info.json`` with a version.
     """
-    path = Path(model_dir) / MODEL_INFO_FILE
+    from healthpredict.serving.model_store import INFO_FILE  # its writer: export_model
+
+    path = Path(model_dir) / INFO_FILE
     try:
         version = json.loads(path.read_text()).get("version")
     except (OSError, ValueError) as exc:

@@ -47,7 +47,7 @@ DEFAULT_PULL_SECRET = "ecr-pull"
 DEFAULT_HOST_PORT = 8000
 DOCKERFILE = str(containers.SERVING_DOCKERFILE)
 # The image name k8s/deployment.yaml uses; the overlay's kustomize `images` entry replaces it.
-MANIFEST_IMAGE = "healthpredict-api"
+MANIFEST_IMAGE = containers.SERVING_IMAGE
 # The Secret holding the API's token file (k8s/deployment.yaml mounts it).
 TOKENS_SECRET = "healthpredict-api-tokens"
 TOKENS_KEY = "tokens"
@@ -73,7 +73,7 @@ def image_ref(registry: str, image_name: str, version: str | int) -> str:
         raise ValueError("the image registry and image name must not be empty")
     if not version.isdigit():
         raise ValueError(f"model version must be a registry version number, got {version!r}")
-    return f"{registry}/{image_name}:v{version}"
+    return f"{registry}/{containers.serving_tag(version, image_name)}"
 
 
 def ecr_region(registry: str) -> str:

@@ -30,9 +30,6 @@ import argparse
 import base64
 import copy
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,8 +121,8 @@ def adapt(
         result.changes.append(f"replicas {spec['replicas']} -> 1")
     spec["replicas"] = 1
     pod = spec["template"]["spec"]
-    containers = pod["containers"]
-    api = next((c for c in containers if container in (None, c["name"])), None)
+    pod_containers = pod["containers"]
+    api = next((c for c in pod_containers if container in (None, c["name"])), None)
     if api is None:
         raise KubeLocalError(f"the Deployment has no container {container!r}")
     if not api.get("ports"):
@@ -170,7 +167,7 @@ def adapt(
         )
         result.changes.append(f"Secret volume {name} -> read-only hostPath {secrets_dir / name}")
     pod["volumes"] = volumes
-    for item in containers:
+    for item in pod_containers:
         mounts = [m for m in item.get("volumeMounts", []) if m["name"] not in dropped_volumes]
         for mount in mounts:
             if any(v["name"] == mount["name"] and "hostPath" in v for v in volumes):
@@ -200,38 +197,37 @@ def write(adapted: Adapted, manifest: str | Path, secrets_dir: str | Path) -> Pa
     return manifest
 
 
-def published_url(manifest: str | Path) -> str:
-    """``http://127.0.0.1:<hostPort>`` of the adapted manifest's API container."""
-    docs = list(yaml.safe_load_all(Path(manifest).read_text()))
-    deployment = next(d for d in docs if d and d["kind"] == "Deployment")
-    for item in deployment["spec"]["template"]["spec"]["containers"]:
-        for port in item.get("ports", []):
-            if "hostPort" in port:
-                return f"http://{port.get('hostIP', HOST_IP)}:{port['hostPort']}"
-    raise KubeLocalError(f"{manifest} publishes no port (was it adapted?)")
-
-
-def probe_paths(manifest: str | Path) -> dict[str, str]:
-    """``{"readinessProbe": "/ready", ...}``: the HTTP probes of the API container."""
-    docs = list(yaml.safe_load_all(Path(manifest).read_text()))
-    deployment = next(d for d in docs if d and d["kind"] == "Deployment")
-    found = {}
-    for item in deployment["spec"]["template"]["spec"]["containers"]:
-        for name in ("readinessProbe", "livenessProbe", "startupProbe"):
-            http = (item.get(name) or {}).get("httpGet")
-            if http and "ports" in item:
-                found[name] = http.get("path", "/")
-    return found
-
-
-def pod_container(manifest: str | Path) -> str:
-    """Name podman gives the API container of the played Deployment (``<name>-pod-0-<ctr>``)."""
+def _played_deployment(manifest: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Deployment of an adapted manifest and its API container (the one with a hostPort)."""
     docs = list(yaml.safe_load_all(Path(manifest).read_text()))
     deployment = next(d for d in docs if d and d["kind"] == "Deployment")
     for item in deployment["spec"]["template"]["spec"]["containers"]:
         if any("hostPort" in port for port in item.get("ports", [])):
-            return f"{deployment['metadata']['name']}-pod-0-{item['name']}"
+            return deployment, item
     raise KubeLocalError(f"{manifest} publishes no port (was it adapted?)")
+
+
+def published_url(manifest: str | Path) -> str:
+    """``http://127.0.0.1:<hostPort>`` of the adapted manifest's API container."""
+    port = next(p for p in _played_deployment(manifest)[1]["ports"] if "hostPort" in p)
+    return f"http://{port.get('hostIP', HOST_IP)}:{port['hostPort']}"
+
+
+def probe_paths(manifest: str | Path) -> dict[str, str]:
+    """``{"readinessProbe": "/ready", ...}``: the HTTP probes of the API container."""
+    api = _played_deployment(manifest)[1]
+    probes = ("readinessProbe", "livenessProbe", "startupProbe")
+    return {
+        name: api[name]["httpGet"].get("path", "/")
+        for name in probes
+        if (api.get(name) or {}).get("httpGet")
+    }
+
+
+def pod_container(manifest: str | Path) -> str:
+    """Name podman gives the API container of the played Deployment (``<name>-pod-0-<ctr>``)."""
+    deployment, api = _played_deployment(manifest)
+    return f"{deployment['metadata']['name']}-pod-0-{api['name']}"
 
 
 def wait_ready(
@@ -243,43 +239,24 @@ def wait_ready(
 ) -> float:
     """Wait until the played pod's readiness probe path answers 200 on its host port.
 
-    Podman 4.3 does not run readiness probes itself; this is the probe, done from the host.
-    With ``podman``, a container that exited fails at once, with the end of its log.
+    Podman 4.3 does not run readiness probes itself; this is the probe, done from the host. A
+    container that exited fails at once, with the end of its log.
 
     Returns:
         Seconds it took.
 
     Raises:
-        KubeLocalError: Not ready within ``timeout`` (the last answer or error is named), or
-            the container exited.
+        KubeLocalError: Not ready within ``timeout`` (the last answer is named), or the
+            container exited or is not there.
     """
     url = published_url(manifest) + probe_paths(manifest).get("readinessProbe", "/")
-    name = pod_container(manifest)
-    start = time.monotonic()
-    problem = "no attempt"
-    while time.monotonic() - start < timeout:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    seconds = round(time.monotonic() - start, 2)
-                    log(f"{url} ready after {seconds} s")
-                    return seconds
-                problem = f"HTTP {response.status}"
-        except urllib.error.HTTPError as exc:
-            problem = f"HTTP {exc.code}: {exc.read()[:200].decode(errors='replace')}"
-        except OSError as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        if podman is not None:
-            try:
-                state = podman.run("inspect", "--format", "{{.State.Status}}", name, timeout=60)
-            except containers.ContainerError as exc:
-                raise KubeLocalError(f"container {name} is not there: {exc}") from None
-            if state.strip() in {"exited", "stopped"}:
-                raise KubeLocalError(
-                    f"container {name} exited before {url} was ready:\n{podman.logs(name, 30)}"
-                )
-        time.sleep(1)
-    raise KubeLocalError(f"{url} not ready after {timeout:.0f} s (last: {problem})")
+    podman = podman or containers.default_podman()
+    try:
+        seconds = round(podman.wait_ready(pod_container(manifest), url, timeout, interval=1), 2)
+    except containers.ContainerError as exc:
+        raise KubeLocalError(str(exc)) from None
+    log(f"{url} ready after {seconds} s")
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p_wait = sub.add_parser("wait", help="wait for the played pod's readiness probe")
     p_wait.add_argument("manifest")
     p_wait.add_argument("--timeout", type=float, default=180)
-    p_wait.add_argument("--podman-store", default=None, help="fail at once if the pod exits")
+    p_wait.add_argument("--podman-store", default=None, help="the store (default: the project's)")
     args = parser.parse_args(argv)
     try:
         if args.command == "adapt":

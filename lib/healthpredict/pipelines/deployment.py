@@ -48,6 +48,8 @@ def record_deployment(run_id: str, **fields: Any) -> dict[str, Any]:
 def deployment_target(params: Mapping[str, Any]) -> deploy.DeploymentTarget:
     """The :class:`~healthpredict.mlops.deploy.DeploymentTarget` of the DAG's params.
 
+    Every param is there: the DAG declares each with its default.
+
     Raises:
         ValueError: The registry is not set (``ecr_registry`` param or ``HP_ECR_REGISTRY``), or
             a setting is not one of the known ones.
@@ -64,12 +66,12 @@ def deployment_target(params: Mapping[str, Any]) -> deploy.DeploymentTarget:
         deployment=params["deployment_name"],
         container=params["container_name"],
         rollout_timeout=params["rollout_timeout"],
-        builder=params.get("builder", "docker"),
-        registry_kind=params.get("registry_kind", "ecr"),
-        deployer=params.get("deployer", "kubectl"),
-        base_image=params.get("base_image") or None,
-        host_port=int(params.get("host_port") or deploy.DEFAULT_HOST_PORT),
-        tokens_file=params.get("tokens_file") or None,
+        builder=params["builder"],
+        registry_kind=params["registry_kind"],
+        deployer=params["deployer"],
+        base_image=params["base_image"] or None,
+        host_port=int(params["host_port"]),
+        tokens_file=params["tokens_file"] or None,
     )
 
 

@@ -280,30 +280,29 @@ def _refuse_token(
 
     Right is ``RELOAD_TOKEN`` or the token of an API client with the ``reload`` scope.
     """
-    header = request.headers.get("authorization", "")
-    client = None
-    if tokens is not None and header:
-        client, _ = tokens.authenticate(header)
-        if client is not None and auth.SCOPE_RELOAD in client.scopes:
-            return None
-    if token is None and not (
-        tokens and any(auth.SCOPE_RELOAD in c.scopes for c in tokens.clients.values())
-    ):
+    header = request.headers.get("authorization")
+    given, _ = auth.bearer_token(header)
+    reload_clients = tokens is not None and any(
+        auth.SCOPE_RELOAD in c.scopes for c in tokens.clients.values()
+    )
+    if token is None and not reload_clients:
         return error_response(
             "/reload", 403, "reloads are disabled: set RELOAD_TOKEN (or RELOAD_TOKEN_FILE)"
         )
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
+    if given is None:
         return error_response(
             "/reload", 401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"}
         )
-    if token is not None and hmac.compare_digest(given.strip().encode(), token.encode()):
+    if token is not None and hmac.compare_digest(given.encode(), token.encode()):
         return None
-    if client is not None:
+    client = tokens.authenticate(header)[0] if tokens is not None else None
+    if client is None:
+        return error_response("/reload", 403, "wrong reload token")
+    if auth.SCOPE_RELOAD not in client.scopes:
         return error_response(
             "/reload", 403, f"client {client.client_id!r} lacks the {auth.SCOPE_RELOAD!r} scope"
         )
-    return error_response("/reload", 403, "wrong reload token")
+    return None
 
 
 def add_reload_route(app: FastAPI, state: AppState) -> None:
